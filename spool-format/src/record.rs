@@ -1,0 +1,371 @@
+//! Record headers and the payload of each record kind.
+
+use crate::{align_up, Cursor, FormatError, RECORD_HEADER_BYTES};
+
+/// Body flag: the message was sent with `BODY=8BITMIME`.
+pub const FLAG_8BITMIME: u32 = 1;
+/// Envelope flag: the transaction used `SMTPUTF8`.
+pub const FLAG_SMTPUTF8: u32 = 2;
+const FLAGS_KNOWN: u32 = FLAG_8BITMIME | FLAG_SMTPUTF8;
+
+/// The kinds of record a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    Message = 1,
+    Delivered = 2,
+    Bounced = 3,
+    Expired = 4,
+    Attempt = 5,
+}
+
+impl RecordKind {
+    pub fn from_u8(v: u8) -> Option<RecordKind> {
+        Some(match v {
+            1 => RecordKind::Message,
+            2 => RecordKind::Delivered,
+            3 => RecordKind::Bounced,
+            4 => RecordKind::Expired,
+            5 => RecordKind::Attempt,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Message => "Message",
+            RecordKind::Delivered => "Delivered",
+            RecordKind::Bounced => "Bounced",
+            RecordKind::Expired => "Expired",
+            RecordKind::Attempt => "Attempt",
+        }
+    }
+}
+
+/// The fixed 24-byte header in front of every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub crc: u32,
+    pub kind: RecordKind,
+    pub payload_len: u32,
+    pub message_id: u64,
+}
+
+impl RecordHeader {
+    /// Bytes the record occupies in the segment, padding included.
+    pub fn record_bytes(&self) -> usize {
+        align_up(RECORD_HEADER_BYTES + self.payload_len as usize)
+    }
+}
+
+fn crc_of(header: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_BYTES]), payload)
+}
+
+fn write_header(out: &mut [u8], kind: RecordKind, payload_len: u32, message_id: u64) {
+    out[4] = kind as u8;
+    out[5..8].fill(0);
+    out[8..12].copy_from_slice(&payload_len.to_le_bytes());
+    out[12..16].fill(0);
+    out[16..24].copy_from_slice(&message_id.to_le_bytes());
+}
+
+/// Decodes the record that starts at `bytes[0]`; `bytes` may run on past it.
+/// Returns the header and the payload, both checked against the CRC.
+pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError> {
+    let head = bytes.get(..RECORD_HEADER_BYTES).ok_or(FormatError::Truncated)?;
+    let kind = RecordKind::from_u8(head[4]).ok_or(FormatError::Invalid("record kind"))?;
+    if head[5..8] != [0, 0, 0] || head[12..16] != [0, 0, 0, 0] {
+        return Err(FormatError::Invalid("record reserved field"));
+    }
+    let payload_len = u32::from_le_bytes(head[8..12].try_into().unwrap());
+    let end = RECORD_HEADER_BYTES
+        .checked_add(payload_len as usize)
+        .ok_or(FormatError::Truncated)?;
+    let payload = bytes.get(RECORD_HEADER_BYTES..end).ok_or(FormatError::Truncated)?;
+    let crc = u32::from_le_bytes(head[0..4].try_into().unwrap());
+    if crc != crc_of(head, payload) {
+        return Err(FormatError::Checksum);
+    }
+    let message_id = u64::from_le_bytes(head[16..24].try_into().unwrap());
+    Ok((RecordHeader { crc, kind, payload_len, message_id }, payload))
+}
+
+/// Builds a `Message` record in place, so that the body can be appended to
+/// the very buffer that will be written to disk.
+///
+/// The envelope goes first; the body is appended through [`body_mut`]; then
+/// [`finish`] fills in the lengths, message id and CRC and pads the record.
+///
+/// [`body_mut`]: MessageBuilder::body_mut
+/// [`finish`]: MessageBuilder::finish
+pub struct MessageBuilder {
+    buf: Vec<u8>,
+    body_len_at: usize,
+}
+
+impl MessageBuilder {
+    /// Starts a record. Addresses longer than 65535 bytes are a programmer
+    /// error: the SMTP layer caps paths at 256 octets.
+    pub fn new(mut buf: Vec<u8>, received_ms: u64, flags: u32, sender: &[u8], recipients: &[&[u8]]) -> Self {
+        assert!(!recipients.is_empty(), "a message has at least one recipient");
+        assert_eq!(flags & !FLAGS_KNOWN, 0, "unknown message flag");
+        buf.clear();
+        buf.resize(RECORD_HEADER_BYTES, 0);
+        buf.extend_from_slice(&received_ms.to_le_bytes());
+        buf.extend_from_slice(&flags.to_le_bytes());
+        push_short(&mut buf, sender);
+        buf.extend_from_slice(&(recipients.len() as u32).to_le_bytes());
+        for r in recipients {
+            push_short(&mut buf, r);
+        }
+        let body_len_at = buf.len();
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        MessageBuilder { buf, body_len_at }
+    }
+
+    /// The buffer the body is appended to.
+    pub fn body_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Bytes of body appended so far.
+    pub fn body_len(&self) -> usize {
+        self.buf.len() - self.body_start()
+    }
+
+    /// Offset of the body from the start of the record.
+    pub fn body_start(&self) -> usize {
+        self.body_len_at + 4
+    }
+
+    /// Drops the body appended so far, keeping the envelope.
+    pub fn clear_body(&mut self) {
+        let start = self.body_start();
+        self.buf.truncate(start);
+    }
+
+    /// Seals the record: lengths, id, CRC and padding. The result is exactly
+    /// the bytes to write at an 8-aligned offset of a segment.
+    pub fn finish(mut self, message_id: u64) -> Vec<u8> {
+        let body_len = u32::try_from(self.body_len()).expect("body fits in u32");
+        self.buf[self.body_len_at..self.body_len_at + 4].copy_from_slice(&body_len.to_le_bytes());
+        let payload_len = u32::try_from(self.buf.len() - RECORD_HEADER_BYTES).expect("payload fits in u32");
+        write_header(&mut self.buf, RecordKind::Message, payload_len, message_id);
+        let crc = crc_of(&self.buf[..RECORD_HEADER_BYTES], &self.buf[RECORD_HEADER_BYTES..]);
+        self.buf[0..4].copy_from_slice(&crc.to_le_bytes());
+        let padded = align_up(self.buf.len());
+        self.buf.resize(padded, 0);
+        self.buf
+    }
+}
+
+fn push_short(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let n = u16::try_from(bytes.len()).expect("field fits in u16");
+    buf.extend_from_slice(&n.to_le_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+/// A decoded `Message` payload, borrowing from the segment.
+#[derive(Debug, Clone)]
+pub struct MessageView<'a> {
+    pub received_ms: u64,
+    pub flags: u32,
+    pub sender: &'a [u8],
+    recipients: &'a [u8],
+    pub recipient_count: u32,
+    pub body: &'a [u8],
+    /// Offset of the body from the start of the payload.
+    pub body_offset: usize,
+}
+
+impl<'a> MessageView<'a> {
+    pub fn decode(payload: &'a [u8]) -> Result<MessageView<'a>, FormatError> {
+        let mut c = Cursor::new(payload);
+        let received_ms = c.u64()?;
+        let flags = c.u32()?;
+        if flags & !FLAGS_KNOWN != 0 {
+            return Err(FormatError::Invalid("message flags"));
+        }
+        let sender = c.short_bytes()?;
+        let recipient_count = c.u32()?;
+        if recipient_count == 0 {
+            return Err(FormatError::Invalid("recipient count"));
+        }
+        let recipients_start = c.position();
+        for _ in 0..recipient_count {
+            c.short_bytes()?;
+        }
+        let recipients = &payload[recipients_start..c.position()];
+        let body_len = c.u32()? as usize;
+        let body_offset = c.position();
+        let body = c.take(body_len)?;
+        if !c.is_empty() {
+            return Err(FormatError::Invalid("message length"));
+        }
+        Ok(MessageView { received_ms, flags, sender, recipients, recipient_count, body, body_offset })
+    }
+
+    /// The recipients in index order.
+    pub fn recipients(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut c = Cursor::new(self.recipients);
+        (0..self.recipient_count).map(move |_| c.short_bytes().expect("checked in decode"))
+    }
+}
+
+/// A state record to append (kinds 2 to 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateRecord<'a> {
+    Delivered { recipient: u32, time_ms: u64 },
+    Bounced { recipient: u32, time_ms: u64, reason: &'a str },
+    Expired { recipient: u32, time_ms: u64 },
+    Attempt { recipient: u32, time_ms: u64, attempt: u32, next_ms: u64, reason: &'a str },
+}
+
+/// A decoded state record, borrowing from the segment.
+pub type StateView<'a> = StateRecord<'a>;
+
+impl<'a> StateRecord<'a> {
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            StateRecord::Delivered { .. } => RecordKind::Delivered,
+            StateRecord::Bounced { .. } => RecordKind::Bounced,
+            StateRecord::Expired { .. } => RecordKind::Expired,
+            StateRecord::Attempt { .. } => RecordKind::Attempt,
+        }
+    }
+
+    pub fn recipient(&self) -> u32 {
+        match *self {
+            StateRecord::Delivered { recipient, .. }
+            | StateRecord::Bounced { recipient, .. }
+            | StateRecord::Expired { recipient, .. }
+            | StateRecord::Attempt { recipient, .. } => recipient,
+        }
+    }
+
+    /// True for the kinds after which the recipient needs nothing more.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, StateRecord::Attempt { .. })
+    }
+
+    /// Decodes the payload of a state record of `kind`.
+    pub fn decode(kind: RecordKind, payload: &'a [u8]) -> Result<StateRecord<'a>, FormatError> {
+        let mut c = Cursor::new(payload);
+        let recipient = c.u32()?;
+        let time_ms = c.u64()?;
+        let text = |c: &mut Cursor<'a>| {
+            std::str::from_utf8(c.short_bytes()?).map_err(|_| FormatError::Invalid("reason text"))
+        };
+        let rec = match kind {
+            RecordKind::Message => return Err(FormatError::Invalid("state record kind")),
+            RecordKind::Delivered => StateRecord::Delivered { recipient, time_ms },
+            RecordKind::Expired => StateRecord::Expired { recipient, time_ms },
+            RecordKind::Bounced => StateRecord::Bounced { recipient, time_ms, reason: text(&mut c)? },
+            RecordKind::Attempt => {
+                let attempt = c.u32()?;
+                let next_ms = c.u64()?;
+                StateRecord::Attempt { recipient, time_ms, attempt, next_ms, reason: text(&mut c)? }
+            }
+        };
+        if !c.is_empty() {
+            return Err(FormatError::Invalid("state record length"));
+        }
+        Ok(rec)
+    }
+}
+
+/// Appends a sealed state record for `message_id` to `out`. Reasons longer
+/// than 1000 bytes are cut at a character boundary.
+pub fn encode_state(out: &mut Vec<u8>, message_id: u64, rec: &StateRecord<'_>) {
+    let start = out.len();
+    out.resize(start + RECORD_HEADER_BYTES, 0);
+    let short = |out: &mut Vec<u8>, s: &str| {
+        let mut end = s.len().min(1000);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        push_short(out, &s.as_bytes()[..end]);
+    };
+    out.extend_from_slice(&rec.recipient().to_le_bytes());
+    match rec {
+        StateRecord::Delivered { time_ms, .. } | StateRecord::Expired { time_ms, .. } => {
+            out.extend_from_slice(&time_ms.to_le_bytes());
+        }
+        StateRecord::Bounced { time_ms, reason, .. } => {
+            out.extend_from_slice(&time_ms.to_le_bytes());
+            short(out, reason);
+        }
+        StateRecord::Attempt { time_ms, attempt, next_ms, reason, .. } => {
+            out.extend_from_slice(&time_ms.to_le_bytes());
+            out.extend_from_slice(&attempt.to_le_bytes());
+            out.extend_from_slice(&next_ms.to_le_bytes());
+            short(out, reason);
+        }
+    }
+    let payload_len = (out.len() - start - RECORD_HEADER_BYTES) as u32;
+    let (head, payload) = out[start..].split_at_mut(RECORD_HEADER_BYTES);
+    write_header(head, rec.kind(), payload_len, message_id);
+    let crc = crc_of(head, payload);
+    head[0..4].copy_from_slice(&crc.to_le_bytes());
+    let padded = start + align_up(out.len() - start);
+    out.resize(padded, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Vec<u8> {
+        let mut b = MessageBuilder::new(Vec::new(), 5, FLAG_8BITMIME, b"a@x", &[b"b@y", b"c@z"]);
+        b.body_mut().extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n");
+        b.finish(42)
+    }
+
+    #[test]
+    fn message_round_trips() {
+        let rec = message();
+        assert_eq!(rec.len() % 8, 0);
+        let (h, payload) = decode_record(&rec).unwrap();
+        assert_eq!((h.kind, h.message_id, h.record_bytes()), (RecordKind::Message, 42, rec.len()));
+        let m = MessageView::decode(payload).unwrap();
+        assert_eq!((m.received_ms, m.flags, m.sender), (5, FLAG_8BITMIME, &b"a@x"[..]));
+        assert_eq!(m.recipients().collect::<Vec<_>>(), vec![&b"b@y"[..], &b"c@z"[..]]);
+        assert_eq!(m.body, b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(&payload[m.body_offset..m.body_offset + m.body.len()], m.body);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let rec = message();
+        let used = RECORD_HEADER_BYTES + decode_record(&rec).unwrap().0.payload_len as usize;
+        for i in 0..used {
+            let mut bad = rec.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_record(&bad).is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn state_records_round_trip() {
+        let cases = [
+            StateRecord::Delivered { recipient: 1, time_ms: 9 },
+            StateRecord::Bounced { recipient: 0, time_ms: 9, reason: "550 5.1.1 no such user" },
+            StateRecord::Expired { recipient: 3, time_ms: 9 },
+            StateRecord::Attempt { recipient: 2, time_ms: 9, attempt: 4, next_ms: 99, reason: "451 later" },
+        ];
+        for case in cases {
+            let mut out = Vec::new();
+            encode_state(&mut out, 7, &case);
+            let (h, payload) = decode_record(&out).unwrap();
+            assert_eq!(h.message_id, 7);
+            assert_eq!(StateRecord::decode(h.kind, payload).unwrap(), case);
+        }
+    }
+
+    #[test]
+    fn truncated_payload_is_an_error() {
+        let rec = message();
+        assert_eq!(decode_record(&rec[..30]), Err(FormatError::Truncated));
+    }
+}

@@ -1,0 +1,34 @@
+//! spate: a thread-per-core, io_uring mail transfer agent for bulk outbound
+//! delivery.
+//!
+//! Data flows through the modules in the order they are listed here:
+//!
+//! ```text
+//!  SMTP client ──▶ listener ──▶ spool ──▶ router ──▶ mesh ──▶ queue ──▶ (delivery)
+//!                 (session,    (append,   (domain →  (handle   (per-domain,
+//!                  DATA)        fdatasync) core)      to owner) per core)
+//! ```
+//!
+//! Every core runs one glommio executor pinned to its CPU (`engine`). A core
+//! owns its listener sockets (SO_REUSEPORT), its spool segments, its queues
+//! and the destination domains that hash to it. A message accepted on one core
+//! is written to that core's spool, made durable, then handed to the cores
+//! that own its recipients' domains as a [`message::MessageHandle`]: an
+//! id, a slice of the shared read-only mapping of the segment, and the
+//! recipients. The body is never copied after it is written.
+//!
+//! Modules that do no I/O (`config`, `router`, `listener::command`,
+//! `listener::data`) are plain functions over bytes and are unit-tested
+//! directly; the spool has fault hooks so tests can make syncs hang or fail.
+
+pub mod config;
+pub mod message;
+pub mod local;
+pub mod tls;
+pub mod listener;
+pub mod spool;
+pub mod router;
+pub mod mesh;
+pub mod queue;
+pub mod engine;
+pub mod spool_tool;

@@ -1,0 +1,195 @@
+//! The DATA receiver: turns the client's dot-stuffed text into the stored
+//! body and finds the end of data. Pure: bytes in, bytes out, no I/O.
+//!
+//! End of data is `CRLF . CRLF` and nothing else: the `.` line must follow a
+//! line that itself ended in CRLF. A bare LF or bare CR anywhere marks the
+//! message as refused (it is still read to its real end, so the session stays
+//! in step, and what follows a smuggled end-of-data is body text, never a
+//! second message). The receiver never holds more than the size limit.
+
+/// Longest text line, CRLF included (RFC 5321 4.5.3.1.6).
+pub const TEXT_LINE_BYTES_MAX: usize = 1000;
+
+/// Why a message was refused after its end of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataError {
+    BareLf,
+    BareCr,
+    LineTooLong,
+    TooBig,
+}
+
+pub struct DataReceiver {
+    max_bytes: usize,
+    size: usize,
+    /// The previous line ended in CRLF (true at the start of DATA).
+    prev_crlf: bool,
+    /// Inside a line longer than the limit, discarding up to its LF.
+    in_long_line: bool,
+    error: Option<DataError>,
+}
+
+/// What `feed` did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fed {
+    pub consumed: usize,
+    /// End of data was reached; `Err` if the message is refused.
+    pub done: Option<Result<(), DataError>>,
+}
+
+impl DataReceiver {
+    pub fn new(max_bytes: usize) -> DataReceiver {
+        DataReceiver { max_bytes, size: 0, prev_crlf: true, in_long_line: false, error: None }
+    }
+
+    /// Processes the complete lines at the front of `input`, appending body
+    /// bytes to `out`. A partial line is left unconsumed unless it is already
+    /// over the line limit.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Fed {
+        let mut pos = 0;
+        while pos < input.len() {
+            let rest = &input[pos..];
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
+                if rest.len() > TEXT_LINE_BYTES_MAX {
+                    self.fail(DataError::LineTooLong);
+                    self.in_long_line = true;
+                    return Fed { consumed: input.len(), done: None };
+                }
+                break;
+            };
+            let line = &rest[..=lf];
+            pos += line.len();
+            if self.line(line, out) {
+                return Fed { consumed: pos, done: Some(self.error.map_or(Ok(()), Err)) };
+            }
+        }
+        Fed { consumed: pos, done: None }
+    }
+
+    /// Handles one line including its LF; true at end of data.
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> bool {
+        let crlf = line.len() >= 2 && line[line.len() - 2] == b'\r';
+        if std::mem::take(&mut self.in_long_line) {
+            self.prev_crlf = crlf;
+            return false;
+        }
+        if crlf && line == b".\r\n" && self.prev_crlf {
+            return true;
+        }
+        let content = &line[..line.len() - if crlf { 2 } else { 1 }];
+        self.prev_crlf = crlf;
+        if !crlf {
+            self.fail(DataError::BareLf);
+        }
+        if memchr::memchr(b'\r', content).is_some() {
+            self.fail(DataError::BareCr);
+        }
+        if line.len() > TEXT_LINE_BYTES_MAX {
+            self.fail(DataError::LineTooLong);
+        }
+        if self.error.is_some() {
+            return false;
+        }
+        let unstuffed = if line[0] == b'.' { &line[1..] } else { line };
+        self.size += unstuffed.len();
+        if self.size > self.max_bytes {
+            self.fail(DataError::TooBig);
+            return false;
+        }
+        out.extend_from_slice(unstuffed);
+        false
+    }
+
+    fn fail(&mut self, e: DataError) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Body bytes accepted so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], max: usize) -> (Option<Result<(), DataError>>, Vec<u8>, usize) {
+        let mut rx = DataReceiver::new(max);
+        let mut out = Vec::new();
+        let fed = rx.feed(input, &mut out);
+        (fed.done, out, fed.consumed)
+    }
+
+    #[test]
+    fn plain_message_with_dot_stuffing() {
+        let (done, out, used) = run(b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n", 1000);
+        assert_eq!(done, Some(Ok(())));
+        assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\nbody\r\n");
+        assert_eq!(used, 30);
+    }
+
+    #[test]
+    fn end_of_data_split_across_reads() {
+        let mut rx = DataReceiver::new(1000);
+        let mut out = Vec::new();
+        let a = rx.feed(b"line\r\n.", &mut out);
+        assert_eq!(a, Fed { consumed: 6, done: None });
+        let b = rx.feed(b".\r\n", &mut out);
+        assert_eq!(b.done, Some(Ok(())));
+    }
+
+    #[test]
+    fn smuggling_variants_never_end_data_early() {
+        let smuggled = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nevil\r\n";
+        for end in [&b"\n.\n"[..], b"\n.\r\n", b"\r.\r", b"\r.\n", b"\r\n.\r", b"\r\n.\n", b"\r\n\x00.\r\n"] {
+            let mut msg = b"Subject: x\r\n\r\nhello".to_vec();
+            msg.extend_from_slice(end);
+            msg.extend_from_slice(smuggled);
+            msg.extend_from_slice(b".\r\n");
+            let (done, _, used) = run(&msg, 10_000);
+            assert_eq!(used, msg.len(), "data ended early for {end:?}");
+            assert!(matches!(done, Some(Err(_)) | Some(Ok(()))), "{end:?}");
+            if end != b"\r\n\x00.\r\n" {
+                assert!(matches!(done, Some(Err(DataError::BareLf | DataError::BareCr))), "{end:?} accepted: {done:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_lines_refused_but_stay_in_sync() {
+        let mut msg = vec![b'a'; 1500];
+        msg.extend_from_slice(b"\r\nok\r\n.\r\n");
+        let mut rx = DataReceiver::new(10_000);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut done = None;
+        while done.is_none() {
+            let fed = rx.feed(&msg[pos..(pos + 1024).min(msg.len())], &mut out);
+            pos += fed.consumed;
+            done = fed.done;
+        }
+        assert_eq!(done, Some(Err(DataError::LineTooLong)));
+        assert_eq!(pos, msg.len());
+    }
+
+    #[test]
+    fn line_of_exactly_1000_octets_is_fine() {
+        let mut msg = vec![b'a'; 998];
+        msg.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(run(&msg, 10_000).0, Some(Ok(())));
+    }
+
+    #[test]
+    fn oversize_is_refused_and_memory_bounded() {
+        let mut msg = Vec::new();
+        for _ in 0..100 {
+            msg.extend_from_slice(&[b'x'; 98]);
+            msg.extend_from_slice(b"\r\n");
+        }
+        msg.extend_from_slice(b".\r\n");
+        let (done, out, _) = run(&msg, 1000);
+        assert_eq!(done, Some(Err(DataError::TooBig)));
+        assert!(out.len() <= 1000);
+    }
+}

@@ -1,0 +1,74 @@
+//! SMTP injection: each core accepts on its own SO_REUSEPORT socket for every
+//! configured address and runs its sessions to completion on that core.
+//!
+//! The listener owns sessions, never messages: a message leaves a session
+//! only as a durable spool record handed to the router.
+
+pub mod command;
+pub mod conn;
+pub mod data;
+pub mod reply;
+pub mod session;
+
+use crate::engine::Core;
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use session::{End, Session};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// Accepts until the core stops; each connection runs as its own task.
+pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            core.stop.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                eprintln!("spate: core {}: accept failed: {e}", core.index);
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else { continue };
+        let core = core.clone();
+        glommio::spawn_local(serve(stream, peer, core)).detach();
+    }
+}
+
+/// Runs one client connection: plaintext, then TLS after STARTTLS.
+async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
+    if core.sessions.get() >= core.cfg.max_connections_per_core as usize {
+        let line = format!("421 4.7.0 {} Too many connections, try again later\r\n", core.cfg.hostname);
+        let _ = conn::with_timeout(conn::WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    core.sessions.set(core.sessions.get() + 1);
+    let _guard = SessionGuard(core.clone());
+    let plain = Session::new(stream, core.clone(), peer, false);
+    if let End::StartTls(stream) = plain.run(true).await {
+        let Some(acceptor) = core.tls.clone() else { return };
+        let handshake = async { acceptor.accept(stream).await };
+        match conn::with_timeout(core.cfg.command_timeout, handshake).await {
+            Ok(tls) => {
+                Session::new(tls, core.clone(), peer, true).run(false).await;
+            }
+            Err(e) => eprintln!("spate: TLS handshake with {peer} failed: {e}"),
+        }
+    }
+}
+
+/// Counts open sessions so that shutdown can wait for them.
+struct SessionGuard(Rc<Core>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.sessions.set(self.0.sessions.get() - 1);
+        self.0.session_ended.notify();
+    }
+}

@@ -1,0 +1,368 @@
+//! One SMTP session (RFC 5321, with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+//! ENHANCEDSTATUSCODES and STARTTLS).
+//!
+//! The session must never reply 250 to DATA before the spool has made the
+//! message durable, and must never read plaintext buffered before STARTTLS
+//! as part of the TLS session.
+
+use super::command::{self, Command, MailParams, COMMAND_LINE_BYTES_MAX};
+use super::conn::Conn;
+use super::data::{DataError, DataReceiver};
+use super::reply::Reply;
+use crate::engine::Core;
+use crate::message::{MessageHandle, Recipient};
+use crate::spool::SpoolError;
+use futures_lite::{AsyncRead, AsyncWrite};
+use spool_format::{MessageBuilder, FLAG_8BITMIME, FLAG_SMTPUTF8};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// How a session ended.
+pub enum End<S> {
+    Closed,
+    /// The client asked for STARTTLS and got 220: hand the stream to TLS.
+    StartTls(S),
+}
+
+struct Transaction {
+    sender: String,
+    params: MailParams,
+    recipients: Vec<String>,
+}
+
+pub struct Session<S> {
+    conn: Conn<S>,
+    core: Rc<Core>,
+    peer: SocketAddr,
+    tls: bool,
+    helo: Option<String>,
+    esmtp: bool,
+    tx: Option<Transaction>,
+    errors: u32,
+}
+
+/// A command line read from the client.
+enum Line {
+    Command(Vec<u8>),
+    TooLong,
+    BareLf,
+}
+
+/// Why the session stops reading.
+enum Stop {
+    Eof,
+    Timeout,
+    Shutdown,
+    Io,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub fn new(stream: S, core: Rc<Core>, peer: SocketAddr, tls: bool) -> Session<S> {
+        Session { conn: Conn::new(stream), core, peer, tls, helo: None, esmtp: false, tx: None, errors: 0 }
+    }
+
+    pub async fn run(mut self, greet: bool) -> End<S> {
+        if greet {
+            let hello = format!("220 {} ESMTP spate", self.core.cfg.hostname);
+            self.conn.reply(&hello);
+        }
+        loop {
+            let line = match self.read_line().await {
+                Ok(line) => line,
+                Err(stop) => return self.stop(stop).await,
+            };
+            let reply = match line {
+                Line::TooLong => Some(Reply::new(500, "5.5.2 Line too long")),
+                Line::BareLf => Some(Reply::new(500, "5.5.2 Commands must end with CRLF")),
+                Line::Command(bytes) => match command::parse(&bytes) {
+                    Err(reply) => Some(reply),
+                    Ok(Command::Quit) => {
+                        self.conn.reply("221 2.0.0 Bye");
+                        let _ = self.conn.flush().await;
+                        return End::Closed;
+                    }
+                    Ok(Command::StartTls) if self.core.tls.is_some() && !self.tls => {
+                        self.conn.reply("220 2.0.0 Ready to start TLS");
+                        if self.conn.flush().await.is_err() {
+                            return End::Closed;
+                        }
+                        self.conn.discard_input();
+                        return End::StartTls(self.conn.into_stream());
+                    }
+                    Ok(Command::Data) => match self.data().await {
+                        Ok(reply) => Some(reply),
+                        Err(stop) => return self.stop(stop).await,
+                    },
+                    Ok(cmd) => self.command(cmd),
+                },
+            };
+            if let Some(reply) = reply {
+                self.conn.reply(&reply.line());
+                if reply.is_client_error() && reply.code != 552 {
+                    self.errors += 1;
+                    if self.errors >= self.core.cfg.max_errors {
+                        self.conn.reply("421 4.7.0 Too many errors, closing connection");
+                        let _ = self.conn.flush().await;
+                        return End::Closed;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop(&mut self, why: Stop) -> End<S> {
+        let line = match why {
+            Stop::Eof | Stop::Io => return End::Closed,
+            Stop::Timeout => format!("421 4.4.2 {} Timeout, closing connection", self.core.cfg.hostname),
+            Stop::Shutdown => format!("421 4.3.2 {} Shutting down, try again later", self.core.cfg.hostname),
+        };
+        self.conn.reply(&line);
+        let _ = self.conn.flush().await;
+        End::Closed
+    }
+
+    /// Reads the next command line. Between transactions a shutdown ends the
+    /// wait; inside one the client may finish.
+    async fn read_line(&mut self) -> Result<Line, Stop> {
+        let mut discarding = false;
+        loop {
+            let buf = self.conn.buffered();
+            if let Some(lf) = memchr::memchr(b'\n', buf) {
+                let too_long = discarding || lf + 1 > COMMAND_LINE_BYTES_MAX;
+                let bare = lf == 0 || buf[lf - 1] != b'\r';
+                let line = buf[..lf.saturating_sub(1)].to_vec();
+                self.conn.consume(lf + 1);
+                return Ok(if too_long { Line::TooLong } else if bare { Line::BareLf } else { Line::Command(line) });
+            }
+            if buf.len() >= COMMAND_LINE_BYTES_MAX {
+                let n = buf.len();
+                self.conn.consume(n);
+                discarding = true;
+            }
+            self.fill_command().await?;
+        }
+    }
+
+    async fn fill_command(&mut self) -> Result<(), Stop> {
+        let timeout = self.core.cfg.command_timeout;
+        let idle = self.tx.is_none() && self.conn.buffered().is_empty();
+        let read = async { Some(self.conn.fill(timeout).await) };
+        let stop = async {
+            if idle {
+                self.core.stop.wait().await;
+                None
+            } else {
+                std::future::pending().await
+            }
+        };
+        match futures_lite::future::or(read, stop).await {
+            Some(Ok(0)) => Err(Stop::Eof),
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => Err(Stop::Timeout),
+            Some(Err(_)) => Err(Stop::Io),
+            None => Err(Stop::Shutdown),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Option<Reply> {
+        Some(match cmd {
+            Command::Ehlo(domain) => {
+                self.ehlo_reply(&domain);
+                self.helo = Some(domain);
+                self.esmtp = true;
+                self.tx = None;
+                return None;
+            }
+            Command::Helo(domain) => {
+                self.helo = Some(domain);
+                self.esmtp = false;
+                self.tx = None;
+                Reply::new(250, self.core.cfg.hostname.clone())
+            }
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rset => {
+                self.tx = None;
+                Reply::new(250, "2.0.0 Ok")
+            }
+            Command::Noop => Reply::new(250, "2.0.0 Ok"),
+            Command::Vrfy => Reply::new(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
+            Command::Expn => Reply::new(502, "5.5.1 EXPN not implemented"),
+            Command::Help => Reply::new(214, "2.0.0 See RFC 5321"),
+            Command::StartTls if self.tls => Reply::new(503, "5.5.1 TLS already active"),
+            Command::StartTls => Reply::new(502, "5.5.1 STARTTLS not available"),
+            Command::Quit | Command::Data => unreachable!("handled by run"),
+        })
+    }
+
+    fn ehlo_reply(&mut self, domain: &str) {
+        let cfg = &self.core.cfg;
+        let mut lines = vec![
+            format!("{} Hello {domain}", cfg.hostname),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", cfg.max_message_bytes),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ];
+        if self.core.tls.is_some() && !self.tls {
+            lines.push("STARTTLS".to_string());
+        }
+        let last = lines.len() - 1;
+        for (i, l) in lines.iter().enumerate() {
+            self.conn.reply(&format!("250{}{l}", if i == last { ' ' } else { '-' }));
+        }
+    }
+
+    fn mail(&mut self, from: String, params: MailParams) -> Reply {
+        if self.helo.is_none() {
+            return Reply::new(503, "5.5.1 Send EHLO or HELO first");
+        }
+        if self.tx.is_some() {
+            return Reply::new(503, "5.5.1 Nested MAIL command");
+        }
+        if (params.body_8bit || params.smtputf8 || params.size.is_some()) && !self.esmtp {
+            return Reply::new(555, "5.5.4 MAIL parameters need EHLO");
+        }
+        if !from.is_ascii() && !params.smtputf8 {
+            return Reply::new(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
+        }
+        if params.size.is_some_and(|s| s > self.core.cfg.max_message_bytes) {
+            return Reply::new(552, "5.3.4 Message size exceeds fixed limit");
+        }
+        self.tx = Some(Transaction { sender: from, params, recipients: Vec::new() });
+        Reply::new(250, "2.1.0 Ok")
+    }
+
+    fn rcpt(&mut self, to: String) -> Reply {
+        let relay_ok = self.relay_allowed();
+        let max = self.core.cfg.max_recipients as usize;
+        let Some(tx) = self.tx.as_mut() else {
+            return Reply::new(503, "5.5.1 Need MAIL before RCPT");
+        };
+        if !relay_ok {
+            return Reply::new(550, "5.7.1 Relaying denied");
+        }
+        if !to.is_ascii() && !tx.params.smtputf8 {
+            return Reply::new(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
+        }
+        if tx.recipients.len() >= max {
+            return Reply::new(452, "4.5.3 Too many recipients");
+        }
+        tx.recipients.push(to);
+        Reply::new(250, "2.1.5 Ok")
+    }
+
+    fn relay_allowed(&self) -> bool {
+        let ip = match self.peer.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.core.cfg.relay_from.iter().any(|net| net.contains(&ip))
+    }
+
+    /// DATA: receive, spool, hand off, and only then 250.
+    async fn data(&mut self) -> Result<Reply, Stop> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(Reply::new(503, "5.5.1 Need MAIL command"));
+        };
+        if tx.recipients.is_empty() {
+            return Ok(Reply::new(554, "5.5.1 No valid recipients"));
+        }
+        let id = self.core.spool.next_message_id();
+        let mut builder = self.start_record(id, &tx);
+        self.conn.reply("354 End data with <CR><LF>.<CR><LF>");
+        if let Err(e) = self.receive(&mut builder).await? {
+            return Ok(data_error_reply(e));
+        }
+        let body_start = builder.body_start();
+        let body_len = builder.body_len();
+        let record = builder.finish(id);
+        let placement = match self.core.spool.append(record).await {
+            Ok(p) => p,
+            Err(e) => return Ok(spool_error_reply(&e)),
+        };
+        let handle = MessageHandle {
+            id,
+            received_ms: now_ms(),
+            flags: record_flags(&tx.params),
+            segment: placement.segment,
+            body_offset: placement.offset as usize + body_start,
+            body_len,
+            sender: tx.sender.into(),
+            recipients: tx.recipients.into_iter().enumerate().map(|(i, a)| Recipient { index: i as u32, address: a.into() }).collect(),
+        };
+        self.core.hand_off(handle).await;
+        Ok(Reply::new(250, format!("2.0.0 Ok: queued as {id:016x}")))
+    }
+
+    fn start_record(&self, id: u64, tx: &Transaction) -> MessageBuilder {
+        let rcpts: Vec<&[u8]> = tx.recipients.iter().map(|r| r.as_bytes()).collect();
+        let mut builder = MessageBuilder::new(Vec::with_capacity(8192), now_ms(), record_flags(&tx.params), tx.sender.as_bytes(), &rcpts);
+        let proto = match (self.esmtp, self.tls) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "ESMTPS",
+        };
+        let for_clause = match tx.recipients.as_slice() {
+            [one] => format!("\r\n\tfor <{one}>"),
+            _ => String::new(),
+        };
+        let received = format!(
+            "Received: from {} ([{}])\r\n\tby {} (spate) with {proto} id {id:016x}{for_clause};\r\n\t{}\r\n",
+            self.helo.as_deref().unwrap_or("unknown"),
+            self.peer.ip(),
+            self.core.cfg.hostname,
+            chrono::Utc::now().to_rfc2822(),
+        );
+        builder.body_mut().extend_from_slice(received.as_bytes());
+        builder
+    }
+
+    /// Reads DATA up to its end. The outer `Err` ends the session (EOF,
+    /// timeout); the inner one refuses the message with the session in step.
+    async fn receive(&mut self, builder: &mut MessageBuilder) -> Result<Result<(), DataError>, Stop> {
+        let mut rx = DataReceiver::new(self.core.cfg.max_message_bytes as usize);
+        let timeout = self.core.cfg.data_timeout;
+        loop {
+            let fed = rx.feed(self.conn.buffered(), builder.body_mut());
+            self.conn.consume(fed.consumed);
+            if let Some(done) = fed.done {
+                if done.is_err() {
+                    builder.clear_body();
+                }
+                return Ok(done);
+            }
+            match self.conn.fill(timeout).await {
+                Ok(0) => return Err(Stop::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Stop::Timeout),
+                Err(_) => return Err(Stop::Io),
+            }
+        }
+    }
+}
+
+fn record_flags(p: &MailParams) -> u32 {
+    (if p.body_8bit { FLAG_8BITMIME } else { 0 }) | (if p.smtputf8 { FLAG_SMTPUTF8 } else { 0 })
+}
+
+fn data_error_reply(e: DataError) -> Reply {
+    match e {
+        DataError::BareLf | DataError::BareCr => Reply::new(550, "5.6.0 Bare CR or LF in message text is not allowed (RFC 5321 2.3.8)"),
+        DataError::LineTooLong => Reply::new(550, "5.6.0 Message line longer than 1000 octets"),
+        DataError::TooBig => Reply::new(552, "5.3.4 Message size exceeds fixed limit"),
+    }
+}
+
+fn spool_error_reply(e: &SpoolError) -> Reply {
+    match e {
+        SpoolError::Full => Reply::new(452, "4.3.1 Insufficient system storage"),
+        SpoolError::Io(_) => Reply::new(451, "4.3.0 Local error writing the message; try again later"),
+        SpoolError::Closed => Reply::new(421, "4.3.2 Shutting down, try again later"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

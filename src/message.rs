@@ -1,0 +1,69 @@
+//! The typed values the pipeline stages hand each other: a durable message's
+//! handle and its recipients.
+//!
+//! A [`MessageHandle`] exists only for a message whose spool record has been
+//! made durable. It points into a read-only mapping of the segment; cloning
+//! or sending it to another core never copies the body.
+
+use memmap2::Mmap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A read-only, shared mapping of one whole segment file. Any core may hold
+/// it; the bytes of a durable record in it never change.
+pub struct SegmentMap {
+    pub segment_id: u64,
+    pub path: PathBuf,
+    pub map: Mmap,
+}
+
+impl std::fmt::Debug for SegmentMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SegmentMap({})", self.path.display())
+    }
+}
+
+/// One recipient of a message, with its index in the spool record (state
+/// records name recipients by this index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub index: u32,
+    pub address: Box<str>,
+}
+
+impl Recipient {
+    /// The domain part, as written (routing lower-cases it).
+    pub fn domain(&self) -> &str {
+        domain_of(&self.address)
+    }
+}
+
+/// The domain of an address: everything after the last `@`.
+pub fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// A durable message, or the part of it (some recipients) that one core owns.
+#[derive(Debug, Clone)]
+pub struct MessageHandle {
+    pub id: u64,
+    pub received_ms: u64,
+    pub flags: u32,
+    pub segment: Arc<SegmentMap>,
+    pub body_offset: usize,
+    pub body_len: usize,
+    pub sender: Arc<str>,
+    pub recipients: Vec<Recipient>,
+}
+
+impl MessageHandle {
+    /// The message body, served from the mapping.
+    pub fn body(&self) -> &[u8] {
+        &self.segment.map[self.body_offset..self.body_offset + self.body_len]
+    }
+
+    /// The id as it appears in logs and Received headers.
+    pub fn id_text(&self) -> String {
+        format!("{:016x}", self.id)
+    }
+}
