@@ -167,3 +167,6 @@ impl Spool {
         self.kick.notify();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+//! Group commit under a controllable disk: syncs held open, failed, and
+//! batched. These are the spool's promises to the SMTP layer.
+
+use super::*;
+use glommio::sync::Semaphore;
+use glommio::timer::sleep;
+use glommio::LocalExecutorBuilder;
+use spool_format::{decode_record, MessageBuilder, MessageView};
+use std::time::Duration;
+
+fn record(id: u64, body: &[u8]) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Vec::new(), 1, 0, b"s@a.example", &[b"r@b.example"]);
+    b.body_mut().extend_from_slice(body);
+    b.finish(id)
+}
+
+fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce(PathBuf) -> F + Send + 'static) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    LocalExecutorBuilder::default().spawn(move || f(path)).unwrap().join().unwrap();
+}
+
+async fn open(dir: PathBuf, faults: Faults) -> Rc<Spool> {
+    Spool::open(dir, 1 << 20, 0, IdSpace::new(1, 0, 1), faults).await.unwrap()
+}
+
+#[test]
+fn no_acknowledgement_before_the_sync_returns() {
+    run(|dir| async move {
+        let gate = Rc::new(Semaphore::new(0));
+        let spool = open(dir, Faults { sync_gate: Some(gate.clone()), ..Default::default() }).await;
+        let acked = Rc::new(Cell::new(false));
+        let (s, a) = (spool.clone(), acked.clone());
+        let id = spool.next_message_id();
+        let task = glommio::spawn_local(async move {
+            let placed = s.append(record(id, b"hello\r\n")).await;
+            a.set(true);
+            placed
+        });
+        sleep(Duration::from_millis(100)).await;
+        assert!(!acked.get(), "append returned while its sync was still held");
+        assert_eq!(spool.stats.syncs.get(), 0);
+        gate.signal(1);
+        let placed = task.await.unwrap();
+        assert_eq!(spool.stats.syncs.get(), 1);
+        let (h, payload) = decode_record(&placed.segment.map[placed.offset as usize..]).unwrap();
+        assert_eq!(h.message_id, id);
+        assert_eq!(MessageView::decode(payload).unwrap().body, b"hello\r\n");
+    });
+}
+
+#[test]
+fn appends_queued_during_a_sync_share_the_next_one() {
+    run(|dir| async move {
+        let gate = Rc::new(Semaphore::new(0));
+        let spool = open(dir, Faults { sync_gate: Some(gate.clone()), ..Default::default() }).await;
+        let mut tasks = Vec::new();
+        for i in 0..10u64 {
+            let s = spool.clone();
+            tasks.push(glommio::spawn_local(async move { s.append(record(i, b"x\r\n")).await }));
+            glommio::yield_if_needed().await;
+            sleep(Duration::from_millis(1)).await;
+        }
+        gate.signal(10);
+        let mut offsets = Vec::new();
+        for t in tasks {
+            offsets.push(t.await.unwrap().offset);
+        }
+        assert!(spool.stats.syncs.get() <= 2, "{} syncs for 10 records", spool.stats.syncs.get());
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "records are placed in order: {offsets:?}");
+    });
+}
+
+#[test]
+fn a_failed_sync_is_never_acknowledged_and_retires_the_segment() {
+    run(|dir| async move {
+        let faults = Faults { fail_syncs: Cell::new(1), ..Default::default() };
+        let spool = open(dir.clone(), faults).await;
+        let first = spool.append(record(1, b"a\r\n")).await;
+        assert!(matches!(first, Err(SpoolError::Io(_))), "{first:?}");
+        let second = spool.append(record(2, b"b\r\n")).await.unwrap();
+        assert_eq!(spool.stats.segments.get(), 2, "the failed segment is not written again");
+        assert_eq!(second.offset, spool_format::RECORDS_OFFSET as u64);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    });
+}
+
+#[test]
+fn a_full_segment_rolls_to_a_new_one() {
+    run(|dir| async move {
+        let spool = open(dir, Faults::default()).await;
+        let body = vec![b'x'; 300 * 1024];
+        let mut segments = std::collections::HashSet::new();
+        for i in 0..8 {
+            let p = spool.append(record(i, &body)).await.unwrap();
+            segments.insert(p.segment.segment_id);
+        }
+        assert!(segments.len() >= 3, "{segments:?}");
+    });
+}
+
+#[test]
+fn id_spaces_of_cores_never_overlap() {
+    let mut a = IdSpace::new(10, 0, 3);
+    let mut b = IdSpace::new(10, 2, 3);
+    let xs: Vec<u64> = (0..5).map(|_| a.take()).collect();
+    let ys: Vec<u64> = (0..5).map(|_| b.take()).collect();
+    assert!(xs.iter().all(|x| !ys.contains(x)));
+    assert_eq!(xs[0], 10);
+}

@@ -1,0 +1,296 @@
+//! Shared harness for the integration tests: start the real `spate` binary
+//! on a loopback address with its own spool, talk SMTP to it with a tiny
+//! session language, run real peers (swaks, smtp-source), and read the spool
+//! back with the `spool-format` decoder.
+#![allow(dead_code)]
+
+use spool_format::{MessageView, RecordKind, ScanItem, Scanner, SegmentHeader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A distinct loopback address and port per test process and call, so
+/// tests can run in parallel.
+pub fn free_addr() -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id();
+    let ip = format!("127.{}.{}.{}", 10 + (pid % 200), (pid / 200) % 250, 1 + n % 250);
+    let probe = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind probe");
+    let port = probe.local_addr().unwrap().port();
+    format!("{ip}:{port}")
+}
+
+/// Fails the test loudly if a peer program is missing: never skip silently.
+pub fn require(program: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(found, "{program} is not installed; .ci/run installs it (apt-get install postfix swaks)");
+}
+
+pub struct Spate {
+    pub child: Option<Child>,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    pub log: Arc<Mutex<Vec<String>>>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Spate {
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Starts `spate serve` with a fresh spool and the extra flags given.
+    pub fn start(extra: &[&str]) -> Spate {
+        Spate::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Spate {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spate {
+            child: None,
+            addr: free_addr(),
+            dir,
+            log: Arc::new(Mutex::new(Vec::new())),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        s.launch();
+        s
+    }
+
+    /// (Re)starts the process on the same spool and address.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
+        cmd.arg("serve")
+            .arg("--listen").arg(&self.addr)
+            .arg("--spool").arg(self.spool_dir())
+            .arg("--log-dir").arg(self.dir.path().join("log"))
+            .arg("--hostname").arg("spate.test")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn spate");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        self.wait_for_log("spate: ready", Duration::from_secs(20));
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(start.elapsed() < limit, "no log line with {needle:?} after {limit:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then wait; returns the exit status code.
+    pub fn stop(&mut self) -> i32 {
+        let mut child = self.child.take().expect("running");
+        unsafe_kill(child.id(), libc_sigterm());
+        let status = wait_timeout(&mut child, Duration::from_secs(30));
+        status.code().unwrap_or(-1)
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.log.lock().unwrap().clear();
+    }
+
+    pub fn connect(&self) -> Smtp {
+        Smtp::connect(&self.addr)
+    }
+}
+
+impl Drop for Spate {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tiny SMTP session language: `smtp.send("RCPT TO:<a@b>").expect(250)`.
+pub struct Smtp {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Smtp {
+    pub fn connect(addr: &str) -> Smtp {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut s = Smtp { stream, reader };
+        s.expect(220);
+        s
+    }
+
+    /// Sends one command line (CRLF added).
+    pub fn send(&mut self, line: &str) -> &mut Smtp {
+        self.raw(format!("{line}\r\n").as_bytes())
+    }
+
+    /// Sends bytes as they are.
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Smtp {
+        self.stream.write_all(bytes).expect("write");
+        self
+    }
+
+    /// Reads one whole (possibly multi-line) reply: (code, lines).
+    pub fn reply(&mut self) -> (u16, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply; got {lines:?}");
+            let line = line.trim_end().to_string();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                break;
+            }
+        }
+        let code = lines.last().unwrap()[..3].parse().expect("reply code");
+        (code, lines)
+    }
+
+    /// Reads a reply and checks its code; returns the last line.
+    pub fn expect(&mut self, code: u16) -> String {
+        let (got, lines) = self.reply();
+        assert_eq!(got, code, "expected {code}, got {lines:?}");
+        lines.last().unwrap().clone()
+    }
+
+    /// True if the server closes the connection (or sends nothing) within `limit`.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 256];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+
+    /// EHLO, MAIL, RCPT for each recipient, DATA; then the body (already
+    /// dot-stuffed, ending in CRLF) and the final dot. Returns the DATA reply.
+    pub fn transaction(&mut self, from: &str, to: &[&str], body: &[u8]) -> String {
+        self.send("EHLO client.test").expect(250);
+        self.send(&format!("MAIL FROM:<{from}>")).expect(250);
+        for r in to {
+            self.send(&format!("RCPT TO:<{r}>")).expect(250);
+        }
+        self.send("DATA").expect(354);
+        self.raw(body).raw(b".\r\n");
+        self.expect(250)
+    }
+}
+
+/// A message as the spool holds it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: u64,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub flags: u32,
+    pub body: Vec<u8>,
+}
+
+impl Stored {
+    /// The body after spate's own Received header.
+    pub fn client_body(&self) -> &[u8] {
+        assert!(self.body.starts_with(b"Received: from "), "Received header first");
+        let mut pos = 0;
+        loop {
+            let lf = pos + self.body[pos..].iter().position(|&b| b == b'\n').unwrap();
+            pos = lf + 1;
+            if !matches!(self.body.get(pos), Some(b'\t') | Some(b' ')) {
+                return &self.body[pos..];
+            }
+        }
+    }
+}
+
+/// Every `Message` record in the spool, decoded.
+pub fn read_spool(dir: &Path) -> Vec<Stored> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        let bytes = std::fs::read(&path).unwrap();
+        SegmentHeader::decode(&bytes).expect("segment header");
+        for item in Scanner::new(&bytes) {
+            if let ScanItem::Record { header, payload, .. } = item {
+                if header.kind == RecordKind::Message {
+                    let m = MessageView::decode(payload).unwrap();
+                    out.push(Stored {
+                        id: header.message_id,
+                        sender: String::from_utf8(m.sender.to_vec()).unwrap(),
+                        recipients: m.recipients().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect(),
+                        flags: m.flags,
+                        body: m.body.to_vec(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs a program to completion, returning (success, stdout+stderr).
+pub fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub fn spate_cmd(args: &[&str]) -> (bool, String) {
+    run(env!("CARGO_BIN_EXE_spate"), args)
+}

@@ -1,0 +1,194 @@
+//! Every limit of the listener and its relay control: a clear reply, the
+//! session kept in step, nothing spooled that should not be.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn with_config(toml: &str) -> Spate {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spate.toml");
+    std::fs::write(&path, toml).unwrap();
+    let spate = Spate::start(&["--config", path.to_str().unwrap()]);
+    std::mem::forget(dir);
+    spate
+}
+
+#[test]
+fn relay_is_refused_outside_the_relay_networks() {
+    let spate = Spate::start(&["--relay-from", "192.0.2.0/24"]);
+    let mut smtp = spate.connect();
+    smtp.send("EHLO outsider.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    for rcpt in ["r@b.test", "user%other@b.test", "@relay.test:user@b.test", "\"user@other\"@b.test"] {
+        let line = smtp.send(&format!("RCPT TO:<{rcpt}>")).expect(550);
+        assert!(line.contains("5.7.1"), "{line}");
+    }
+    smtp.send("DATA").expect(554);
+    smtp.send("QUIT").expect(221);
+    assert!(read_spool(&spate.spool_dir()).is_empty());
+}
+
+#[test]
+fn recipients_over_the_limit_get_452_and_the_rest_are_kept() {
+    let spate = with_config("[server]\nmax_recipients = 5\n");
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    for i in 0..5 {
+        smtp.send(&format!("RCPT TO:<r{i}@b.test>")).expect(250);
+    }
+    let line = smtp.send("RCPT TO:<r5@b.test>").expect(452);
+    assert!(line.contains("4.5.3"), "{line}");
+    smtp.send("DATA").expect(354);
+    smtp.raw(b"Subject: x\r\n\r\nbody\r\n.\r\n").expect(250);
+    let stored = read_spool(&spate.spool_dir());
+    assert_eq!(stored[0].recipients.len(), 5);
+}
+
+#[test]
+fn size_limit_at_mail_and_after_the_dot() {
+    let spate = Spate::start(&["--max-message-size", "10000"]);
+    let mut smtp = spate.connect();
+    let ehlo = smtp.send("EHLO c.test").reply().1;
+    assert!(ehlo.iter().any(|l| l == "250-SIZE 10000"), "{ehlo:?}");
+    smtp.send("MAIL FROM:<s@a.test> SIZE=20000").expect(552);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    let line = format!("{}\r\n", "y".repeat(98));
+    smtp.raw(line.repeat(110).as_bytes()).raw(b".\r\n");
+    let refused = smtp.expect(552);
+    assert!(refused.contains("5.3.4"), "{refused}");
+    smtp.send("NOOP").expect(250);
+    let ok = smtp.transaction("s@a.test", &["r@b.test"], line.repeat(90).as_bytes());
+    assert!(ok.contains("queued"));
+    assert_eq!(read_spool(&spate.spool_dir()).len(), 1);
+}
+
+#[test]
+fn over_long_command_line_gets_500_and_session_survives() {
+    let spate = Spate::start(&[]);
+    let mut smtp = spate.connect();
+    smtp.send(&format!("NOOP {}", "x".repeat(2044))).expect(500);
+    smtp.send("NOOP").expect(250);
+    smtp.send(&format!("EHLO {}", "h".repeat(600))).expect(500);
+    smtp.send("EHLO ok.test").expect(250);
+}
+
+#[test]
+fn command_ended_by_bare_lf_is_not_executed() {
+    let spate = Spate::start(&[]);
+    let mut smtp = spate.connect();
+    smtp.raw(b"EHLO c.test\n").expect(500);
+    smtp.send("MAIL FROM:<s@a.test>").expect(503);
+    smtp.send("EHLO c.test").expect(250);
+}
+
+#[test]
+fn nul_and_invalid_utf8_in_commands_get_501() {
+    let spate = Spate::start(&[]);
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.raw(b"MAIL FROM:<a\0b@c.test>\r\n").expect(501);
+    smtp.raw(b"MAIL FROM:<\xff\xfe@c.test>\r\n").expect(501);
+    smtp.raw(b"MAIL FROM:<a@c.test> SIZE=10\rRCPT TO:<x@y>\r\n").expect(501);
+    smtp.send("MAIL FROM:<a@c.test>").expect(250);
+}
+
+#[test]
+fn text_line_over_1000_octets_is_refused_after_the_dot() {
+    let spate = Spate::start(&[]);
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    smtp.raw(format!("Subject: long\r\n\r\n{}\r\n.\r\n", "z".repeat(1500)).as_bytes());
+    smtp.expect(550);
+    smtp.send("NOOP").expect(250);
+    assert!(read_spool(&spate.spool_dir()).is_empty());
+}
+
+#[test]
+fn smuggled_end_of_data_never_makes_a_second_message() {
+    let spate = Spate::start(&[]);
+    let variants: [&[u8]; 7] = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\n", b"\r\n.\r", b"\r\n.\n", b"\r\n\x00.\r\n"];
+    for end in variants {
+        let mut smtp = spate.connect();
+        smtp.send("EHLO c.test").expect(250);
+        smtp.send("MAIL FROM:<s@a.test>").expect(250);
+        smtp.send("RCPT TO:<r@b.test>").expect(250);
+        smtp.send("DATA").expect(354);
+        let mut msg = b"Subject: smuggle\r\n\r\nhello".to_vec();
+        msg.extend_from_slice(end);
+        msg.extend_from_slice(b"MAIL FROM:<evil@a.test>\r\nRCPT TO:<victim@b.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n");
+        smtp.raw(&msg);
+        let (code, _) = smtp.reply();
+        assert!(code == 550 || code == 250, "{end:?}: {code}");
+        smtp.send("NOOP").expect(250);
+    }
+    let stored = read_spool(&spate.spool_dir());
+    assert!(stored.len() <= 1, "{} messages from {} DATA commands", stored.len(), variants.len());
+    for m in stored {
+        assert_eq!(m.recipients, ["r@b.test"], "a smuggled envelope was accepted");
+    }
+}
+
+#[test]
+fn idle_session_is_closed_at_the_command_timeout() {
+    let spate = with_config("[server]\ncommand_timeout_secs = 1\n");
+    let mut smtp = spate.connect();
+    let line = smtp.expect(421);
+    assert!(line.contains("4.4.2"), "{line}");
+    assert!(smtp.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn stalled_data_is_closed_at_the_data_timeout_and_nothing_queued() {
+    let spate = with_config("[server]\ndata_timeout_secs = 1\n");
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    smtp.raw(b"Subject: slow\r\n\r\npart");
+    smtp.expect(421);
+    assert!(read_spool(&spate.spool_dir()).is_empty());
+}
+
+#[test]
+fn too_many_errors_close_the_session() {
+    let spate = with_config("[server]\nmax_errors = 3\n");
+    let mut smtp = spate.connect();
+    smtp.send("BOGUS").expect(500);
+    smtp.send("BOGUS").expect(500);
+    smtp.send("BOGUS").expect(500);
+    smtp.expect(421);
+    assert!(smtp.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn commands_out_of_order_get_503() {
+    let spate = Spate::start(&[]);
+    let mut smtp = spate.connect();
+    smtp.send("MAIL FROM:<s@a.test>").expect(503);
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(503);
+    smtp.send("DATA").expect(503);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(503);
+    smtp.send("VRFY someone").expect(252);
+    smtp.send("RSET").expect(250);
+    smtp.send("MAIL FROM:<> ").expect(250);
+}
+
+#[test]
+fn connections_over_the_per_core_limit_get_421() {
+    let spate = with_config("[server]\nmax_connections_per_core = 1\n[cores]\ncpus = \"1\"\n");
+    let _first = spate.connect();
+    let mut second = std::io::BufReader::new(std::net::TcpStream::connect(&spate.addr).unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut second, &mut line).unwrap();
+    assert!(line.starts_with("421 4.7.0"), "{line}");
+}
