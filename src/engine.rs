@@ -38,6 +38,8 @@ pub enum EngineError {
     LogDir(String, std::io::Error),
     #[error("core {0}: {1}")]
     Start(usize, String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Everything one core owns. Lives on that core's thread only.
@@ -64,7 +66,10 @@ impl Core {
                 // The owner is gone (shutting down). The message is durable
                 // and recovery requeues it at the next start.
                 let id = part.map_or_else(|| "?".into(), |p| p.id_text());
-                eprintln!("spate: core {}: core {owner} is gone; message {id} stays in the spool", self.index);
+                eprintln!(
+                    "spate: core {}: core {owner} is gone; message {id} stays in the spool",
+                    self.index
+                );
             }
         }
     }
@@ -85,15 +90,35 @@ struct CoreStart {
 
 /// Runs the engine until SIGTERM/SIGINT. Returns once every core has
 /// finished its open transactions (or the grace time ran out).
-pub fn serve(cfg: Config) -> Result<(), EngineError> {
-    let online: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
+    let online: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let cpus = cfg.cores.resolve(&online).map_err(EngineError::Cores)?;
-    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| EngineError::LogDir(cfg.log_dir.display().to_string(), e))?;
-    let tls = cfg.tls.as_ref().map(tls::server_config).transpose()?.map(TlsAcceptor::from);
-    let Recovered { next_segment_id, messages, report } = recovery::recover(&cfg.spool_dir)?;
+    std::fs::create_dir_all(&cfg.log_dir)
+        .map_err(|e| EngineError::LogDir(cfg.log_dir.display().to_string(), e))?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()?
+        .map(TlsAcceptor::from);
+    let Recovered {
+        next_segment_id,
+        messages,
+        report,
+    } = recovery::recover(&cfg.spool_dir)?;
+    // Absolute from here on: glommio opens the directory by path.
+    cfg.spool_dir =
+        std::fs::canonicalize(&cfg.spool_dir).map_err(|source| recovery::RecoveryError::Io {
+            path: cfg.spool_dir.clone(),
+            source,
+        })?;
     eprintln!(
-        "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped",
-        cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len()
+        "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments",
+        cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len()
     );
     let n = cpus.len();
     let mut per_core: Vec<Vec<MessageHandle>> = (0..n).map(|_| Vec::new()).collect();
@@ -109,7 +134,17 @@ pub fn serve(cfg: Config) -> Result<(), EngineError> {
     let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
     let mut joins = Vec::new();
     for (index, (cpu, recovered)) in cpus.iter().zip(per_core).enumerate() {
-        let start = CoreStart { index, cores: n, cfg: cfg.clone(), tls: tls.clone(), recovered, next_segment_id, mesh: mesh.clone(), stop: stop.clone(), ready: ready_tx.clone() };
+        let start = CoreStart {
+            index,
+            cores: n,
+            cfg: cfg.clone(),
+            tls: tls.clone(),
+            recovered,
+            next_segment_id,
+            mesh: mesh.clone(),
+            stop: stop.clone(),
+            ready: ready_tx.clone(),
+        };
         let join = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("spate-core-{index}"))
             .spawn(move || run_core(start))
@@ -124,7 +159,10 @@ pub fn serve(cfg: Config) -> Result<(), EngineError> {
     }
     if failure.is_none() {
         let addrs: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
-        eprintln!("spate: ready: {n} cores on CPUs {cpus:?}, listening on {}", addrs.join(", "));
+        eprintln!(
+            "spate: ready: {n} cores on CPUs {cpus:?}, listening on {}",
+            addrs.join(", ")
+        );
     } else {
         stop.store(true, Ordering::SeqCst);
     }
@@ -132,7 +170,7 @@ pub fn serve(cfg: Config) -> Result<(), EngineError> {
         let _ = j.join();
     }
     match failure {
-        Some(e) => Err(EngineError::Start(0, e)),
+        Some(e) => Err(EngineError::Failed(e)),
         None => {
             eprintln!("spate: stopped");
             Ok(())
@@ -143,7 +181,8 @@ pub fn serve(cfg: Config) -> Result<(), EngineError> {
 /// SIGTERM or SIGINT asks every core to stop; a second one exits at once.
 fn watch_signals(stop: Arc<AtomicBool>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
     std::thread::spawn(move || {
         for sig in signals.forever() {
             if stop.swap(true, Ordering::SeqCst) {
@@ -162,7 +201,15 @@ async fn run_core(s: CoreStart) {
     }
     let mesh = Mesh::join(s.mesh, queues.clone()).await;
     let ids = IdSpace::new(s.next_segment_id, s.index, s.cores);
-    let spool = match Spool::open(s.cfg.spool_dir.clone(), s.cfg.segment_bytes, s.index, ids, Faults::from_env()).await {
+    let spool = match Spool::open(
+        s.cfg.spool_dir.clone(),
+        s.cfg.segment_bytes,
+        s.index,
+        ids,
+        Faults::from_env(),
+    )
+    .await
+    {
         Ok(spool) => spool,
         Err(e) => return fail(&s.ready, &s.stop, format!("core {}: spool: {e}", s.index)).await,
     };
@@ -195,7 +242,11 @@ async fn run_core(s: CoreStart) {
     shut_down(&core).await;
 }
 
-async fn fail(ready: &crossbeam::channel::Sender<Result<(), String>>, stop: &AtomicBool, why: String) {
+async fn fail(
+    ready: &crossbeam::channel::Sender<Result<(), String>>,
+    stop: &AtomicBool,
+    why: String,
+) {
     let _ = ready.send(Err(why));
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(STOP_POLL).await;
@@ -208,7 +259,9 @@ async fn shut_down(core: &Rc<Core>) {
     core.stop.stop();
     let deadline = Instant::now() + core.cfg.shutdown_grace;
     while core.sessions.get() > 0 {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
         futures_lite::future::or(core.session_ended.notified(), glommio::timer::sleep(left)).await;
     }
     core.spool.close();

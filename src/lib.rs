@@ -22,13 +22,13 @@
 //! directly; the spool has fault hooks so tests can make syncs hang or fail.
 
 pub mod config;
-pub mod message;
-pub mod local;
-pub mod tls;
-pub mod listener;
-pub mod spool;
-pub mod router;
-pub mod mesh;
-pub mod queue;
 pub mod engine;
+pub mod listener;
+pub mod local;
+pub mod mesh;
+pub mod message;
+pub mod queue;
+pub mod router;
+pub mod spool;
 pub mod spool_tool;
+pub mod tls;

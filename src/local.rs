@@ -76,7 +76,10 @@ impl Future for StopWait<'_> {
         if self.signal.stopped.get() {
             return Poll::Ready(());
         }
-        self.signal.wakers.borrow_mut().insert(self.key, cx.waker().clone());
+        self.signal
+            .wakers
+            .borrow_mut()
+            .insert(self.key, cx.waker().clone());
         Poll::Pending
     }
 }

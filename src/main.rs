@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "spate", version, about = "Thread-per-core bulk mail transfer agent")]
+#[command(
+    name = "spate",
+    version,
+    about = "Thread-per-core bulk mail transfer agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -16,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the engine: accept mail over SMTP, spool it, deliver it.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -30,7 +34,7 @@ enum ConfigCmd {
     /// Print the default configuration as a commented TOML file.
     Default,
     /// Check a configuration (file plus flags) and print what it resolves to.
-    Check(ServeArgs),
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Subcommand)]
@@ -86,7 +90,12 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn config(&self) -> Result<Config, String> {
-        let file = self.config.as_deref().map(RawConfig::load).transpose().map_err(|e| e.to_string())?;
+        let file = self
+            .config
+            .as_deref()
+            .map(RawConfig::load)
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let o = Overrides {
             listen: self.listen.clone(),
             cores: self.cores.clone(),
@@ -108,14 +117,18 @@ impl ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Serve(args) => args.config().and_then(|cfg| spate::engine::serve(cfg).map_err(|e| e.to_string())),
+        Cmd::Serve(args) => args
+            .config()
+            .and_then(|cfg| spate::engine::serve(cfg).map_err(|e| e.to_string())),
         Cmd::Config(ConfigCmd::Default) => {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
         Cmd::Config(ConfigCmd::Check(args)) => args.config().map(|cfg| println!("{cfg:#?}")),
         Cmd::Spool(SpoolCmd::Verify { dir }) => verify(&dir),
-        Cmd::Spool(SpoolCmd::Dump { dir }) => spate::spool_tool::dump(&dir, &mut std::io::stdout().lock()),
+        Cmd::Spool(SpoolCmd::Dump { dir }) => {
+            spate::spool_tool::dump(&dir, &mut std::io::stdout().lock())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +144,15 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
     for p in &report.problems {
         println!("{p}");
     }
-    println!("{} segments, {} records, {} problems", report.segments, report.records, report.problems.len());
-    if report.problems.is_empty() { Ok(()) } else { Err(format!("{} problems found", report.problems.len())) }
+    println!(
+        "{} segments, {} records, {} problems",
+        report.segments,
+        report.records,
+        report.problems.len()
+    );
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} problems found", report.problems.len()))
+    }
 }

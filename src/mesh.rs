@@ -49,10 +49,15 @@ impl Mesh {
 
     /// Sends a handle to core `to` (not this one), waiting while its channel is full.
     /// Gives the handle back if the peer has closed its end.
-    pub async fn send(&self, to: usize, handle: MessageHandle) -> Result<(), Option<MessageHandle>> {
+    pub async fn send(
+        &self,
+        to: usize,
+        handle: MessageHandle,
+    ) -> Result<(), Option<MessageHandle>> {
         debug_assert_ne!(to, self.core());
         self.senders.send_to(to, handle).await.map_err(|e| match e {
-            GlommioError::Closed(ResourceType::Channel(h)) | GlommioError::WouldBlock(ResourceType::Channel(h)) => Some(h),
+            GlommioError::Closed(ResourceType::Channel(h))
+            | GlommioError::WouldBlock(ResourceType::Channel(h)) => Some(h),
             _ => None,
         })
     }

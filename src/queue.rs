@@ -40,7 +40,10 @@ pub struct QueueSummary {
 
 impl Queues {
     pub fn new(core: usize) -> Queues {
-        Queues { core, ..Default::default() }
+        Queues {
+            core,
+            ..Default::default()
+        }
     }
 
     /// Queues every recipient of `handle`; all must belong to this core.
@@ -56,15 +59,27 @@ impl Queues {
         }
         let mut domains = self.domains.borrow_mut();
         for (domain, recipients) in by_domain {
-            self.recipients.set(self.recipients.get() + recipients.len() as u64);
-            let entry = QueuedMessage { message: message.clone(), recipients };
-            domains.entry(domain.into_boxed_str()).or_default().ready.push_back(entry);
+            self.recipients
+                .set(self.recipients.get() + recipients.len() as u64);
+            let entry = QueuedMessage {
+                message: message.clone(),
+                recipients,
+            };
+            domains
+                .entry(domain.into_boxed_str())
+                .or_default()
+                .ready
+                .push_back(entry);
         }
         self.messages.set(self.messages.get() + 1);
     }
 
     pub fn summary(&self) -> QueueSummary {
-        QueueSummary { messages: self.messages.get(), recipients: self.recipients.get(), domains: self.domains.borrow().len() }
+        QueueSummary {
+            messages: self.messages.get(),
+            recipients: self.recipients.get(),
+            domains: self.domains.borrow().len(),
+        }
     }
 
     pub fn core(&self) -> usize {

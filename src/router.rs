@@ -52,7 +52,15 @@ pub fn split_by_owner(handle: MessageHandle, cores: usize) -> Vec<(usize, Messag
     }
     by_core
         .into_iter()
-        .map(|(core, recipients)| (core, MessageHandle { recipients, ..handle.clone() }))
+        .map(|(core, recipients)| {
+            (
+                core,
+                MessageHandle {
+                    recipients,
+                    ..handle.clone()
+                },
+            )
+        })
         .collect()
 }
 
@@ -65,7 +73,14 @@ mod tests {
         assert_eq!(owner_of("Example.COM", 8), owner_of("example.com", 8));
         // Pinned values: changing the hash would strand queued mail.
         assert_eq!(fnv1a_lower(b"example.com"), 0x576846634e2714c6);
-        assert_eq!([owner_of("gmail.com", 4), owner_of("yahoo.com", 4), owner_of("outlook.com", 4)], [3, 3, 2]);
+        assert_eq!(
+            [
+                owner_of("gmail.com", 4),
+                owner_of("yahoo.com", 4),
+                owner_of("outlook.com", 4)
+            ],
+            [3, 3, 2]
+        );
         assert_eq!(owner_of("a", 1), 0);
     }
 

@@ -5,7 +5,9 @@
 use crate::spool::map_segment;
 use crate::spool::recovery::list_segments;
 use serde_json::json;
-use spool_format::{Damage, MessageView, RecordKind, ScanItem, Scanner, SegmentHeader, StateRecord};
+use spool_format::{
+    Damage, MessageView, RecordKind, ScanItem, Scanner, SegmentHeader, StateRecord,
+};
 use std::io::Write;
 use std::path::Path;
 
@@ -24,27 +26,54 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
     for (id, path) in list_segments(dir).map_err(|e| e.to_string())? {
         let map = map_segment(path.clone(), id).map_err(|e| format!("{}: {e}", path.display()))?;
         report.segments += 1;
-        if let Err(e) = SegmentHeader::decode(&map.map) {
-            report.problems.push(format!("{}: header: {e}", path.display()));
-            continue;
+        match SegmentHeader::decode(&map.map) {
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("{}: header: {e}", path.display()));
+                continue;
+            }
+            Ok(h) if h.segment_bytes != map.map.len() as u64 => {
+                report.problems.push(format!(
+                    "{}: truncated to {} of {} bytes",
+                    path.display(),
+                    map.map.len(),
+                    h.segment_bytes
+                ));
+            }
+            Ok(_) => {}
         }
         for item in Scanner::new(&map.map) {
             match item {
-                ScanItem::Record { offset, header, payload } => {
+                ScanItem::Record {
+                    offset,
+                    header,
+                    payload,
+                } => {
                     report.records += 1;
                     let ok = match header.kind {
                         RecordKind::Message => MessageView::decode(payload).is_ok(),
                         kind => StateRecord::decode(kind, payload).is_ok(),
                     };
                     if !ok {
-                        report.problems.push(format!("{}: offset {offset}: {} payload does not decode", path.display(), header.kind.name()));
+                        report.problems.push(format!(
+                            "{}: offset {offset}: {} payload does not decode",
+                            path.display(),
+                            header.kind.name()
+                        ));
                     }
                 }
                 ScanItem::Damage(Damage::Corrupt { offset, len }) => {
-                    report.problems.push(format!("{}: offset {offset}: {len} corrupt bytes", path.display()));
+                    report.problems.push(format!(
+                        "{}: offset {offset}: {len} corrupt bytes",
+                        path.display()
+                    ));
                 }
                 ScanItem::Damage(Damage::TornTail { offset, len }) => {
-                    report.problems.push(format!("{}: offset {offset}: torn tail of {len} bytes", path.display()));
+                    report.problems.push(format!(
+                        "{}: offset {offset}: torn tail of {len} bytes",
+                        path.display()
+                    ));
                 }
             }
         }
@@ -59,12 +88,17 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> Result<(), String> {
         let map = map_segment(path.clone(), id).map_err(|e| format!("{}: {e}", path.display()))?;
         let seg = format!("{id:016x}");
         if let Err(e) = SegmentHeader::decode(&map.map) {
-            writeln!(out, "{}", json!({"segment": seg, "error": e.to_string()})).map_err(|e| e.to_string())?;
+            writeln!(out, "{}", json!({"segment": seg, "error": e.to_string()}))
+                .map_err(|e| e.to_string())?;
             continue;
         }
         for item in Scanner::new(&map.map) {
             let line = match item {
-                ScanItem::Record { offset, header, payload } => {
+                ScanItem::Record {
+                    offset,
+                    header,
+                    payload,
+                } => {
                     let id = format!("{:016x}", header.message_id);
                     match header.kind {
                         RecordKind::Message => match MessageView::decode(payload) {
@@ -73,11 +107,15 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> Result<(), String> {
                                 "received_ms": m.received_ms, "flags": m.flags, "sender": text(m.sender),
                                 "recipients": m.recipients().map(text).collect::<Vec<_>>(), "body_bytes": m.body.len(),
                             }),
-                            Err(e) => json!({"segment": seg, "offset": offset, "kind": "Message", "id": id, "error": e.to_string()}),
+                            Err(e) => {
+                                json!({"segment": seg, "offset": offset, "kind": "Message", "id": id, "error": e.to_string()})
+                            }
                         },
                         kind => match StateRecord::decode(kind, payload) {
                             Ok(s) => state_json(&seg, offset, &id, &s),
-                            Err(e) => json!({"segment": seg, "offset": offset, "kind": kind.name(), "id": id, "error": e.to_string()}),
+                            Err(e) => {
+                                json!({"segment": seg, "offset": offset, "kind": kind.name(), "id": id, "error": e.to_string()})
+                            }
                         },
                     }
                 }
@@ -92,12 +130,22 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> Result<(), String> {
 fn state_json(seg: &str, offset: usize, id: &str, s: &StateRecord<'_>) -> serde_json::Value {
     let mut v = json!({"segment": seg, "offset": offset, "kind": s.kind().name(), "id": id, "recipient": s.recipient()});
     match *s {
-        StateRecord::Delivered { time_ms, .. } | StateRecord::Expired { time_ms, .. } => v["time_ms"] = json!(time_ms),
-        StateRecord::Bounced { time_ms, reason, .. } => {
+        StateRecord::Delivered { time_ms, .. } | StateRecord::Expired { time_ms, .. } => {
+            v["time_ms"] = json!(time_ms)
+        }
+        StateRecord::Bounced {
+            time_ms, reason, ..
+        } => {
             v["time_ms"] = json!(time_ms);
             v["reason"] = json!(reason);
         }
-        StateRecord::Attempt { time_ms, attempt, next_ms, reason, .. } => {
+        StateRecord::Attempt {
+            time_ms,
+            attempt,
+            next_ms,
+            reason,
+            ..
+        } => {
             v["time_ms"] = json!(time_ms);
             v["attempt"] = json!(attempt);
             v["next_ms"] = json!(next_ms);

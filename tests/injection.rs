@@ -10,15 +10,35 @@ fn swaks_pipelined_multi_recipient_message_is_spooled() {
     let spate = Spate::start(&[]);
     let data = spate.dir.path().join("data.txt");
     std::fs::write(&data, "Subject: swaks\r\n\r\n.dot line\r\nplain line\r\n").unwrap();
-    let (ok, out) = run("swaks", &["--server", &spate.addr, "--pipeline", "--from", "s@sender.test", "--to", "a@one.test,b@two.test,c@three.test", "--data", data.to_str().unwrap()]);
+    let (ok, out) = run(
+        "swaks",
+        &[
+            "--server",
+            &spate.addr,
+            "--pipeline",
+            "--from",
+            "s@sender.test",
+            "--to",
+            "a@one.test,b@two.test,c@three.test",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
     let stored = read_spool(&spate.spool_dir());
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].sender, "s@sender.test");
-    assert_eq!(stored[0].recipients, ["a@one.test", "b@two.test", "c@three.test"]);
+    assert_eq!(
+        stored[0].recipients,
+        ["a@one.test", "b@two.test", "c@three.test"]
+    );
     let body = stored[0].client_body();
-    assert!(body.starts_with(b"Subject: swaks\r\n\r\n.dot line\r\nplain line\r\n"), "{}", String::from_utf8_lossy(body));
+    assert!(
+        body.starts_with(b"Subject: swaks\r\n\r\n.dot line\r\nplain line\r\n"),
+        "{}",
+        String::from_utf8_lossy(body)
+    );
 }
 
 #[test]
@@ -26,9 +46,32 @@ fn smtp_source_file_is_spooled_byte_exact() {
     require("smtp-source");
     let spate = Spate::start(&[]);
     let file = spate.dir.path().join("msg.txt");
-    let lines = ["Subject: exact", "", ".starts with a dot", "..two dots", ".", "tail"];
+    let lines = [
+        "Subject: exact",
+        "",
+        ".starts with a dot",
+        "..two dots",
+        ".",
+        "tail",
+    ];
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let (ok, out) = run("smtp-source", &["-s", "4", "-m", "40", "-d", "-F", file.to_str().unwrap(), "-f", "s@a.test", "-t", "r@b.test", &spate.addr]);
+    let (ok, out) = run(
+        "smtp-source",
+        &[
+            "-s",
+            "4",
+            "-m",
+            "40",
+            "-d",
+            "-F",
+            file.to_str().unwrap(),
+            "-f",
+            "s@a.test",
+            "-t",
+            "r@b.test",
+            &spate.addr,
+        ],
+    );
     assert!(ok, "{out}");
     let stored = read_spool(&spate.spool_dir());
     assert_eq!(stored.len(), 40);
@@ -43,11 +86,31 @@ fn smtp_source_file_is_spooled_byte_exact() {
 fn smtp_source_sessions_with_many_recipients() {
     require("smtp-source");
     let spate = Spate::start(&[]);
-    let (ok, out) = run("smtp-source", &["-s", "10", "-m", "500", "-r", "3", "-l", "4096", "-d", "-f", "s@a.test", "-t", "r@b.test", &spate.addr]);
+    let (ok, out) = run(
+        "smtp-source",
+        &[
+            "-s",
+            "10",
+            "-m",
+            "500",
+            "-r",
+            "3",
+            "-l",
+            "4096",
+            "-d",
+            "-f",
+            "s@a.test",
+            "-t",
+            "r@b.test",
+            &spate.addr,
+        ],
+    );
     assert!(ok, "{out}");
     let stored = read_spool(&spate.spool_dir());
     assert_eq!(stored.len(), 500);
-    assert!(stored.iter().all(|m| m.recipients.len() == 3 && m.body.len() > 4096));
+    assert!(stored
+        .iter()
+        .all(|m| m.recipients.len() == 3 && m.body.len() > 4096));
     let mut ids: Vec<u64> = stored.iter().map(|m| m.id).collect();
     ids.sort();
     ids.dedup();
@@ -64,17 +127,25 @@ fn eight_bit_body_and_dot_stuffing_are_exact() {
     smtp.send("MAIL FROM:<s@a.test> BODY=8BITMIME").expect(250);
     smtp.send("RCPT TO:<r@b.test>").expect(250);
     smtp.send("DATA").expect(354);
-    let body = "Subject: caf\u{e9}\r\n\r\n\u{fc}ber gr\u{f6}\u{df}e\r\n..leading dot\r\n... three\r\n";
+    let body =
+        "Subject: caf\u{e9}\r\n\r\n\u{fc}ber gr\u{f6}\u{df}e\r\n..leading dot\r\n... three\r\n";
     smtp.raw(body.as_bytes()).raw(b".\r\n");
     let reply = smtp.expect(250);
     let stored = read_spool(&spate.spool_dir());
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].flags & spool_format::FLAG_8BITMIME, spool_format::FLAG_8BITMIME);
-    let expected = "Subject: caf\u{e9}\r\n\r\n\u{fc}ber gr\u{f6}\u{df}e\r\n.leading dot\r\n.. three\r\n";
+    assert_eq!(
+        stored[0].flags & spool_format::FLAG_8BITMIME,
+        spool_format::FLAG_8BITMIME
+    );
+    let expected =
+        "Subject: caf\u{e9}\r\n\r\n\u{fc}ber gr\u{f6}\u{df}e\r\n.leading dot\r\n.. three\r\n";
     assert_eq!(stored[0].client_body(), expected.as_bytes());
     assert!(reply.contains(&format!("{:016x}", stored[0].id)));
     let received = String::from_utf8_lossy(&stored[0].body[..200]).to_string();
-    assert!(received.contains("by spate.test (spate) with ESMTP id"), "{received}");
+    assert!(
+        received.contains("by spate.test (spate) with ESMTP id"),
+        "{received}"
+    );
 }
 
 #[test]
@@ -83,13 +154,21 @@ fn smtputf8_addresses_are_accepted_and_flagged() {
     let mut smtp = spate.connect();
     smtp.send("EHLO client.test").expect(250);
     smtp.send("MAIL FROM:<j\u{f6}rg@absender.test>").expect(553);
-    smtp.send("MAIL FROM:<j\u{f6}rg@absender.test> SMTPUTF8").expect(250);
-    smtp.send("RCPT TO:<\u{7528}\u{6237}@\u{4f8b}\u{5b50}.test>").expect(250);
+    smtp.send("MAIL FROM:<j\u{f6}rg@absender.test> SMTPUTF8")
+        .expect(250);
+    smtp.send("RCPT TO:<\u{7528}\u{6237}@\u{4f8b}\u{5b50}.test>")
+        .expect(250);
     smtp.send("DATA").expect(354);
     smtp.raw(b"Subject: utf8\r\n\r\nhi\r\n.\r\n").expect(250);
     let stored = read_spool(&spate.spool_dir());
-    assert_eq!(stored[0].recipients, ["\u{7528}\u{6237}@\u{4f8b}\u{5b50}.test"]);
-    assert_eq!(stored[0].flags & spool_format::FLAG_SMTPUTF8, spool_format::FLAG_SMTPUTF8);
+    assert_eq!(
+        stored[0].recipients,
+        ["\u{7528}\u{6237}@\u{4f8b}\u{5b50}.test"]
+    );
+    assert_eq!(
+        stored[0].flags & spool_format::FLAG_SMTPUTF8,
+        spool_format::FLAG_SMTPUTF8
+    );
 }
 
 #[test]

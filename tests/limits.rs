@@ -20,7 +20,12 @@ fn relay_is_refused_outside_the_relay_networks() {
     let mut smtp = spate.connect();
     smtp.send("EHLO outsider.test").expect(250);
     smtp.send("MAIL FROM:<s@a.test>").expect(250);
-    for rcpt in ["r@b.test", "user%other@b.test", "@relay.test:user@b.test", "\"user@other\"@b.test"] {
+    for rcpt in [
+        "r@b.test",
+        "user%other@b.test",
+        "@relay.test:user@b.test",
+        "\"user@other\"@b.test",
+    ] {
         let line = smtp.send(&format!("RCPT TO:<{rcpt}>")).expect(550);
         assert!(line.contains("5.7.1"), "{line}");
     }
@@ -92,7 +97,8 @@ fn nul_and_invalid_utf8_in_commands_get_501() {
     smtp.send("EHLO c.test").expect(250);
     smtp.raw(b"MAIL FROM:<a\0b@c.test>\r\n").expect(501);
     smtp.raw(b"MAIL FROM:<\xff\xfe@c.test>\r\n").expect(501);
-    smtp.raw(b"MAIL FROM:<a@c.test> SIZE=10\rRCPT TO:<x@y>\r\n").expect(501);
+    smtp.raw(b"MAIL FROM:<a@c.test> SIZE=10\rRCPT TO:<x@y>\r\n")
+        .expect(501);
     smtp.send("MAIL FROM:<a@c.test>").expect(250);
 }
 
@@ -113,7 +119,15 @@ fn text_line_over_1000_octets_is_refused_after_the_dot() {
 #[test]
 fn smuggled_end_of_data_never_makes_a_second_message() {
     let spate = Spate::start(&[]);
-    let variants: [&[u8]; 7] = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\n", b"\r\n.\r", b"\r\n.\n", b"\r\n\x00.\r\n"];
+    let variants: [&[u8]; 7] = [
+        b"\n.\n",
+        b"\n.\r\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\r\n.\r",
+        b"\r\n.\n",
+        b"\r\n\x00.\r\n",
+    ];
     for end in variants {
         let mut smtp = spate.connect();
         smtp.send("EHLO c.test").expect(250);
@@ -129,9 +143,18 @@ fn smuggled_end_of_data_never_makes_a_second_message() {
         smtp.send("NOOP").expect(250);
     }
     let stored = read_spool(&spate.spool_dir());
-    assert!(stored.len() <= 1, "{} messages from {} DATA commands", stored.len(), variants.len());
+    assert!(
+        stored.len() <= 1,
+        "{} messages from {} DATA commands",
+        stored.len(),
+        variants.len()
+    );
     for m in stored {
-        assert_eq!(m.recipients, ["r@b.test"], "a smuggled envelope was accepted");
+        assert_eq!(
+            m.recipients,
+            ["r@b.test"],
+            "a smuggled envelope was accepted"
+        );
     }
 }
 

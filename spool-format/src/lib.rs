@@ -14,11 +14,11 @@ mod scan;
 mod segment;
 
 pub use record::{
-    decode_record, encode_state, MessageBuilder, MessageView, RecordHeader, RecordKind, StateRecord,
-    StateView, FLAG_8BITMIME, FLAG_SMTPUTF8,
+    decode_record, encode_state, MessageBuilder, MessageView, RecordHeader, RecordKind,
+    StateRecord, StateView, FLAG_8BITMIME, FLAG_SMTPUTF8,
 };
 pub use scan::{Damage, ScanItem, Scanner};
-pub use segment::{segment_file_name, parse_segment_file_name, SegmentHeader};
+pub use segment::{parse_segment_file_name, segment_file_name, SegmentHeader};
 
 /// The format version this crate reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -83,7 +83,10 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         let end = self.pos.checked_add(n).ok_or(FormatError::Truncated)?;
-        let out = self.bytes.get(self.pos..end).ok_or(FormatError::Truncated)?;
+        let out = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(FormatError::Truncated)?;
         self.pos = end;
         Ok(out)
     }

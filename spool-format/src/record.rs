@@ -73,7 +73,9 @@ fn write_header(out: &mut [u8], kind: RecordKind, payload_len: u32, message_id: 
 /// Decodes the record that starts at `bytes[0]`; `bytes` may run on past it.
 /// Returns the header and the payload, both checked against the CRC.
 pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError> {
-    let head = bytes.get(..RECORD_HEADER_BYTES).ok_or(FormatError::Truncated)?;
+    let head = bytes
+        .get(..RECORD_HEADER_BYTES)
+        .ok_or(FormatError::Truncated)?;
     let kind = RecordKind::from_u8(head[4]).ok_or(FormatError::Invalid("record kind"))?;
     if head[5..8] != [0, 0, 0] || head[12..16] != [0, 0, 0, 0] {
         return Err(FormatError::Invalid("record reserved field"));
@@ -82,13 +84,23 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError>
     let end = RECORD_HEADER_BYTES
         .checked_add(payload_len as usize)
         .ok_or(FormatError::Truncated)?;
-    let payload = bytes.get(RECORD_HEADER_BYTES..end).ok_or(FormatError::Truncated)?;
+    let payload = bytes
+        .get(RECORD_HEADER_BYTES..end)
+        .ok_or(FormatError::Truncated)?;
     let crc = u32::from_le_bytes(head[0..4].try_into().unwrap());
     if crc != crc_of(head, payload) {
         return Err(FormatError::Checksum);
     }
     let message_id = u64::from_le_bytes(head[16..24].try_into().unwrap());
-    Ok((RecordHeader { crc, kind, payload_len, message_id }, payload))
+    Ok((
+        RecordHeader {
+            crc,
+            kind,
+            payload_len,
+            message_id,
+        },
+        payload,
+    ))
 }
 
 /// Builds a `Message` record in place, so that the body can be appended to
@@ -107,8 +119,17 @@ pub struct MessageBuilder {
 impl MessageBuilder {
     /// Starts a record. Addresses longer than 65535 bytes are a programmer
     /// error: the SMTP layer caps paths at 256 octets.
-    pub fn new(mut buf: Vec<u8>, received_ms: u64, flags: u32, sender: &[u8], recipients: &[&[u8]]) -> Self {
-        assert!(!recipients.is_empty(), "a message has at least one recipient");
+    pub fn new(
+        mut buf: Vec<u8>,
+        received_ms: u64,
+        flags: u32,
+        sender: &[u8],
+        recipients: &[&[u8]],
+    ) -> Self {
+        assert!(
+            !recipients.is_empty(),
+            "a message has at least one recipient"
+        );
         assert_eq!(flags & !FLAGS_KNOWN, 0, "unknown message flag");
         buf.clear();
         buf.resize(RECORD_HEADER_BYTES, 0);
@@ -150,9 +171,13 @@ impl MessageBuilder {
     pub fn finish(mut self, message_id: u64) -> Vec<u8> {
         let body_len = u32::try_from(self.body_len()).expect("body fits in u32");
         self.buf[self.body_len_at..self.body_len_at + 4].copy_from_slice(&body_len.to_le_bytes());
-        let payload_len = u32::try_from(self.buf.len() - RECORD_HEADER_BYTES).expect("payload fits in u32");
+        let payload_len =
+            u32::try_from(self.buf.len() - RECORD_HEADER_BYTES).expect("payload fits in u32");
         write_header(&mut self.buf, RecordKind::Message, payload_len, message_id);
-        let crc = crc_of(&self.buf[..RECORD_HEADER_BYTES], &self.buf[RECORD_HEADER_BYTES..]);
+        let crc = crc_of(
+            &self.buf[..RECORD_HEADER_BYTES],
+            &self.buf[RECORD_HEADER_BYTES..],
+        );
         self.buf[0..4].copy_from_slice(&crc.to_le_bytes());
         let padded = align_up(self.buf.len());
         self.buf.resize(padded, 0);
@@ -203,7 +228,15 @@ impl<'a> MessageView<'a> {
         if !c.is_empty() {
             return Err(FormatError::Invalid("message length"));
         }
-        Ok(MessageView { received_ms, flags, sender, recipients, recipient_count, body, body_offset })
+        Ok(MessageView {
+            received_ms,
+            flags,
+            sender,
+            recipients,
+            recipient_count,
+            body,
+            body_offset,
+        })
     }
 
     /// The recipients in index order.
@@ -216,10 +249,26 @@ impl<'a> MessageView<'a> {
 /// A state record to append (kinds 2 to 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateRecord<'a> {
-    Delivered { recipient: u32, time_ms: u64 },
-    Bounced { recipient: u32, time_ms: u64, reason: &'a str },
-    Expired { recipient: u32, time_ms: u64 },
-    Attempt { recipient: u32, time_ms: u64, attempt: u32, next_ms: u64, reason: &'a str },
+    Delivered {
+        recipient: u32,
+        time_ms: u64,
+    },
+    Bounced {
+        recipient: u32,
+        time_ms: u64,
+        reason: &'a str,
+    },
+    Expired {
+        recipient: u32,
+        time_ms: u64,
+    },
+    Attempt {
+        recipient: u32,
+        time_ms: u64,
+        attempt: u32,
+        next_ms: u64,
+        reason: &'a str,
+    },
 }
 
 /// A decoded state record, borrowing from the segment.
@@ -261,11 +310,21 @@ impl<'a> StateRecord<'a> {
             RecordKind::Message => return Err(FormatError::Invalid("state record kind")),
             RecordKind::Delivered => StateRecord::Delivered { recipient, time_ms },
             RecordKind::Expired => StateRecord::Expired { recipient, time_ms },
-            RecordKind::Bounced => StateRecord::Bounced { recipient, time_ms, reason: text(&mut c)? },
+            RecordKind::Bounced => StateRecord::Bounced {
+                recipient,
+                time_ms,
+                reason: text(&mut c)?,
+            },
             RecordKind::Attempt => {
                 let attempt = c.u32()?;
                 let next_ms = c.u64()?;
-                StateRecord::Attempt { recipient, time_ms, attempt, next_ms, reason: text(&mut c)? }
+                StateRecord::Attempt {
+                    recipient,
+                    time_ms,
+                    attempt,
+                    next_ms,
+                    reason: text(&mut c)?,
+                }
             }
         };
         if !c.is_empty() {
@@ -292,11 +351,19 @@ pub fn encode_state(out: &mut Vec<u8>, message_id: u64, rec: &StateRecord<'_>) {
         StateRecord::Delivered { time_ms, .. } | StateRecord::Expired { time_ms, .. } => {
             out.extend_from_slice(&time_ms.to_le_bytes());
         }
-        StateRecord::Bounced { time_ms, reason, .. } => {
+        StateRecord::Bounced {
+            time_ms, reason, ..
+        } => {
             out.extend_from_slice(&time_ms.to_le_bytes());
             short(out, reason);
         }
-        StateRecord::Attempt { time_ms, attempt, next_ms, reason, .. } => {
+        StateRecord::Attempt {
+            time_ms,
+            attempt,
+            next_ms,
+            reason,
+            ..
+        } => {
             out.extend_from_slice(&time_ms.to_le_bytes());
             out.extend_from_slice(&attempt.to_le_bytes());
             out.extend_from_slice(&next_ms.to_le_bytes());
@@ -318,7 +385,8 @@ mod tests {
 
     fn message() -> Vec<u8> {
         let mut b = MessageBuilder::new(Vec::new(), 5, FLAG_8BITMIME, b"a@x", &[b"b@y", b"c@z"]);
-        b.body_mut().extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n");
+        b.body_mut()
+            .extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n");
         b.finish(42)
     }
 
@@ -327,12 +395,24 @@ mod tests {
         let rec = message();
         assert_eq!(rec.len() % 8, 0);
         let (h, payload) = decode_record(&rec).unwrap();
-        assert_eq!((h.kind, h.message_id, h.record_bytes()), (RecordKind::Message, 42, rec.len()));
+        assert_eq!(
+            (h.kind, h.message_id, h.record_bytes()),
+            (RecordKind::Message, 42, rec.len())
+        );
         let m = MessageView::decode(payload).unwrap();
-        assert_eq!((m.received_ms, m.flags, m.sender), (5, FLAG_8BITMIME, &b"a@x"[..]));
-        assert_eq!(m.recipients().collect::<Vec<_>>(), vec![&b"b@y"[..], &b"c@z"[..]]);
+        assert_eq!(
+            (m.received_ms, m.flags, m.sender),
+            (5, FLAG_8BITMIME, &b"a@x"[..])
+        );
+        assert_eq!(
+            m.recipients().collect::<Vec<_>>(),
+            vec![&b"b@y"[..], &b"c@z"[..]]
+        );
         assert_eq!(m.body, b"Subject: hi\r\n\r\nbody\r\n");
-        assert_eq!(&payload[m.body_offset..m.body_offset + m.body.len()], m.body);
+        assert_eq!(
+            &payload[m.body_offset..m.body_offset + m.body.len()],
+            m.body
+        );
     }
 
     #[test]
@@ -342,17 +422,36 @@ mod tests {
         for i in 0..used {
             let mut bad = rec.clone();
             bad[i] ^= 0x10;
-            assert!(decode_record(&bad).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decode_record(&bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 
     #[test]
     fn state_records_round_trip() {
         let cases = [
-            StateRecord::Delivered { recipient: 1, time_ms: 9 },
-            StateRecord::Bounced { recipient: 0, time_ms: 9, reason: "550 5.1.1 no such user" },
-            StateRecord::Expired { recipient: 3, time_ms: 9 },
-            StateRecord::Attempt { recipient: 2, time_ms: 9, attempt: 4, next_ms: 99, reason: "451 later" },
+            StateRecord::Delivered {
+                recipient: 1,
+                time_ms: 9,
+            },
+            StateRecord::Bounced {
+                recipient: 0,
+                time_ms: 9,
+                reason: "550 5.1.1 no such user",
+            },
+            StateRecord::Expired {
+                recipient: 3,
+                time_ms: 9,
+            },
+            StateRecord::Attempt {
+                recipient: 2,
+                time_ms: 9,
+                attempt: 4,
+                next_ms: 99,
+                reason: "451 later",
+            },
         ];
         for case in cases {
             let mut out = Vec::new();

@@ -4,7 +4,10 @@
 //! a good one is corruption (reported, skipped, the rest kept); a bad record
 //! followed by nothing good is a torn tail.
 
-use crate::{decode_record, FormatError, RecordHeader, RecordKind, RECORDS_OFFSET, RECORD_ALIGN, RECORD_HEADER_BYTES};
+use crate::{
+    decode_record, FormatError, RecordHeader, RecordKind, RECORDS_OFFSET, RECORD_ALIGN,
+    RECORD_HEADER_BYTES,
+};
 
 /// Bytes that could not be read as records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +21,11 @@ pub enum Damage {
 /// One step of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanItem<'a> {
-    Record { offset: usize, header: RecordHeader, payload: &'a [u8] },
+    Record {
+        offset: usize,
+        header: RecordHeader,
+        payload: &'a [u8],
+    },
     Damage(Damage),
 }
 
@@ -32,7 +39,11 @@ pub struct Scanner<'a> {
 impl<'a> Scanner<'a> {
     /// Scans `bytes`, a whole segment whose header the caller has checked.
     pub fn new(bytes: &'a [u8]) -> Scanner<'a> {
-        Scanner { bytes, pos: RECORDS_OFFSET, done: false }
+        Scanner {
+            bytes,
+            pos: RECORDS_OFFSET,
+            done: false,
+        }
     }
 
     /// Where the written part ends, once the scan has finished: the offset at
@@ -96,19 +107,31 @@ impl<'a> Iterator for Scanner<'a> {
             Ok((header, payload)) => {
                 let offset = self.pos;
                 self.pos += header.record_bytes();
-                Some(ScanItem::Record { offset, header, payload })
+                Some(ScanItem::Record {
+                    offset,
+                    header,
+                    payload,
+                })
             }
-            Err(FormatError::UnknownVersion(_) | FormatError::BadMagic) => unreachable!("records carry no version"),
+            Err(FormatError::UnknownVersion(_) | FormatError::BadMagic) => {
+                unreachable!("records carry no version")
+            }
             Err(_) => {
                 let offset = self.pos;
                 match self.resync() {
                     Ok(next) => {
                         self.pos = next;
-                        Some(ScanItem::Damage(Damage::Corrupt { offset, len: next - offset }))
+                        Some(ScanItem::Damage(Damage::Corrupt {
+                            offset,
+                            len: next - offset,
+                        }))
                     }
                     Err(end) => {
                         self.done = true;
-                        Some(ScanItem::Damage(Damage::TornTail { offset, len: end - offset }))
+                        Some(ScanItem::Damage(Damage::TornTail {
+                            offset,
+                            len: end - offset,
+                        }))
                     }
                 }
             }
@@ -150,7 +173,14 @@ mod tests {
     #[test]
     fn clean_segment_yields_every_record() {
         let mut state = Vec::new();
-        encode_state(&mut state, 1, &StateRecord::Delivered { recipient: 0, time_ms: 3 });
+        encode_state(
+            &mut state,
+            1,
+            &StateRecord::Delivered {
+                recipient: 0,
+                time_ms: 3,
+            },
+        );
         let (seg, _) = segment_with(&[msg(1), msg(2), state]);
         assert_eq!(ids(&seg), vec![Ok(1), Ok(2), Ok(1)]);
     }
@@ -160,7 +190,17 @@ mod tests {
         let (mut seg, offsets) = segment_with(&[msg(1), msg(2), msg(3)]);
         seg[offsets[1] + 60] ^= 0xff;
         let len = offsets[2] - offsets[1];
-        assert_eq!(ids(&seg), vec![Ok(1), Err(Damage::Corrupt { offset: offsets[1], len }), Ok(3)]);
+        assert_eq!(
+            ids(&seg),
+            vec![
+                Ok(1),
+                Err(Damage::Corrupt {
+                    offset: offsets[1],
+                    len
+                }),
+                Ok(3)
+            ]
+        );
     }
 
     #[test]
@@ -178,7 +218,9 @@ mod tests {
         let mut scan = Scanner::new(&seg);
         assert!(matches!(scan.next(), Some(ScanItem::Record { .. })));
         match scan.next() {
-            Some(ScanItem::Damage(Damage::TornTail { offset, .. })) => assert_eq!(offset, offsets[1]),
+            Some(ScanItem::Damage(Damage::TornTail { offset, .. })) => {
+                assert_eq!(offset, offsets[1])
+            }
             other => panic!("expected a torn tail, got {other:?}"),
         }
         assert_eq!(scan.next(), None);

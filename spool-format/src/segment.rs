@@ -53,7 +53,12 @@ impl SegmentHeader {
         if records_offset as usize != RECORDS_OFFSET || reserved != 0 {
             return Err(FormatError::Invalid("segment header field"));
         }
-        Ok(SegmentHeader { segment_id, core, segment_bytes, created_unix_secs })
+        Ok(SegmentHeader {
+            segment_id,
+            core,
+            segment_bytes,
+            created_unix_secs,
+        })
     }
 }
 
@@ -77,20 +82,40 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = SegmentHeader { segment_id: 7, core: 1, segment_bytes: 1 << 20, created_unix_secs: 99 };
+        let h = SegmentHeader {
+            segment_id: 7,
+            core: 1,
+            segment_bytes: 1 << 20,
+            created_unix_secs: 99,
+        };
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
     }
 
     #[test]
     fn newer_version_is_named() {
-        let mut b = SegmentHeader { segment_id: 1, core: 0, segment_bytes: 1 << 20, created_unix_secs: 0 }.encode();
+        let mut b = SegmentHeader {
+            segment_id: 1,
+            core: 0,
+            segment_bytes: 1 << 20,
+            created_unix_secs: 0,
+        }
+        .encode();
         b[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&b), Err(FormatError::UnknownVersion(2)));
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            Err(FormatError::UnknownVersion(2))
+        );
     }
 
     #[test]
     fn flipped_byte_fails_crc() {
-        let mut b = SegmentHeader { segment_id: 1, core: 0, segment_bytes: 1 << 20, created_unix_secs: 0 }.encode();
+        let mut b = SegmentHeader {
+            segment_id: 1,
+            core: 0,
+            segment_bytes: 1 << 20,
+            created_unix_secs: 0,
+        }
+        .encode();
         b[20] ^= 1;
         assert_eq!(SegmentHeader::decode(&b), Err(FormatError::Checksum));
     }
@@ -98,7 +123,10 @@ mod tests {
     #[test]
     fn file_names_round_trip() {
         assert_eq!(segment_file_name(0xab), "seg-00000000000000ab.spl");
-        assert_eq!(parse_segment_file_name("seg-00000000000000ab.spl"), Some(0xab));
+        assert_eq!(
+            parse_segment_file_name("seg-00000000000000ab.spl"),
+            Some(0xab)
+        );
         assert_eq!(parse_segment_file_name("seg-ab.spl"), None);
         assert_eq!(parse_segment_file_name("other"), None);
     }

@@ -7,23 +7,55 @@ use spool_format::*;
 use std::path::PathBuf;
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name)
 }
 
 /// The content the golden segment `v1-basic.spl` holds.
 fn write_basic() -> Vec<u8> {
-    let header = SegmentHeader { segment_id: 3, core: 1, segment_bytes: 65536, created_unix_secs: 1_764_000_000 };
+    let header = SegmentHeader {
+        segment_id: 3,
+        core: 1,
+        segment_bytes: 65536,
+        created_unix_secs: 1_764_000_000,
+    };
     let mut seg = vec![0u8; 65536];
     seg[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
     let mut at = RECORDS_OFFSET;
-    let mut b = MessageBuilder::new(Vec::new(), 1_764_000_000_123, FLAG_8BITMIME, b"sender@example.org", &[b"a@example.com", b"b@example.net"]);
-    b.body_mut().extend_from_slice(b"Received: from x\r\nSubject: golden\r\n\r\n.leading dot was unstuffed\r\n");
+    let mut b = MessageBuilder::new(
+        Vec::new(),
+        1_764_000_000_123,
+        FLAG_8BITMIME,
+        b"sender@example.org",
+        &[b"a@example.com", b"b@example.net"],
+    );
+    b.body_mut().extend_from_slice(
+        b"Received: from x\r\nSubject: golden\r\n\r\n.leading dot was unstuffed\r\n",
+    );
     let rec = b.finish((3 << 32) | 1);
     seg[at..at + rec.len()].copy_from_slice(&rec);
     at += rec.len();
     let mut states = Vec::new();
-    encode_state(&mut states, (3 << 32) | 1, &StateRecord::Delivered { recipient: 0, time_ms: 1_764_000_001_000 });
-    encode_state(&mut states, (3 << 32) | 1, &StateRecord::Attempt { recipient: 1, time_ms: 1_764_000_001_000, attempt: 1, next_ms: 1_764_000_301_000, reason: "451 4.7.1 try later" });
+    encode_state(
+        &mut states,
+        (3 << 32) | 1,
+        &StateRecord::Delivered {
+            recipient: 0,
+            time_ms: 1_764_000_001_000,
+        },
+    );
+    encode_state(
+        &mut states,
+        (3 << 32) | 1,
+        &StateRecord::Attempt {
+            recipient: 1,
+            time_ms: 1_764_000_001_000,
+            attempt: 1,
+            next_ms: 1_764_000_301_000,
+            reason: "451 4.7.1 try later",
+        },
+    );
     seg[at..at + states.len()].copy_from_slice(&states);
     seg
 }
@@ -41,25 +73,62 @@ fn basic_segment_decodes() {
     }
     let seg = std::fs::read(golden("v1-basic.spl")).unwrap();
     let header = SegmentHeader::decode(&seg).unwrap();
-    assert_eq!((header.segment_id, header.core, header.segment_bytes), (3, 1, 65536));
+    assert_eq!(
+        (header.segment_id, header.core, header.segment_bytes),
+        (3, 1, 65536)
+    );
     let items: Vec<_> = Scanner::new(&seg).collect();
     assert_eq!(items.len(), 3);
-    let ScanItem::Record { header: h, payload, offset } = &items[0] else { panic!("{:?}", items[0]) };
-    assert_eq!((*offset, h.kind, h.message_id), (RECORDS_OFFSET, RecordKind::Message, (3 << 32) | 1));
+    let ScanItem::Record {
+        header: h,
+        payload,
+        offset,
+    } = &items[0]
+    else {
+        panic!("{:?}", items[0])
+    };
+    assert_eq!(
+        (*offset, h.kind, h.message_id),
+        (RECORDS_OFFSET, RecordKind::Message, (3 << 32) | 1)
+    );
     let m = MessageView::decode(payload).unwrap();
     assert_eq!(m.sender, b"sender@example.org");
-    assert_eq!(m.recipients().collect::<Vec<_>>(), [&b"a@example.com"[..], b"b@example.net"]);
-    assert_eq!(m.body, b"Received: from x\r\nSubject: golden\r\n\r\n.leading dot was unstuffed\r\n");
-    let ScanItem::Record { header: h, payload, .. } = &items[2] else { panic!() };
+    assert_eq!(
+        m.recipients().collect::<Vec<_>>(),
+        [&b"a@example.com"[..], b"b@example.net"]
+    );
+    assert_eq!(
+        m.body,
+        b"Received: from x\r\nSubject: golden\r\n\r\n.leading dot was unstuffed\r\n"
+    );
+    let ScanItem::Record {
+        header: h, payload, ..
+    } = &items[2]
+    else {
+        panic!()
+    };
     assert_eq!(
         StateRecord::decode(h.kind, payload).unwrap(),
-        StateRecord::Attempt { recipient: 1, time_ms: 1_764_000_001_000, attempt: 1, next_ms: 1_764_000_301_000, reason: "451 4.7.1 try later" }
+        StateRecord::Attempt {
+            recipient: 1,
+            time_ms: 1_764_000_001_000,
+            attempt: 1,
+            next_ms: 1_764_000_301_000,
+            reason: "451 4.7.1 try later"
+        }
     );
-    assert_eq!(seg, write_basic(), "the encoder no longer writes the golden bytes");
+    assert_eq!(
+        seg,
+        write_basic(),
+        "the encoder no longer writes the golden bytes"
+    );
 }
 
 #[test]
 fn newer_version_is_refused() {
     let seg = std::fs::read(golden("v2-header.spl")).unwrap();
-    assert_eq!(SegmentHeader::decode(&seg), Err(FormatError::UnknownVersion(2)));
+    assert_eq!(
+        SegmentHeader::decode(&seg),
+        Err(FormatError::UnknownVersion(2))
+    );
 }

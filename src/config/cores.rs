@@ -21,7 +21,9 @@ impl CoreSpec {
             return Ok(CoreSpec::All);
         }
         if !s.contains([',', '-']) {
-            let n: usize = s.parse().map_err(|_| format!("{s:?} is not \"all\", a count or a CPU list"))?;
+            let n: usize = s
+                .parse()
+                .map_err(|_| format!("{s:?} is not \"all\", a count or a CPU list"))?;
             if n == 0 || n > CORES_MAX {
                 return Err(format!("{n} cores: must be 1..={CORES_MAX}"));
             }
@@ -30,8 +32,14 @@ impl CoreSpec {
         let mut cpus = Vec::new();
         for part in s.split(',') {
             let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let a: usize = a.trim().parse().map_err(|_| format!("{part:?} is not a CPU or range"))?;
-            let b: usize = b.trim().parse().map_err(|_| format!("{part:?} is not a CPU or range"))?;
+            let a: usize = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?} is not a CPU or range"))?;
+            let b: usize = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?} is not a CPU or range"))?;
             if a > b {
                 return Err(format!("{part:?}: range runs backwards"));
             }

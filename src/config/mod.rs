@@ -28,7 +28,10 @@ pub const SEGMENT_OVERHEAD_BYTES: u64 = 4096 + 1024 * 258 + 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{key}: {reason}")]
@@ -36,7 +39,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, reason: reason.into() }
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,11 +159,17 @@ pub struct TlsFiles {
 
 impl RawConfig {
     pub fn parse(text: &str, path: &str) -> Result<RawConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_string(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
     }
 
     pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         RawConfig::parse(&text, &path.display().to_string())
     }
 
@@ -168,7 +180,10 @@ impl RawConfig {
 
 macro_rules! pick {
     ($user:expr, $default:expr) => {
-        $user.take().or($default.take()).expect("default.toml sets every key")
+        $user
+            .take()
+            .or($default.take())
+            .expect("default.toml sets every key")
     };
 }
 
@@ -182,17 +197,27 @@ impl Config {
         let listen = non_empty_or(o.listen, pick!(s.0.listen, s.1.listen));
         let relay_from = non_empty_or(o.relay_from, pick!(s.0.relay_from, s.1.relay_from));
         let hostname = o.hostname.unwrap_or(pick!(s.0.hostname, s.1.hostname));
-        let max_message_bytes = o.max_message_bytes.unwrap_or(pick!(s.0.max_message_bytes, s.1.max_message_bytes));
-        let tls_certificate = o.tls_certificate.unwrap_or(pick!(s.0.tls_certificate, s.1.tls_certificate));
-        let tls_private_key = o.tls_private_key.unwrap_or(pick!(s.0.tls_private_key, s.1.tls_private_key));
+        let max_message_bytes = o
+            .max_message_bytes
+            .unwrap_or(pick!(s.0.max_message_bytes, s.1.max_message_bytes));
+        let tls_certificate = o
+            .tls_certificate
+            .unwrap_or(pick!(s.0.tls_certificate, s.1.tls_certificate));
+        let tls_private_key = o
+            .tls_private_key
+            .unwrap_or(pick!(s.0.tls_private_key, s.1.tls_private_key));
         let cpus = o.cores.unwrap_or(pick!(u.cores.cpus, d.cores.cpus));
         let spool_dir = o.spool_dir.unwrap_or(pick!(u.spool.dir, d.spool.dir));
         let log_dir = o.log_dir.unwrap_or(pick!(u.log.dir, d.log.dir));
         let dns = non_empty_or(o.dns, pick!(u.dns.servers, d.dns.servers));
-        let smarthost = o.smarthost.unwrap_or(pick!(u.delivery.smarthost, d.delivery.smarthost));
+        let smarthost = o
+            .smarthost
+            .unwrap_or(pick!(u.delivery.smarthost, d.delivery.smarthost));
         let mut routes = pick!(u.delivery.routes, d.delivery.routes);
         for r in &o.routes {
-            let (domain, hop) = r.split_once('=').ok_or_else(|| invalid("delivery.routes", format!("{r:?} is not DOMAIN=HOST:PORT")))?;
+            let (domain, hop) = r.split_once('=').ok_or_else(|| {
+                invalid("delivery.routes", format!("{r:?} is not DOMAIN=HOST:PORT"))
+            })?;
             routes.insert(domain.to_string(), hop.to_string());
         }
         s = (&mut u.server, &mut d.server);
@@ -200,13 +225,41 @@ impl Config {
             listen: parse_listen(&listen)?,
             hostname: resolve_hostname(hostname)?,
             relay_from: parse_cidrs(&relay_from)?,
-            max_message_bytes: check_min("server.max_message_bytes", max_message_bytes, MAX_MESSAGE_BYTES_MIN)?,
-            max_recipients: check_range("server.max_recipients", pick!(s.0.max_recipients, s.1.max_recipients), 1, 100_000)?,
-            max_connections_per_core: check_range("server.max_connections_per_core", pick!(s.0.max_connections_per_core, s.1.max_connections_per_core), 1, 1_000_000)?,
-            max_errors: check_range("server.max_errors", pick!(s.0.max_errors, s.1.max_errors), 1, 10_000)?,
-            command_timeout: secs("server.command_timeout_secs", pick!(s.0.command_timeout_secs, s.1.command_timeout_secs))?,
-            data_timeout: secs("server.data_timeout_secs", pick!(s.0.data_timeout_secs, s.1.data_timeout_secs))?,
-            shutdown_grace: secs("server.shutdown_grace_secs", pick!(s.0.shutdown_grace_secs, s.1.shutdown_grace_secs))?,
+            max_message_bytes: check_min(
+                "server.max_message_bytes",
+                max_message_bytes,
+                MAX_MESSAGE_BYTES_MIN,
+            )?,
+            max_recipients: check_range(
+                "server.max_recipients",
+                pick!(s.0.max_recipients, s.1.max_recipients),
+                1,
+                100_000,
+            )?,
+            max_connections_per_core: check_range(
+                "server.max_connections_per_core",
+                pick!(s.0.max_connections_per_core, s.1.max_connections_per_core),
+                1,
+                1_000_000,
+            )?,
+            max_errors: check_range(
+                "server.max_errors",
+                pick!(s.0.max_errors, s.1.max_errors),
+                1,
+                10_000,
+            )?,
+            command_timeout: secs(
+                "server.command_timeout_secs",
+                pick!(s.0.command_timeout_secs, s.1.command_timeout_secs),
+            )?,
+            data_timeout: secs(
+                "server.data_timeout_secs",
+                pick!(s.0.data_timeout_secs, s.1.data_timeout_secs),
+            )?,
+            shutdown_grace: secs(
+                "server.shutdown_grace_secs",
+                pick!(s.0.shutdown_grace_secs, s.1.shutdown_grace_secs),
+            )?,
             tls: tls_files(tls_certificate, tls_private_key)?,
             cores: CoreSpec::parse(&cpus).map_err(|reason| invalid("cores.cpus", reason))?,
             spool_dir,
@@ -222,13 +275,18 @@ impl Config {
 
     fn check_segment_size(&self) -> Result<(), ConfigError> {
         let need = self.max_message_bytes + SEGMENT_OVERHEAD_BYTES;
-        if self.segment_bytes % 4096 != 0 {
+        if !self.segment_bytes.is_multiple_of(4096) {
             return Err(invalid("spool.segment_bytes", "must be a multiple of 4096"));
         }
         if self.segment_bytes < need {
             return Err(invalid(
                 "spool.segment_bytes",
-                format!("{} cannot hold a message of server.max_message_bytes ({}); use at least {}", self.segment_bytes, self.max_message_bytes, need.div_ceil(4096) * 4096),
+                format!(
+                    "{} cannot hold a message of server.max_message_bytes ({}); use at least {}",
+                    self.segment_bytes,
+                    self.max_message_bytes,
+                    need.div_ceil(4096) * 4096
+                ),
             ));
         }
         if self.segment_bytes > 1 << 32 {
@@ -239,7 +297,11 @@ impl Config {
 }
 
 fn non_empty_or(flags: Vec<String>, file: Vec<String>) -> Vec<String> {
-    if flags.is_empty() { file } else { flags }
+    if flags.is_empty() {
+        file
+    } else {
+        flags
+    }
 }
 
 fn parse_listen(list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -247,7 +309,10 @@ fn parse_listen(list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
         return Err(invalid("server.listen", "needs at least one address"));
     }
     list.iter()
-        .map(|a| a.parse().map_err(|_| invalid("server.listen", format!("{a:?} is not an IP:PORT address"))))
+        .map(|a| {
+            a.parse()
+                .map_err(|_| invalid("server.listen", format!("{a:?} is not an IP:PORT address")))
+        })
         .collect()
 }
 
@@ -265,7 +330,10 @@ fn parse_dns(list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
     list.iter()
         .map(|s| {
             s.parse::<SocketAddr>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .or_else(|_| {
+                    s.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
                 .map_err(|_| invalid("dns.servers", format!("{s:?} is not ADDR or ADDR:PORT")))
         })
         .collect()
@@ -276,7 +344,9 @@ fn check_hop(key: &'static str, hop: String) -> Result<Option<String>, ConfigErr
         return Ok(None);
     }
     match hop.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(Some(hop)),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(Some(hop))
+        }
         _ => Err(invalid(key, format!("{hop:?} is not HOST:PORT"))),
     }
 }
@@ -285,45 +355,88 @@ fn check_routes(routes: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
     let mut out = BTreeMap::new();
     for (domain, hop) in routes {
         if domain.is_empty() || domain.contains(['@', ' ', ':']) {
-            return Err(invalid("delivery.routes", format!("{domain:?} is not a domain")));
+            return Err(invalid(
+                "delivery.routes",
+                format!("{domain:?} is not a domain"),
+            ));
         }
-        let hop = check_hop("delivery.routes", hop)?.ok_or_else(|| invalid("delivery.routes", format!("{domain}: empty next hop")))?;
+        let hop = check_hop("delivery.routes", hop)?
+            .ok_or_else(|| invalid("delivery.routes", format!("{domain}: empty next hop")))?;
         out.insert(domain.to_ascii_lowercase(), hop);
     }
     Ok(out)
 }
 
 fn tls_files(certificate: PathBuf, private_key: PathBuf) -> Result<Option<TlsFiles>, ConfigError> {
-    match (certificate.as_os_str().is_empty(), private_key.as_os_str().is_empty()) {
+    match (
+        certificate.as_os_str().is_empty(),
+        private_key.as_os_str().is_empty(),
+    ) {
         (true, true) => Ok(None),
-        (false, false) => Ok(Some(TlsFiles { certificate, private_key })),
-        (true, false) => Err(invalid("server.tls_certificate", "tls_private_key is set but the certificate is not")),
-        (false, true) => Err(invalid("server.tls_private_key", "tls_certificate is set but the key is not")),
+        (false, false) => Ok(Some(TlsFiles {
+            certificate,
+            private_key,
+        })),
+        (true, false) => Err(invalid(
+            "server.tls_certificate",
+            "tls_private_key is set but the certificate is not",
+        )),
+        (false, true) => Err(invalid(
+            "server.tls_private_key",
+            "tls_certificate is set but the key is not",
+        )),
     }
 }
 
 fn resolve_hostname(name: String) -> Result<String, ConfigError> {
-    let name = if name.is_empty() { system_hostname() } else { name };
+    let name = if name.is_empty() {
+        system_hostname()
+    } else {
+        name
+    };
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if ok { Ok(name) } else { Err(invalid("server.hostname", format!("{name:?} is not a host name"))) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(name)
+    } else {
+        Err(invalid(
+            "server.hostname",
+            format!("{name:?} is not a host name"),
+        ))
+    }
 }
 
 fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn check_min(key: &'static str, v: u64, min: u64) -> Result<u64, ConfigError> {
-    if v < min { Err(invalid(key, format!("{v} is below the minimum {min}"))) } else { Ok(v) }
+    if v < min {
+        Err(invalid(key, format!("{v} is below the minimum {min}")))
+    } else {
+        Ok(v)
+    }
 }
 
 fn check_range(key: &'static str, v: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
-    if (min..=max).contains(&v) { Ok(v) } else { Err(invalid(key, format!("{v} is outside {min}..={max}"))) }
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(key, format!("{v} is outside {min}..={max}")))
+    }
 }
 
 fn secs(key: &'static str, v: u64) -> Result<Duration, ConfigError> {
-    if (1..=86_400).contains(&v) { Ok(Duration::from_secs(v)) } else { Err(invalid(key, format!("{v} is outside 1..=86400 seconds"))) }
+    if (1..=86_400).contains(&v) {
+        Ok(Duration::from_secs(v))
+    } else {
+        Err(invalid(key, format!("{v} is outside 1..=86400 seconds")))
+    }
 }
 
 #[cfg(test)]
@@ -341,21 +454,34 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = RawConfig::parse("[server]\nlisten_on = []\n", "f.toml").unwrap_err().to_string();
+        let err = RawConfig::parse("[server]\nlisten_on = []\n", "f.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen_on"), "{err}");
     }
 
     #[test]
     fn bad_value_names_key_and_reason() {
         let raw = RawConfig::parse("[server]\nmax_recipients = 0\n", "f.toml").unwrap();
-        let err = Config::build(Some(raw), Overrides::default()).unwrap_err().to_string();
+        let err = Config::build(Some(raw), Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("server.max_recipients:"), "{err}");
     }
 
     #[test]
     fn flags_override_the_file() {
-        let raw = RawConfig::parse("[spool]\ndir = \"/a\"\n[server]\nlisten = [\"127.0.0.1:1\"]\n", "f").unwrap();
-        let o = Overrides { spool_dir: Some("/b".into()), listen: vec!["127.0.0.2:2".into()], routes: vec!["Example.com=10.0.0.1:25".into()], ..Default::default() };
+        let raw = RawConfig::parse(
+            "[spool]\ndir = \"/a\"\n[server]\nlisten = [\"127.0.0.1:1\"]\n",
+            "f",
+        )
+        .unwrap();
+        let o = Overrides {
+            spool_dir: Some("/b".into()),
+            listen: vec!["127.0.0.2:2".into()],
+            routes: vec!["Example.com=10.0.0.1:25".into()],
+            ..Default::default()
+        };
         let cfg = Config::build(Some(raw), o).unwrap();
         assert_eq!(cfg.spool_dir, PathBuf::from("/b"));
         assert_eq!(cfg.listen, vec!["127.0.0.2:2".parse().unwrap()]);
@@ -364,15 +490,27 @@ mod tests {
 
     #[test]
     fn segment_must_hold_the_largest_message() {
-        let o = Overrides { max_message_bytes: Some(1 << 30), ..Default::default() };
+        let o = Overrides {
+            max_message_bytes: Some(1 << 30),
+            ..Default::default()
+        };
         let err = Config::build(None, o).unwrap_err().to_string();
         assert!(err.starts_with("spool.segment_bytes:"), "{err}");
     }
 
     #[test]
     fn dns_port_defaults_to_53() {
-        let o = Overrides { dns: vec!["127.0.0.1".into(), "127.0.0.2:5353".into()], ..Default::default() };
+        let o = Overrides {
+            dns: vec!["127.0.0.1".into(), "127.0.0.2:5353".into()],
+            ..Default::default()
+        };
         let cfg = Config::build(None, o).unwrap();
-        assert_eq!(cfg.dns_servers, vec!["127.0.0.1:53".parse().unwrap(), "127.0.0.2:5353".parse().unwrap()]);
+        assert_eq!(
+            cfg.dns_servers,
+            vec![
+                "127.0.0.1:53".parse().unwrap(),
+                "127.0.0.2:5353".parse().unwrap()
+            ]
+        );
     }
 }

@@ -24,7 +24,13 @@ pub struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S) -> Conn<S> {
-        Conn { stream, buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(), start: 0, end: 0, out: Vec::with_capacity(512) }
+        Conn {
+            stream,
+            buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(512),
+        }
     }
 
     /// Bytes received and not yet consumed.
@@ -76,7 +82,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.end -= self.start;
             self.start = 0;
         }
-        assert!(self.end < self.buf.len(), "callers consume before the buffer fills");
+        assert!(
+            self.end < self.buf.len(),
+            "callers consume before the buffer fills"
+        );
         let n = with_timeout(timeout, self.stream.read(&mut self.buf[self.end..])).await?;
         self.end += n;
         Ok(n)
@@ -88,7 +97,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 /// Runs `fut` with a timer; running out is `ErrorKind::TimedOut`.
-pub async fn with_timeout<T>(dur: Duration, fut: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+pub async fn with_timeout<T>(
+    dur: Duration,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     futures_lite::future::or(fut, async {
         glommio::timer::sleep(dur).await;
         Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))

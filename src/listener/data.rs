@@ -39,7 +39,13 @@ pub struct Fed {
 
 impl DataReceiver {
     pub fn new(max_bytes: usize) -> DataReceiver {
-        DataReceiver { max_bytes, size: 0, prev_crlf: true, in_long_line: false, error: None }
+        DataReceiver {
+            max_bytes,
+            size: 0,
+            prev_crlf: true,
+            in_long_line: false,
+            error: None,
+        }
     }
 
     /// Processes the complete lines at the front of `input`, appending body
@@ -53,17 +59,26 @@ impl DataReceiver {
                 if rest.len() > TEXT_LINE_BYTES_MAX {
                     self.fail(DataError::LineTooLong);
                     self.in_long_line = true;
-                    return Fed { consumed: input.len(), done: None };
+                    return Fed {
+                        consumed: input.len(),
+                        done: None,
+                    };
                 }
                 break;
             };
             let line = &rest[..=lf];
             pos += line.len();
             if self.line(line, out) {
-                return Fed { consumed: pos, done: Some(self.error.map_or(Ok(()), Err)) };
+                return Fed {
+                    consumed: pos,
+                    done: Some(self.error.map_or(Ok(()), Err)),
+                };
             }
         }
-        Fed { consumed: pos, done: None }
+        Fed {
+            consumed: pos,
+            done: None,
+        }
     }
 
     /// Handles one line including its LF; true at end of data.
@@ -134,7 +149,13 @@ mod tests {
         let mut rx = DataReceiver::new(1000);
         let mut out = Vec::new();
         let a = rx.feed(b"line\r\n.", &mut out);
-        assert_eq!(a, Fed { consumed: 6, done: None });
+        assert_eq!(
+            a,
+            Fed {
+                consumed: 6,
+                done: None
+            }
+        );
         let b = rx.feed(b".\r\n", &mut out);
         assert_eq!(b.done, Some(Ok(())));
     }
@@ -142,7 +163,15 @@ mod tests {
     #[test]
     fn smuggling_variants_never_end_data_early() {
         let smuggled = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nevil\r\n";
-        for end in [&b"\n.\n"[..], b"\n.\r\n", b"\r.\r", b"\r.\n", b"\r\n.\r", b"\r\n.\n", b"\r\n\x00.\r\n"] {
+        for end in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r.\n",
+            b"\r\n.\r",
+            b"\r\n.\n",
+            b"\r\n\x00.\r\n",
+        ] {
             let mut msg = b"Subject: x\r\n\r\nhello".to_vec();
             msg.extend_from_slice(end);
             msg.extend_from_slice(smuggled);
@@ -151,7 +180,10 @@ mod tests {
             assert_eq!(used, msg.len(), "data ended early for {end:?}");
             assert!(matches!(done, Some(Err(_)) | Some(Ok(()))), "{end:?}");
             if end != b"\r\n\x00.\r\n" {
-                assert!(matches!(done, Some(Err(DataError::BareLf | DataError::BareCr))), "{end:?} accepted: {done:?}");
+                assert!(
+                    matches!(done, Some(Err(DataError::BareLf | DataError::BareCr))),
+                    "{end:?} accepted: {done:?}"
+                );
             }
         }
     }

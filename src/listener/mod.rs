@@ -34,7 +34,9 @@ pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
                 continue;
             }
         };
-        let Ok(peer) = stream.peer_addr() else { continue };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
         let core = core.clone();
         glommio::spawn_local(serve(stream, peer, core)).detach();
     }
@@ -43,7 +45,10 @@ pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
 /// Runs one client connection: plaintext, then TLS after STARTTLS.
 async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     if core.sessions.get() >= core.cfg.max_connections_per_core as usize {
-        let line = format!("421 4.7.0 {} Too many connections, try again later\r\n", core.cfg.hostname);
+        let line = format!(
+            "421 4.7.0 {} Too many connections, try again later\r\n",
+            core.cfg.hostname
+        );
         let _ = conn::with_timeout(conn::WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
         return;
     }
@@ -52,7 +57,9 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     let _guard = SessionGuard(core.clone());
     let plain = Session::new(stream, core.clone(), peer, false);
     if let End::StartTls(stream) = plain.run(true).await {
-        let Some(acceptor) = core.tls.clone() else { return };
+        let Some(acceptor) = core.tls.clone() else {
+            return;
+        };
         let handshake = async { acceptor.accept(stream).await };
         match conn::with_timeout(core.cfg.command_timeout, handshake).await {
             Ok(tls) => {

@@ -11,7 +11,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, text: impl Into<Cow<'static, str>>) -> Reply {
-        Reply { code, text: text.into() }
+        Reply {
+            code,
+            text: text.into(),
+        }
     }
 
     /// The single reply line, without CRLF.

@@ -58,7 +58,16 @@ enum Stop {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(stream: S, core: Rc<Core>, peer: SocketAddr, tls: bool) -> Session<S> {
-        Session { conn: Conn::new(stream), core, peer, tls, helo: None, esmtp: false, tx: None, errors: 0 }
+        Session {
+            conn: Conn::new(stream),
+            core,
+            peer,
+            tls,
+            helo: None,
+            esmtp: false,
+            tx: None,
+            errors: 0,
+        }
     }
 
     pub async fn run(mut self, greet: bool) -> End<S> {
@@ -101,7 +110,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if reply.is_client_error() && reply.code != 552 {
                     self.errors += 1;
                     if self.errors >= self.core.cfg.max_errors {
-                        self.conn.reply("421 4.7.0 Too many errors, closing connection");
+                        self.conn
+                            .reply("421 4.7.0 Too many errors, closing connection");
                         let _ = self.conn.flush().await;
                         return End::Closed;
                     }
@@ -113,8 +123,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn stop(&mut self, why: Stop) -> End<S> {
         let line = match why {
             Stop::Eof | Stop::Io => return End::Closed,
-            Stop::Timeout => format!("421 4.4.2 {} Timeout, closing connection", self.core.cfg.hostname),
-            Stop::Shutdown => format!("421 4.3.2 {} Shutting down, try again later", self.core.cfg.hostname),
+            Stop::Timeout => format!(
+                "421 4.4.2 {} Timeout, closing connection",
+                self.core.cfg.hostname
+            ),
+            Stop::Shutdown => format!(
+                "421 4.3.2 {} Shutting down, try again later",
+                self.core.cfg.hostname
+            ),
         };
         self.conn.reply(&line);
         let _ = self.conn.flush().await;
@@ -132,7 +148,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let bare = lf == 0 || buf[lf - 1] != b'\r';
                 let line = buf[..lf.saturating_sub(1)].to_vec();
                 self.conn.consume(lf + 1);
-                return Ok(if too_long { Line::TooLong } else if bare { Line::BareLf } else { Line::Command(line) });
+                return Ok(if too_long {
+                    Line::TooLong
+                } else if bare {
+                    Line::BareLf
+                } else {
+                    Line::Command(line)
+                });
             }
             if buf.len() >= COMMAND_LINE_BYTES_MAX {
                 let n = buf.len();
@@ -186,7 +208,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Reply::new(250, "2.0.0 Ok")
             }
             Command::Noop => Reply::new(250, "2.0.0 Ok"),
-            Command::Vrfy => Reply::new(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
+            Command::Vrfy => Reply::new(
+                252,
+                "2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+            ),
             Command::Expn => Reply::new(502, "5.5.1 EXPN not implemented"),
             Command::Help => Reply::new(214, "2.0.0 See RFC 5321"),
             Command::StartTls if self.tls => Reply::new(503, "5.5.1 TLS already active"),
@@ -210,7 +235,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let last = lines.len() - 1;
         for (i, l) in lines.iter().enumerate() {
-            self.conn.reply(&format!("250{}{l}", if i == last { ' ' } else { '-' }));
+            self.conn
+                .reply(&format!("250{}{l}", if i == last { ' ' } else { '-' }));
         }
     }
 
@@ -227,10 +253,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !from.is_ascii() && !params.smtputf8 {
             return Reply::new(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
         }
-        if params.size.is_some_and(|s| s > self.core.cfg.max_message_bytes) {
+        if params
+            .size
+            .is_some_and(|s| s > self.core.cfg.max_message_bytes)
+        {
             return Reply::new(552, "5.3.4 Message size exceeds fixed limit");
         }
-        self.tx = Some(Transaction { sender: from, params, recipients: Vec::new() });
+        self.tx = Some(Transaction {
+            sender: from,
+            params,
+            recipients: Vec::new(),
+        });
         Reply::new(250, "2.1.0 Ok")
     }
 
@@ -255,7 +288,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn relay_allowed(&self) -> bool {
         let ip = match self.peer.ip() {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
             v4 => v4,
         };
         self.core.cfg.relay_from.iter().any(|net| net.contains(&ip))
@@ -290,7 +325,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             body_offset: placement.offset as usize + body_start,
             body_len,
             sender: tx.sender.into(),
-            recipients: tx.recipients.into_iter().enumerate().map(|(i, a)| Recipient { index: i as u32, address: a.into() }).collect(),
+            recipients: tx
+                .recipients
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| Recipient {
+                    index: i as u32,
+                    address: a.into(),
+                })
+                .collect(),
         };
         self.core.hand_off(handle).await;
         Ok(Reply::new(250, format!("2.0.0 Ok: queued as {id:016x}")))
@@ -298,7 +341,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn start_record(&self, id: u64, tx: &Transaction) -> MessageBuilder {
         let rcpts: Vec<&[u8]> = tx.recipients.iter().map(|r| r.as_bytes()).collect();
-        let mut builder = MessageBuilder::new(Vec::with_capacity(8192), now_ms(), record_flags(&tx.params), tx.sender.as_bytes(), &rcpts);
+        let mut builder = MessageBuilder::new(
+            Vec::with_capacity(8192),
+            now_ms(),
+            record_flags(&tx.params),
+            tx.sender.as_bytes(),
+            &rcpts,
+        );
         let proto = match (self.esmtp, self.tls) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
@@ -321,7 +370,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Reads DATA up to its end. The outer `Err` ends the session (EOF,
     /// timeout); the inner one refuses the message with the session in step.
-    async fn receive(&mut self, builder: &mut MessageBuilder) -> Result<Result<(), DataError>, Stop> {
+    async fn receive(
+        &mut self,
+        builder: &mut MessageBuilder,
+    ) -> Result<Result<(), DataError>, Stop> {
         let mut rx = DataReceiver::new(self.core.cfg.max_message_bytes as usize);
         let timeout = self.core.cfg.data_timeout;
         loop {
@@ -349,7 +401,10 @@ fn record_flags(p: &MailParams) -> u32 {
 
 fn data_error_reply(e: DataError) -> Reply {
     match e {
-        DataError::BareLf | DataError::BareCr => Reply::new(550, "5.6.0 Bare CR or LF in message text is not allowed (RFC 5321 2.3.8)"),
+        DataError::BareLf | DataError::BareCr => Reply::new(
+            550,
+            "5.6.0 Bare CR or LF in message text is not allowed (RFC 5321 2.3.8)",
+        ),
         DataError::LineTooLong => Reply::new(550, "5.6.0 Message line longer than 1000 octets"),
         DataError::TooBig => Reply::new(552, "5.3.4 Message size exceeds fixed limit"),
     }
@@ -358,11 +413,16 @@ fn data_error_reply(e: DataError) -> Reply {
 fn spool_error_reply(e: &SpoolError) -> Reply {
     match e {
         SpoolError::Full => Reply::new(452, "4.3.1 Insufficient system storage"),
-        SpoolError::Io(_) => Reply::new(451, "4.3.0 Local error writing the message; try again later"),
+        SpoolError::Io(_) => Reply::new(
+            451,
+            "4.3.0 Local error writing the message; try again later",
+        ),
         SpoolError::Closed => Reply::new(421, "4.3.2 Shutting down, try again later"),
     }
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -44,11 +44,19 @@ async fn commit(spool: &Spool, active: &mut Option<ActiveSegment>, batch: Vec<Re
     for req in batch {
         let len = req.record.len() as u64;
         if active.as_ref().is_none_or(|a| a.room() < len) {
-            flush(spool, active, std::mem::take(&mut buf), std::mem::take(&mut placed)).await;
+            flush(
+                spool,
+                active,
+                std::mem::take(&mut buf),
+                std::mem::take(&mut placed),
+            )
+            .await;
             match roll(spool).await {
                 Ok(seg) if seg.room() < len => {
                     *active = Some(seg);
-                    let _ = req.done.send(Err(SpoolError::Io(format!("a {len}-byte record does not fit in a segment"))));
+                    let _ = req.done.send(Err(SpoolError::Io(format!(
+                        "a {len}-byte record does not fit in a segment"
+                    ))));
                     continue;
                 }
                 Ok(seg) => *active = Some(seg),
@@ -68,9 +76,18 @@ async fn commit(spool: &Spool, active: &mut Option<ActiveSegment>, batch: Vec<Re
 }
 
 /// Writes `buf` where its first record was placed, syncs, and answers.
-async fn flush(spool: &Spool, active: &mut Option<ActiveSegment>, buf: Vec<u8>, placed: Vec<(Request, u64)>) {
-    let Some(&(_, start)) = placed.first() else { return };
-    let seg = active.as_ref().expect("records were placed in the active segment");
+async fn flush(
+    spool: &Spool,
+    active: &mut Option<ActiveSegment>,
+    buf: Vec<u8>,
+    placed: Vec<(Request, u64)>,
+) {
+    let Some(&(_, start)) = placed.first() else {
+        return;
+    };
+    let seg = active
+        .as_ref()
+        .expect("records were placed in the active segment");
     let bytes = buf.len() as u64;
     let result = async {
         write_all_at(&seg.file, buf, start).await?;
@@ -81,15 +98,28 @@ async fn flush(spool: &Spool, active: &mut Option<ActiveSegment>, buf: Vec<u8>, 
     match result {
         Ok(()) => {
             spool.stats.syncs.set(spool.stats.syncs.get() + 1);
-            spool.stats.records.set(spool.stats.records.get() + placed.len() as u64);
+            spool
+                .stats
+                .records
+                .set(spool.stats.records.get() + placed.len() as u64);
             spool.stats.bytes.set(spool.stats.bytes.get() + bytes);
             for (req, offset) in placed {
-                let _ = req.done.send(Ok(Placement { segment: seg.map.clone(), offset }));
+                let _ = req.done.send(Ok(Placement {
+                    segment: seg.map.clone(),
+                    offset,
+                }));
             }
         }
         Err(e) => {
-            spool.stats.failed_syncs.set(spool.stats.failed_syncs.get() + 1);
-            eprintln!("spate: core {}: spool write/sync failed on {}: {e}; segment retired", spool.core, seg.map.path.display());
+            spool
+                .stats
+                .failed_syncs
+                .set(spool.stats.failed_syncs.get() + 1);
+            eprintln!(
+                "spate: core {}: spool write/sync failed on {}: {e}; segment retired",
+                spool.core,
+                seg.map.path.display()
+            );
             *active = None;
             let err = SpoolError::from_io(&e);
             for (req, _) in placed {
@@ -101,8 +131,19 @@ async fn flush(spool: &Spool, active: &mut Option<ActiveSegment>, buf: Vec<u8>, 
 
 async fn roll(spool: &Spool) -> Result<ActiveSegment, SpoolError> {
     let id = spool.ids.borrow_mut().take();
-    let seg = segment::create(&spool.dir, &spool.dir_path, id, spool.core, spool.segment_bytes).await.map_err(|e| {
-        eprintln!("spate: core {}: cannot create spool segment {id:016x}: {e}", spool.core);
+    let seg = segment::create(
+        &spool.dir,
+        &spool.dir_path,
+        id,
+        spool.core,
+        spool.segment_bytes,
+    )
+    .await
+    .map_err(|e| {
+        eprintln!(
+            "spate: core {}: cannot create spool segment {id:016x}: {e}",
+            spool.core
+        );
         SpoolError::from_io(&e)
     })?;
     spool.stats.segments.set(spool.stats.segments.get() + 1);

@@ -21,13 +21,21 @@ pub struct Faults {
 
 impl Faults {
     pub fn from_env() -> Faults {
-        let fail = std::env::var("SPATE_FAULT_SYNC_FAIL").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        Faults { sync_gate: None, fail_syncs: Cell::new(fail) }
+        let fail = std::env::var("SPATE_FAULT_SYNC_FAIL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Faults {
+            sync_gate: None,
+            fail_syncs: Cell::new(fail),
+        }
     }
 
     pub(super) async fn before_sync(&self) -> io::Result<()> {
         if let Some(gate) = &self.sync_gate {
-            gate.acquire(1).await.map_err(|_| io::Error::other("sync gate closed"))?;
+            gate.acquire(1)
+                .await
+                .map_err(|_| io::Error::other("sync gate closed"))?;
         }
         let fail = self.fail_syncs.get();
         if fail > 0 {

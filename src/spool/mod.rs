@@ -77,7 +77,10 @@ pub struct IdSpace {
 impl IdSpace {
     /// `base` is one more than the largest segment id already in the spool.
     pub fn new(base: u64, core: usize, cores: usize) -> IdSpace {
-        IdSpace { next: base + core as u64, stride: cores as u64 }
+        IdSpace {
+            next: base + core as u64,
+            stride: cores as u64,
+        }
     }
 
     pub fn take(&mut self) -> u64 {
@@ -116,8 +119,16 @@ pub struct Spool {
 impl Spool {
     /// Opens this core's spool in `dir` (which must exist) and starts its
     /// committer task on the current executor.
-    pub async fn open(dir_path: PathBuf, segment_bytes: u64, core: usize, mut ids: IdSpace, faults: Faults) -> std::io::Result<Rc<Spool>> {
-        let dir = Directory::open(&dir_path).await.map_err(std::io::Error::from)?;
+    pub async fn open(
+        dir_path: PathBuf,
+        segment_bytes: u64,
+        core: usize,
+        mut ids: IdSpace,
+        faults: Faults,
+    ) -> std::io::Result<Rc<Spool>> {
+        let dir = Directory::open(&dir_path)
+            .await
+            .map_err(std::io::Error::from)?;
         let prefix = ids.take();
         let spool = Rc::new(Spool {
             core: core as u32,
@@ -156,7 +167,9 @@ impl Spool {
         }
         debug_assert_eq!(record.len() % spool_format::RECORD_ALIGN, 0);
         let (done, wait) = oneshot::channel();
-        self.requests.borrow_mut().push_back(Request { record, done });
+        self.requests
+            .borrow_mut()
+            .push_back(Request { record, done });
         self.kick.notify();
         wait.await.unwrap_or(Err(SpoolError::Closed))
     }

@@ -7,7 +7,10 @@
 
 use super::segment::map_segment;
 use crate::message::{MessageHandle, Recipient, SegmentMap};
-use spool_format::{parse_segment_file_name, FormatError, MessageView, RecordKind, ScanItem, Scanner, SegmentHeader, StateRecord, Damage, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use spool_format::{
+    parse_segment_file_name, Damage, FormatError, MessageView, RecordKind, ScanItem, Scanner,
+    SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,10 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {error}")]
     Format { path: PathBuf, error: FormatError },
 }
@@ -31,6 +37,7 @@ pub struct RecoveryReport {
     pub torn_tails: Vec<(PathBuf, Damage)>,
     pub corrupt: Vec<(PathBuf, Damage)>,
     pub removed_empty: Vec<PathBuf>,
+    pub truncated: Vec<PathBuf>,
 }
 
 pub struct Recovered {
@@ -43,7 +50,10 @@ pub struct Recovered {
 
 /// The segments in `dir`, sorted by id.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
-    let io = |source| RecoveryError::Io { path: dir.to_path_buf(), source };
+    let io = |source| RecoveryError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
@@ -57,14 +67,19 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
 
 /// Recovers the spool in `dir`, creating the directory if it is missing.
 pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
-    std::fs::create_dir_all(dir).map_err(|source| RecoveryError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| RecoveryError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut report = RecoveryReport::default();
     let mut next_segment_id = 1;
     let mut found = Vec::new();
     let mut finished = HashSet::new();
     for (id, path) in list_segments(dir)? {
         next_segment_id = next_segment_id.max(id + 1);
-        let Some(map) = open_segment(&path, id, &mut report)? else { continue };
+        let Some(map) = open_segment(&path, id, &mut report)? else {
+            continue;
+        };
         let map = Arc::new(map);
         report.segments += 1;
         scan_segment(&map, &mut found, &mut finished, &mut report)?;
@@ -72,36 +87,75 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
     let messages = found
         .into_iter()
         .filter_map(|mut m: MessageHandle| {
-            m.recipients.retain(|r| !finished.contains(&(m.id, r.index)));
+            m.recipients
+                .retain(|r| !finished.contains(&(m.id, r.index)));
             report.pending_recipients += m.recipients.len();
             (!m.recipients.is_empty()).then_some(m)
         })
         .collect();
-    Ok(Recovered { next_segment_id, messages, report })
+    Ok(Recovered {
+        next_segment_id,
+        messages,
+        report,
+    })
 }
 
 /// Maps a segment and checks its header. A file whose header was never
 /// written (a crash while the segment was being created) holds no records
 /// and is removed.
-fn open_segment(path: &Path, id: u64, report: &mut RecoveryReport) -> Result<Option<SegmentMap>, RecoveryError> {
-    let map = map_segment(path.to_path_buf(), id).map_err(|source| RecoveryError::Io { path: path.to_path_buf(), source })?;
+fn open_segment(
+    path: &Path,
+    id: u64,
+    report: &mut RecoveryReport,
+) -> Result<Option<SegmentMap>, RecoveryError> {
+    let map = map_segment(path.to_path_buf(), id).map_err(|source| RecoveryError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let head = &map.map[..SEGMENT_HEADER_BYTES.min(map.map.len())];
     if head.len() < SEGMENT_HEADER_BYTES || head.iter().all(|&b| b == 0) {
-        std::fs::remove_file(path).map_err(|source| RecoveryError::Io { path: path.to_path_buf(), source })?;
+        std::fs::remove_file(path).map_err(|source| RecoveryError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         report.removed_empty.push(path.to_path_buf());
         return Ok(None);
     }
-    let header = SegmentHeader::decode(head).map_err(|error| RecoveryError::Format { path: path.to_path_buf(), error })?;
-    if header.segment_id != id || header.segment_bytes != map.map.len() as u64 {
-        return Err(RecoveryError::Format { path: path.to_path_buf(), error: FormatError::Invalid("segment id or size in header") });
+    let header = SegmentHeader::decode(head).map_err(|error| RecoveryError::Format {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    if header.segment_id != id {
+        return Err(RecoveryError::Format {
+            path: path.to_path_buf(),
+            error: FormatError::Invalid("segment id in header (file renamed?)"),
+        });
+    }
+    if header.segment_bytes != map.map.len() as u64 {
+        eprintln!(
+            "spate: {}: truncated to {} of {} bytes; reading the records that remain",
+            path.display(),
+            map.map.len(),
+            header.segment_bytes
+        );
+        report.truncated.push(path.to_path_buf());
     }
     Ok(Some(map))
 }
 
-fn scan_segment(map: &Arc<SegmentMap>, found: &mut Vec<MessageHandle>, finished: &mut HashSet<(u64, u32)>, report: &mut RecoveryReport) -> Result<(), RecoveryError> {
+fn scan_segment(
+    map: &Arc<SegmentMap>,
+    found: &mut Vec<MessageHandle>,
+    finished: &mut HashSet<(u64, u32)>,
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
     for item in Scanner::new(&map.map) {
         match item {
-            ScanItem::Record { offset, header, payload } => {
+            ScanItem::Record {
+                offset,
+                header,
+                payload,
+            } => {
                 report.records += 1;
                 if header.kind == RecordKind::Message {
                     match MessageView::decode(payload) {
@@ -109,7 +163,13 @@ fn scan_segment(map: &Arc<SegmentMap>, found: &mut Vec<MessageHandle>, finished:
                             report.messages += 1;
                             found.push(handle(map, offset, header.message_id, &view));
                         }
-                        Err(_) => report.corrupt.push((map.path.clone(), Damage::Corrupt { offset, len: header.record_bytes() })),
+                        Err(_) => report.corrupt.push((
+                            map.path.clone(),
+                            Damage::Corrupt {
+                                offset,
+                                len: header.record_bytes(),
+                            },
+                        )),
                     }
                 } else {
                     match StateRecord::decode(header.kind, payload) {
@@ -117,12 +177,21 @@ fn scan_segment(map: &Arc<SegmentMap>, found: &mut Vec<MessageHandle>, finished:
                             finished.insert((header.message_id, state.recipient()));
                         }
                         Ok(_) => {}
-                        Err(_) => report.corrupt.push((map.path.clone(), Damage::Corrupt { offset, len: header.record_bytes() })),
+                        Err(_) => report.corrupt.push((
+                            map.path.clone(),
+                            Damage::Corrupt {
+                                offset,
+                                len: header.record_bytes(),
+                            },
+                        )),
                     }
                 }
             }
             ScanItem::Damage(d @ Damage::Corrupt { offset, len }) => {
-                eprintln!("spate: {}: corrupt record at offset {offset} ({len} bytes) skipped", map.path.display());
+                eprintln!(
+                    "spate: {}: corrupt record at offset {offset} ({len} bytes) skipped",
+                    map.path.display()
+                );
                 report.corrupt.push((map.path.clone(), d));
             }
             ScanItem::Damage(d @ Damage::TornTail { offset, len }) => {
@@ -147,17 +216,30 @@ fn handle(map: &Arc<SegmentMap>, offset: usize, id: u64, view: &MessageView<'_>)
         recipients: view
             .recipients()
             .enumerate()
-            .map(|(i, r)| Recipient { index: i as u32, address: text(r).into() })
+            .map(|(i, r)| Recipient {
+                index: i as u32,
+                address: text(r).into(),
+            })
             .collect(),
     }
 }
 
 /// Zeroes a torn tail so the segment reads clean from now on.
 fn cut_torn_tail(path: &Path, offset: usize, len: usize) -> Result<(), RecoveryError> {
-    let io = |source| RecoveryError::Io { path: path.to_path_buf(), source };
-    let file = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
-    file.write_all_at(&vec![0u8; len], offset as u64).map_err(io)?;
+    let io = |source| RecoveryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    file.write_all_at(&vec![0u8; len], offset as u64)
+        .map_err(io)?;
     file.sync_data().map_err(io)?;
-    eprintln!("spate: {}: torn tail of {len} bytes at offset {offset} cut off", path.display());
+    eprintln!(
+        "spate: {}: torn tail of {len} bytes at offset {offset} cut off",
+        path.display()
+    );
     Ok(())
 }

@@ -25,7 +25,13 @@ impl ActiveSegment {
 
 /// Creates, preallocates and maps a new segment, then makes its directory
 /// entry durable. On failure nothing is left behind.
-pub async fn create(dir: &Directory, dir_path: &Path, segment_id: u64, core: u32, segment_bytes: u64) -> io::Result<ActiveSegment> {
+pub async fn create(
+    dir: &Directory,
+    dir_path: &Path,
+    segment_id: u64,
+    core: u32,
+    segment_bytes: u64,
+) -> io::Result<ActiveSegment> {
     let path = dir_path.join(segment_file_name(segment_id));
     match create_at(dir, &path, segment_id, core, segment_bytes).await {
         Ok(seg) => Ok(seg),
@@ -36,19 +42,40 @@ pub async fn create(dir: &Directory, dir_path: &Path, segment_id: u64, core: u32
     }
 }
 
-async fn create_at(dir: &Directory, path: &Path, segment_id: u64, core: u32, segment_bytes: u64) -> io::Result<ActiveSegment> {
-    let file = OpenOptions::new().read(true).write(true).create_new(true).buffered_open(path).await?;
+async fn create_at(
+    dir: &Directory,
+    path: &Path,
+    segment_id: u64,
+    core: u32,
+    segment_bytes: u64,
+) -> io::Result<ActiveSegment> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .buffered_open(path)
+        .await?;
     // Preallocate the whole segment: no later write can hit ENOSPC and no
     // read through the mapping can SIGBUS.
     file.pre_allocate(segment_bytes, false).await?;
-    let header = SegmentHeader { segment_id, core, segment_bytes, created_unix_secs: now_secs() };
+    let header = SegmentHeader {
+        segment_id,
+        core,
+        segment_bytes,
+        created_unix_secs: now_secs(),
+    };
     let mut block = vec![0u8; RECORDS_OFFSET];
     block[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
     write_all_at(&file, block, 0).await?;
     file.fdatasync().await?;
     dir.sync().await?;
     let map = Arc::new(map_segment(path.to_path_buf(), segment_id)?);
-    Ok(ActiveSegment { file, map, tail: RECORDS_OFFSET as u64, segment_bytes })
+    Ok(ActiveSegment {
+        file,
+        map,
+        tail: RECORDS_OFFSET as u64,
+        segment_bytes,
+    })
 }
 
 /// Writes all of `buf` at `pos`. A short write is an error: the segment
@@ -58,7 +85,10 @@ pub async fn write_all_at(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> io::Re
     let len = buf.len();
     let n = file.write_at(buf, pos).await.map_err(io::Error::from)?;
     if n != len {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, format!("short write: {n} of {len} bytes")));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {n} of {len} bytes"),
+        ));
     }
     Ok(())
 }
@@ -72,9 +102,15 @@ pub fn map_segment(path: PathBuf, segment_id: u64) -> io::Result<SegmentMap> {
     // segment files are preallocated to their full mapped length, so the
     // mapping is never truncated under a reader.
     let map = unsafe { Mmap::map(&file)? };
-    Ok(SegmentMap { segment_id, path, map })
+    Ok(SegmentMap {
+        segment_id,
+        path,
+        map,
+    })
 }
 
 fn now_secs() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
 }

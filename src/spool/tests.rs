@@ -14,21 +14,36 @@ fn record(id: u64, body: &[u8]) -> Vec<u8> {
     b.finish(id)
 }
 
-fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce(PathBuf) -> F + Send + 'static) {
+fn run<F: std::future::Future<Output = ()> + 'static>(
+    f: impl FnOnce(PathBuf) -> F + Send + 'static,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
-    LocalExecutorBuilder::default().spawn(move || f(path)).unwrap().join().unwrap();
+    LocalExecutorBuilder::default()
+        .spawn(move || f(path))
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 async fn open(dir: PathBuf, faults: Faults) -> Rc<Spool> {
-    Spool::open(dir, 1 << 20, 0, IdSpace::new(1, 0, 1), faults).await.unwrap()
+    Spool::open(dir, 1 << 20, 0, IdSpace::new(1, 0, 1), faults)
+        .await
+        .unwrap()
 }
 
 #[test]
 fn no_acknowledgement_before_the_sync_returns() {
     run(|dir| async move {
         let gate = Rc::new(Semaphore::new(0));
-        let spool = open(dir, Faults { sync_gate: Some(gate.clone()), ..Default::default() }).await;
+        let spool = open(
+            dir,
+            Faults {
+                sync_gate: Some(gate.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
         let acked = Rc::new(Cell::new(false));
         let (s, a) = (spool.clone(), acked.clone());
         let id = spool.next_message_id();
@@ -38,7 +53,10 @@ fn no_acknowledgement_before_the_sync_returns() {
             placed
         });
         sleep(Duration::from_millis(100)).await;
-        assert!(!acked.get(), "append returned while its sync was still held");
+        assert!(
+            !acked.get(),
+            "append returned while its sync was still held"
+        );
         assert_eq!(spool.stats.syncs.get(), 0);
         gate.signal(1);
         let placed = task.await.unwrap();
@@ -53,11 +71,20 @@ fn no_acknowledgement_before_the_sync_returns() {
 fn appends_queued_during_a_sync_share_the_next_one() {
     run(|dir| async move {
         let gate = Rc::new(Semaphore::new(0));
-        let spool = open(dir, Faults { sync_gate: Some(gate.clone()), ..Default::default() }).await;
+        let spool = open(
+            dir,
+            Faults {
+                sync_gate: Some(gate.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
         let mut tasks = Vec::new();
         for i in 0..10u64 {
             let s = spool.clone();
-            tasks.push(glommio::spawn_local(async move { s.append(record(i, b"x\r\n")).await }));
+            tasks.push(glommio::spawn_local(async move {
+                s.append(record(i, b"x\r\n")).await
+            }));
             glommio::yield_if_needed().await;
             sleep(Duration::from_millis(1)).await;
         }
@@ -66,20 +93,34 @@ fn appends_queued_during_a_sync_share_the_next_one() {
         for t in tasks {
             offsets.push(t.await.unwrap().offset);
         }
-        assert!(spool.stats.syncs.get() <= 2, "{} syncs for 10 records", spool.stats.syncs.get());
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "records are placed in order: {offsets:?}");
+        assert!(
+            spool.stats.syncs.get() <= 2,
+            "{} syncs for 10 records",
+            spool.stats.syncs.get()
+        );
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "records are placed in order: {offsets:?}"
+        );
     });
 }
 
 #[test]
 fn a_failed_sync_is_never_acknowledged_and_retires_the_segment() {
     run(|dir| async move {
-        let faults = Faults { fail_syncs: Cell::new(1), ..Default::default() };
+        let faults = Faults {
+            fail_syncs: Cell::new(1),
+            ..Default::default()
+        };
         let spool = open(dir.clone(), faults).await;
         let first = spool.append(record(1, b"a\r\n")).await;
         assert!(matches!(first, Err(SpoolError::Io(_))), "{first:?}");
         let second = spool.append(record(2, b"b\r\n")).await.unwrap();
-        assert_eq!(spool.stats.segments.get(), 2, "the failed segment is not written again");
+        assert_eq!(
+            spool.stats.segments.get(),
+            2,
+            "the failed segment is not written again"
+        );
         assert_eq!(second.offset, spool_format::RECORDS_OFFSET as u64);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
     });

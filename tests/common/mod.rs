@@ -19,7 +19,12 @@ pub fn free_addr() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
     let pid = std::process::id();
-    let ip = format!("127.{}.{}.{}", 10 + (pid % 200), (pid / 200) % 250, 1 + n % 250);
+    let ip = format!(
+        "127.{}.{}.{}",
+        10 + (pid % 200),
+        (pid / 200) % 250,
+        1 + n % 250
+    );
     let probe = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind probe");
     let port = probe.local_addr().unwrap().port();
     format!("{ip}:{port}")
@@ -27,8 +32,16 @@ pub fn free_addr() -> String {
 
 /// Fails the test loudly if a peer program is missing: never skip silently.
 pub fn require(program: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(found, "{program} is not installed; .ci/run installs it (apt-get install postfix swaks)");
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed; .ci/run installs it (apt-get install postfix swaks)"
+    );
 }
 
 pub struct Spate {
@@ -58,7 +71,10 @@ impl Spate {
             dir,
             log: Arc::new(Mutex::new(Vec::new())),
             args: extra.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.launch();
         s
@@ -67,12 +83,17 @@ impl Spate {
     /// (Re)starts the process on the same spool and address.
     pub fn launch(&mut self) {
         assert!(self.child.is_none());
+        self.log.lock().unwrap().clear();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
         cmd.arg("serve")
-            .arg("--listen").arg(&self.addr)
-            .arg("--spool").arg(self.spool_dir())
-            .arg("--log-dir").arg(self.dir.path().join("log"))
-            .arg("--hostname").arg("spate.test")
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--spool")
+            .arg(self.spool_dir())
+            .arg("--log-dir")
+            .arg(self.dir.path().join("log"))
+            .arg("--hostname")
+            .arg("spate.test")
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -98,7 +119,11 @@ impl Spate {
             if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
                 return l.clone();
             }
-            assert!(start.elapsed() < limit, "no log line with {needle:?} after {limit:?}; log:\n{}", self.log_text());
+            assert!(
+                start.elapsed() < limit,
+                "no log line with {needle:?} after {limit:?}; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -110,7 +135,7 @@ impl Spate {
     /// SIGTERM, then wait; returns the exit status code.
     pub fn stop(&mut self) -> i32 {
         let mut child = self.child.take().expect("running");
-        unsafe_kill(child.id(), libc_sigterm());
+        signal(child.id(), 15);
         let status = wait_timeout(&mut child, Duration::from_secs(30));
         status.code().unwrap_or(-1)
     }
@@ -120,7 +145,6 @@ impl Spate {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
-        self.log.lock().unwrap().clear();
     }
 
     pub fn connect(&self) -> Smtp {
@@ -137,12 +161,13 @@ impl Drop for Spate {
     }
 }
 
-fn libc_sigterm() -> i32 {
-    15
-}
-
-fn unsafe_kill(pid: u32, sig: i32) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+fn signal(pid: u32, sig: i32) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill -{sig} {pid}");
 }
 
@@ -169,7 +194,9 @@ pub struct Smtp {
 impl Smtp {
     pub fn connect(addr: &str) -> Smtp {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut s = Smtp { stream, reader };
         s.expect(220);
@@ -193,7 +220,10 @@ impl Smtp {
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line).expect("read reply");
-            assert!(n > 0, "connection closed while waiting for a reply; got {lines:?}");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply; got {lines:?}"
+            );
             let line = line.trim_end().to_string();
             let last = line.as_bytes().get(3) != Some(&b'-');
             lines.push(line);
@@ -246,7 +276,10 @@ pub struct Stored {
 impl Stored {
     /// The body after spate's own Received header.
     pub fn client_body(&self) -> &[u8] {
-        assert!(self.body.starts_with(b"Received: from "), "Received header first");
+        assert!(
+            self.body.starts_with(b"Received: from "),
+            "Received header first"
+        );
         let mut pos = 0;
         loop {
             let lf = pos + self.body[pos..].iter().position(|&b| b == b'\n').unwrap();
@@ -261,19 +294,28 @@ impl Stored {
 /// Every `Message` record in the spool, decoded.
 pub fn read_spool(dir: &Path) -> Vec<Stored> {
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         let bytes = std::fs::read(&path).unwrap();
         SegmentHeader::decode(&bytes).expect("segment header");
         for item in Scanner::new(&bytes) {
-            if let ScanItem::Record { header, payload, .. } = item {
+            if let ScanItem::Record {
+                header, payload, ..
+            } = item
+            {
                 if header.kind == RecordKind::Message {
                     let m = MessageView::decode(payload).unwrap();
                     out.push(Stored {
                         id: header.message_id,
                         sender: String::from_utf8(m.sender.to_vec()).unwrap(),
-                        recipients: m.recipients().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect(),
+                        recipients: m
+                            .recipients()
+                            .map(|r| String::from_utf8(r.to_vec()).unwrap())
+                            .collect(),
                         flags: m.flags,
                         body: m.body.to_vec(),
                     });
@@ -286,8 +328,15 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
 
 /// Runs a program to completion, returning (success, stdout+stderr).
 pub fn run(program: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 

@@ -1,0 +1,210 @@
+//! Restart recovery: acknowledged messages survive kill -9, torn tails are
+//! cut, corrupt records are skipped and reported, unknown versions refused.
+
+mod common;
+use common::*;
+use spool_format::{ScanItem, Scanner};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn pending_line(spate: &Spate) -> String {
+    spate.wait_for_log("recipients to deliver", Duration::from_secs(10))
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn kill_9_after_acknowledged_messages_then_restart_recovers_all() {
+    require("smtp-source");
+    let mut spate = Spate::start(&[]);
+    let (ok, out) = run(
+        "smtp-source",
+        &[
+            "-s",
+            "8",
+            "-m",
+            "400",
+            "-d",
+            "-l",
+            "4096",
+            "-f",
+            "s@a.test",
+            "-t",
+            "r@b.test",
+            &spate.addr,
+        ],
+    );
+    assert!(ok, "every message was acknowledged: {out}");
+    spate.kill9();
+    spate.launch();
+    let line = pending_line(&spate);
+    assert!(
+        line.contains("400 messages, 400 recipients to deliver"),
+        "{line}"
+    );
+    assert_eq!(read_spool(&spate.spool_dir()).len(), 400);
+    // A second crash and restart finds the same, and the new core segments
+    // never collide with the old ones.
+    spate.kill9();
+    spate.launch();
+    assert!(pending_line(&spate).contains("400 messages, 400 recipients"));
+    let mut smtp = spate.connect();
+    smtp.transaction("s@a.test", &["r@b.test"], b"Subject: after\r\n\r\nx\r\n");
+    assert_eq!(spate.stop(), 0);
+    assert_eq!(read_spool(&spate.spool_dir()).len(), 401);
+    let (clean, report) = spate_cmd(&["spool", "verify", spate.spool_dir().to_str().unwrap()]);
+    assert!(clean, "{report}");
+}
+
+/// Offsets of the records in a segment file.
+fn record_offsets(seg: &Path) -> Vec<(usize, usize)> {
+    let bytes = std::fs::read(seg).unwrap();
+    Scanner::new(&bytes)
+        .filter_map(|i| match i {
+            ScanItem::Record { offset, header, .. } => Some((offset, header.record_bytes())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spool_with_messages(n: usize) -> Spate {
+    let mut spate = Spate::start(&["--cores", "1"]);
+    let mut smtp = spate.connect();
+    for i in 0..n {
+        smtp.transaction(
+            "s@a.test",
+            &["r@b.test"],
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+        );
+    }
+    assert_eq!(spate.stop(), 0);
+    spate
+}
+
+fn patch(path: &Path, offset: usize, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset as u64).unwrap();
+}
+
+#[test]
+fn torn_tail_is_cut_and_the_spool_verifies_clean_after() {
+    let mut spate = spool_with_messages(3);
+    let seg = segments(&spate.spool_dir()).pop().unwrap();
+    let recs = record_offsets(&seg);
+    let (last, len) = *recs.last().unwrap();
+    // A write the crash cut short: the last record's second half is gone.
+    patch(&seg, last + len / 2, &vec![0u8; len - len / 2]);
+    let (clean, _) = spate_cmd(&["spool", "verify", spate.spool_dir().to_str().unwrap()]);
+    assert!(!clean, "verify notices the torn tail");
+    spate.launch();
+    let line = pending_line(&spate);
+    assert!(
+        line.contains("2 messages") && line.contains("1 torn tails cut"),
+        "{line}"
+    );
+    assert_eq!(spate.stop(), 0);
+    let (clean, report) = spate_cmd(&["spool", "verify", spate.spool_dir().to_str().unwrap()]);
+    assert!(clean, "{report}");
+}
+
+#[test]
+fn flipped_byte_in_a_middle_record_is_skipped_and_later_records_kept() {
+    let mut spate = spool_with_messages(3);
+    let seg = segments(&spate.spool_dir()).pop().unwrap();
+    let (middle, _) = record_offsets(&seg)[1];
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&seg).unwrap(),
+        &mut byte,
+        middle as u64 + 40,
+    )
+    .unwrap();
+    patch(&seg, middle + 40, &[byte[0] ^ 0x20]);
+    spate.launch();
+    let line = pending_line(&spate);
+    assert!(
+        line.contains("2 messages") && line.contains("1 corrupt records skipped"),
+        "{line}"
+    );
+    spate.wait_for_log(
+        &format!("corrupt record at offset {middle}"),
+        Duration::from_secs(5),
+    );
+    let bodies: Vec<String> = read_spool(&spate.spool_dir())
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.client_body()).into_owned())
+        .collect();
+    assert!(
+        bodies[0].contains("body 0") && bodies[1].contains("body 2"),
+        "{bodies:?}"
+    );
+    let (clean, report) = spate_cmd(&["spool", "verify", spate.spool_dir().to_str().unwrap()]);
+    assert!(
+        !clean && report.contains("corrupt"),
+        "verify keeps reporting the damage: {report}"
+    );
+}
+
+#[test]
+fn truncated_segment_keeps_what_remains_and_is_reported() {
+    let mut spate = spool_with_messages(3);
+    let seg = segments(&spate.spool_dir()).pop().unwrap();
+    let (third, _) = record_offsets(&seg)[2];
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(third as u64 + 10)
+        .unwrap();
+    spate.launch();
+    let line = pending_line(&spate);
+    assert!(
+        line.contains("2 messages") && line.contains("1 truncated segments"),
+        "{line}"
+    );
+    let (clean, report) = spate_cmd(&["spool", "verify", spate.spool_dir().to_str().unwrap()]);
+    assert!(!clean && report.contains("truncated"), "{report}");
+}
+
+#[test]
+fn spool_from_an_unknown_format_version_is_refused() {
+    let spate = spool_with_messages(1);
+    let seg = segments(&spate.spool_dir()).pop().unwrap();
+    patch(&seg, 8, &7u32.to_le_bytes());
+    let (ok, out) = spate_cmd(&[
+        "serve",
+        "--listen",
+        &free_addr(),
+        "--spool",
+        spate.spool_dir().to_str().unwrap(),
+        "--log-dir",
+        spate.dir.path().join("log").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(out.contains("unknown spool format version 7"), "{out}");
+}
+
+#[test]
+fn spool_dump_lists_records_as_json_lines() {
+    let spate = spool_with_messages(2);
+    let (ok, out) = spate_cmd(&["spool", "dump", spate.spool_dir().to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for l in lines {
+        assert!(
+            l.starts_with('{')
+                && l.contains("\"kind\":\"Message\"")
+                && l.contains("\"recipients\":[\"r@b.test\"]"),
+            "{l}"
+        );
+    }
+}
