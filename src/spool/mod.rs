@@ -47,9 +47,16 @@ pub enum SpoolError {
 
 impl SpoolError {
     fn from_io(e: &std::io::Error) -> SpoolError {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => SpoolError::Full,
-            _ => SpoolError::Io(e.to_string()),
+        // glommio's errors keep the kind but not always the errno.
+        let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            );
+        if full {
+            SpoolError::Full
+        } else {
+            SpoolError::Io(e.to_string())
         }
     }
 }

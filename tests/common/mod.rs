@@ -51,11 +51,14 @@ pub struct Spate {
     pub log: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    spool: Option<PathBuf>,
 }
 
 impl Spate {
     pub fn spool_dir(&self) -> PathBuf {
-        self.dir.path().join("spool")
+        self.spool
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("spool"))
     }
 
     /// Starts `spate serve` with a fresh spool and the extra flags given.
@@ -64,6 +67,15 @@ impl Spate {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Spate {
+        Spate::start_full(extra, env, None)
+    }
+
+    /// Starts with the spool in `spool` instead of the test's own directory.
+    pub fn start_with_spool(extra: &[&str], spool: &Path) -> Spate {
+        Spate::start_full(extra, &[], Some(spool.to_path_buf()))
+    }
+
+    fn start_full(extra: &[&str], env: &[(&str, &str)], spool: Option<PathBuf>) -> Spate {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spate {
             child: None,
@@ -75,6 +87,7 @@ impl Spate {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            spool,
         };
         s.launch();
         s
@@ -109,7 +122,28 @@ impl Spate {
             }
         });
         self.child = Some(child);
-        self.wait_for_log("spate: ready", Duration::from_secs(20));
+        let start = Instant::now();
+        while !self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("spate: ready"))
+        {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "spate exited with {status} before it was ready; log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "spate not ready after 20s; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits for a stderr line containing `needle`; returns it.
