@@ -6,17 +6,24 @@
 //! No state is shared between cores except read-only values (the config,
 //! the TLS config, segment mappings) and the mesh channels.
 
+use crate::bounce::{self, Failure};
 use crate::config::Config;
-use crate::local::{Notify, StopSignal};
+use crate::delivery::TlsClients;
+use crate::delivery_log::{self, DeliveryLog, Kind, Record};
+use crate::dns::Resolver;
+use crate::local::StopSignal;
 use crate::mesh::{self, Mesh};
 use crate::message::MessageHandle;
+use crate::message::Recipient;
 use crate::queue::Queues;
 use crate::router::split_by_owner;
 use crate::spool::recovery::{self, Recovered};
+use crate::spool::SpoolError;
 use crate::spool::{Faults, IdSpace, Spool};
-use crate::{listener, tls};
+use crate::{delivery, listener, tls};
 use futures_rustls::TlsAcceptor;
 use glommio::{LocalExecutorBuilder, Placement};
+use spool_format::{MessageBuilder, FLAG_8BITMIME, FLAG_SMTPUTF8};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,10 +60,118 @@ pub struct Core {
     pub tls: Option<TlsAcceptor>,
     pub stop: StopSignal,
     pub sessions: Cell<usize>,
-    pub session_ended: Notify,
+    pub resolver: Resolver,
+    /// Numbers this core's delivery connections, for the log.
+    pub connections_made: Cell<u64>,
+    pub log: Rc<DeliveryLog>,
+    pub tls_clients: Arc<TlsClients>,
+}
+
+/// A message whose record is sealed and about to be appended.
+pub struct Accepted {
+    pub id: u64,
+    pub received_ms: u64,
+    pub flags: u32,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// Where the body starts in the record, and its length.
+    pub body_start: usize,
+    pub body_len: usize,
 }
 
 impl Core {
+    /// Makes a sealed message record durable, logs its reception and hands
+    /// it to the cores that own its recipients. `Ok` means durable.
+    pub async fn accept(&self, a: Accepted, record: Vec<u8>) -> Result<(), SpoolError> {
+        let placement = self.spool.append(record).await?;
+        let handle = MessageHandle {
+            id: a.id,
+            received_ms: a.received_ms,
+            flags: a.flags,
+            segment: placement.segment,
+            body_offset: placement.offset as usize + a.body_start,
+            body_len: a.body_len,
+            sender: a.sender.into(),
+            recipients: a
+                .recipients
+                .into_iter()
+                .enumerate()
+                .map(|(i, address)| Recipient {
+                    index: i as u32,
+                    address: address.into(),
+                    attempts: 0,
+                })
+                .collect(),
+        };
+        let first = &handle.recipients[0].address;
+        self.log.write(&Record {
+            kind: Kind::Reception,
+            time_ms: a.received_ms,
+            id: handle.id_text(),
+            sender: &handle.sender,
+            recipient: first,
+            domain: crate::message::domain_of(first),
+            mx_host: None,
+            mx_ip: None,
+            connection: None,
+            response: "",
+            attempt: 0,
+            size: handle.body_len,
+            queue_time_ms: 0,
+            core: self.index,
+        });
+        self.hand_off(handle).await;
+        Ok(())
+    }
+
+    /// Spools a DSN about `failures` of `original` to its sender.
+    pub async fn send_dsn(
+        &self,
+        original: &MessageHandle,
+        failures: &[Failure],
+    ) -> Result<(), SpoolError> {
+        let id = self.spool.next_message_id();
+        let now = chrono::Utc::now();
+        let dsn = bounce::build(
+            &self.cfg.hostname,
+            &format!("{id:016x}"),
+            original,
+            failures,
+            now,
+        );
+        let to = original.sender.to_string();
+        let mut flags = if to.is_ascii() { 0 } else { FLAG_SMTPUTF8 };
+        if !dsn.is_ascii() {
+            flags |= FLAG_8BITMIME;
+        }
+        let received_ms = delivery_log::now_ms();
+        let mut b = MessageBuilder::new(
+            Vec::with_capacity(dsn.len() + 256),
+            received_ms,
+            flags,
+            b"",
+            &[to.as_bytes()],
+        );
+        let received = format!(
+            "Received: by {} (spate) id {id:016x};\r\n\t{}\r\n",
+            self.cfg.hostname,
+            now.to_rfc2822()
+        );
+        b.body_mut().extend_from_slice(received.as_bytes());
+        b.body_mut().extend_from_slice(&dsn);
+        let (body_start, body_len) = (b.body_start(), b.body_len());
+        let accepted = Accepted {
+            id,
+            received_ms,
+            flags,
+            sender: String::new(),
+            recipients: vec![to],
+            body_start,
+            body_len,
+        };
+        self.accept(accepted, b.finish(id)).await
+    }
+
     /// Gives each owning core its share of a durable message's recipients.
     pub async fn hand_off(&self, handle: MessageHandle) {
         for (owner, part) in split_by_owner(handle, self.cores) {
@@ -81,6 +196,7 @@ struct CoreStart {
     cores: usize,
     cfg: Arc<Config>,
     tls: Option<TlsAcceptor>,
+    tls_clients: Arc<TlsClients>,
     recovered: Vec<MessageHandle>,
     next_segment_id: u64,
     mesh: mesh::Builder,
@@ -105,6 +221,9 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         .map(tls::server_config)
         .transpose()?
         .map(TlsAcceptor::from);
+    let tls_clients = Arc::new(
+        TlsClients::new(cfg.delivery.tls_ca_file.as_deref()).map_err(EngineError::Failed)?,
+    );
     let Recovered {
         next_segment_id,
         messages,
@@ -139,6 +258,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             cores: n,
             cfg: cfg.clone(),
             tls: tls.clone(),
+            tls_clients: tls_clients.clone(),
             recovered,
             next_segment_id,
             mesh: mesh.clone(),
@@ -220,6 +340,27 @@ async fn run_core(s: CoreStart) {
             Err(e) => return fail(&s.ready, &s.stop, format!("listen {addr}: {e}")).await,
         }
     }
+    let log = match DeliveryLog::open(&s.cfg.log_dir, s.index).await {
+        Ok(log) => log,
+        Err(e) => {
+            return fail(
+                &s.ready,
+                &s.stop,
+                format!(
+                    "core {}: delivery log in {}: {e}",
+                    s.index,
+                    s.cfg.log_dir.display()
+                ),
+            )
+            .await
+        }
+    };
+    let dns = &s.cfg.dns;
+    let servers = if dns.servers.is_empty() {
+        crate::dns::system_servers()
+    } else {
+        dns.servers.clone()
+    };
     let core = Rc::new(Core {
         index: s.index,
         cores: s.cores,
@@ -230,8 +371,12 @@ async fn run_core(s: CoreStart) {
         tls: s.tls,
         stop: StopSignal::default(),
         sessions: Cell::new(0),
-        session_ended: Notify::default(),
+        connections_made: Cell::new(0),
+        resolver: Resolver::new(servers, dns.timeout, dns.attempts, dns.cache_entries_max),
+        log,
+        tls_clients: s.tls_clients,
     });
+    glommio::spawn_local(delivery::run(core.clone())).detach();
     for l in listeners {
         glommio::spawn_local(listener::accept_loop(l, core.clone())).detach();
     }
@@ -253,23 +398,23 @@ async fn fail(
     }
 }
 
-/// Stops accepting, lets open transactions finish within the grace time,
-/// then reports what this core holds.
+/// Stops accepting, lets open transactions (inbound and outbound) finish
+/// within the grace time, then reports what this core holds.
 async fn shut_down(core: &Rc<Core>) {
     core.stop.stop();
     let deadline = Instant::now() + core.cfg.shutdown_grace;
-    while core.sessions.get() > 0 {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            break;
-        };
-        futures_lite::future::or(core.session_ended.notified(), glommio::timer::sleep(left)).await;
+    while (core.sessions.get() > 0 || core.queues.open_connections() > 0)
+        && Instant::now() < deadline
+    {
+        glommio::timer::sleep(STOP_POLL).await;
     }
     core.spool.close();
     core.mesh.close();
+    core.log.flush().await;
     let q = core.queues.summary();
     let st = &core.spool.stats;
     eprintln!(
-        "spate: core {}: {} records in {} syncs; queued {} messages, {} recipients, {} domains; {} sessions cut at shutdown",
-        core.index, st.records.get(), st.syncs.get(), q.messages, q.recipients, q.domains, core.sessions.get()
+        "spate: core {}: {} records in {} syncs; queued {} messages, {} recipients, {} domains ({} ready, {} waiting to retry); {} sessions cut at shutdown",
+        core.index, st.records.get(), st.syncs.get(), q.messages, q.recipients, q.domains, q.ready, q.scheduled, core.sessions.get()
     );
 }

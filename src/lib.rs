@@ -4,9 +4,9 @@
 //! Data flows through the modules in the order they are listed here:
 //!
 //! ```text
-//!  SMTP client ──▶ listener ──▶ spool ──▶ router ──▶ mesh ──▶ queue ──▶ (delivery)
-//!                 (session,    (append,   (domain →  (handle   (per-domain,
-//!                  DATA)        fdatasync) core)      to owner) per core)
+//!  SMTP client ──▶ listener ──▶ spool ──▶ router ──▶ mesh ──▶ queue ──▶ delivery ──▶ MX
+//!                 (session,    (append,   (domain →  (handle   (per-domain,  (dns, smtp client,
+//!                  DATA)        fdatasync) core)      to owner) per core)     retries, bounces, log)
 //! ```
 //!
 //! Every core runs one glommio executor pinned to its CPU (`engine`). A core
@@ -21,7 +21,12 @@
 //! `listener::data`) are plain functions over bytes and are unit-tested
 //! directly; the spool has fault hooks so tests can make syncs hang or fail.
 
+pub mod bounce;
 pub mod config;
+pub mod conn;
+pub mod delivery;
+pub mod delivery_log;
+pub mod dns;
 pub mod engine;
 pub mod listener;
 pub mod local;

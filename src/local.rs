@@ -89,3 +89,63 @@ impl Drop for StopWait<'_> {
         self.signal.wakers.borrow_mut().remove(&self.key);
     }
 }
+
+/// Wakes every task waiting at the moment of `notify_all`. A waiter passes
+/// the generation it last saw, so a notification between looking and
+/// waiting is never lost. Waiters that give up leave nothing behind.
+#[derive(Default)]
+pub struct Event {
+    generation: Cell<u64>,
+    next_key: Cell<u64>,
+    wakers: RefCell<HashMap<u64, Waker>>,
+}
+
+impl Event {
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for (_, w) in self.wakers.borrow_mut().drain() {
+            w.wake();
+        }
+    }
+
+    /// Returns once the generation differs from `seen`.
+    pub fn wait(&self, seen: u64) -> EventWait<'_> {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        EventWait {
+            event: self,
+            seen,
+            key,
+        }
+    }
+}
+
+pub struct EventWait<'a> {
+    event: &'a Event,
+    seen: u64,
+    key: u64,
+}
+
+impl Future for EventWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.event.generation.get() != self.seen {
+            return Poll::Ready(());
+        }
+        self.event
+            .wakers
+            .borrow_mut()
+            .insert(self.key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for EventWait<'_> {
+    fn drop(&mut self) {
+        self.event.wakers.borrow_mut().remove(&self.key);
+    }
+}

@@ -29,6 +29,8 @@ impl std::fmt::Debug for SegmentMap {
 pub struct Recipient {
     pub index: u32,
     pub address: Box<str>,
+    /// Delivery attempts already made (from `Attempt` records at recovery).
+    pub attempts: u32,
 }
 
 impl Recipient {

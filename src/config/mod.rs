@@ -5,13 +5,24 @@
 //! The defaults live in one place, `default.toml`, which is both what
 //! `spate config default` prints and what an absent key falls back to.
 
+/// The user's value if set, else the built-in default (which sets every key).
+macro_rules! pick {
+    ($user:expr, $default:expr) => {
+        $user
+            .take()
+            .or($default.take())
+            .expect("default.toml sets every key")
+    };
+}
+
 mod cores;
+mod delivery;
 
 pub use cores::CoreSpec;
+pub use delivery::{Delivery, Dns, NextHop, RawDelivery, RawDns, Route, TlsPolicy};
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,7 +49,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
@@ -94,19 +105,6 @@ pub struct RawSpool {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDns {
-    pub servers: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDelivery {
-    pub smarthost: Option<String>,
-    pub routes: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub dir: Option<PathBuf>,
 }
@@ -145,9 +143,8 @@ pub struct Config {
     pub cores: CoreSpec,
     pub spool_dir: PathBuf,
     pub segment_bytes: u64,
-    pub dns_servers: Vec<SocketAddr>,
-    pub smarthost: Option<String>,
-    pub routes: BTreeMap<String, String>,
+    pub dns: Dns,
+    pub delivery: Delivery,
     pub log_dir: PathBuf,
 }
 
@@ -178,15 +175,6 @@ impl RawConfig {
     }
 }
 
-macro_rules! pick {
-    ($user:expr, $default:expr) => {
-        $user
-            .take()
-            .or($default.take())
-            .expect("default.toml sets every key")
-    };
-}
-
 impl Config {
     /// Builds the configuration from an optional file plus command-line
     /// overrides, checking every value.
@@ -209,21 +197,26 @@ impl Config {
         let cpus = o.cores.unwrap_or(pick!(u.cores.cpus, d.cores.cpus));
         let spool_dir = o.spool_dir.unwrap_or(pick!(u.spool.dir, d.spool.dir));
         let log_dir = o.log_dir.unwrap_or(pick!(u.log.dir, d.log.dir));
-        let dns = non_empty_or(o.dns, pick!(u.dns.servers, d.dns.servers));
-        let smarthost = o
-            .smarthost
-            .unwrap_or(pick!(u.delivery.smarthost, d.delivery.smarthost));
-        let mut routes = pick!(u.delivery.routes, d.delivery.routes);
-        for r in &o.routes {
-            let (domain, hop) = r.split_once('=').ok_or_else(|| {
-                invalid("delivery.routes", format!("{r:?} is not DOMAIN=HOST:PORT"))
-            })?;
-            routes.insert(domain.to_string(), hop.to_string());
-        }
+        let dns = delivery::build_dns(
+            std::mem::take(&mut u.dns),
+            std::mem::take(&mut d.dns),
+            o.dns,
+        )?;
+        let hostname = resolve_hostname(hostname)?;
+        let flags = delivery::DeliveryFlags {
+            smarthost: o.smarthost,
+            routes: o.routes,
+        };
+        let delivery = delivery::build_delivery(
+            std::mem::take(&mut u.delivery),
+            std::mem::take(&mut d.delivery),
+            flags,
+            &hostname,
+        )?;
         s = (&mut u.server, &mut d.server);
         let cfg = Config {
             listen: parse_listen(&listen)?,
-            hostname: resolve_hostname(hostname)?,
+            hostname,
             relay_from: parse_cidrs(&relay_from)?,
             max_message_bytes: check_min(
                 "server.max_message_bytes",
@@ -264,9 +257,8 @@ impl Config {
             cores: CoreSpec::parse(&cpus).map_err(|reason| invalid("cores.cpus", reason))?,
             spool_dir,
             segment_bytes: pick!(u.spool.segment_bytes, d.spool.segment_bytes),
-            dns_servers: parse_dns(&dns)?,
-            smarthost: check_hop("delivery.smarthost", smarthost)?,
-            routes: check_routes(routes)?,
+            dns,
+            delivery,
             log_dir,
         };
         cfg.check_segment_size()?;
@@ -326,47 +318,6 @@ fn parse_cidrs(list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         .collect()
 }
 
-fn parse_dns(list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
-    list.iter()
-        .map(|s| {
-            s.parse::<SocketAddr>()
-                .or_else(|_| {
-                    s.parse::<std::net::IpAddr>()
-                        .map(|ip| SocketAddr::new(ip, 53))
-                })
-                .map_err(|_| invalid("dns.servers", format!("{s:?} is not ADDR or ADDR:PORT")))
-        })
-        .collect()
-}
-
-fn check_hop(key: &'static str, hop: String) -> Result<Option<String>, ConfigError> {
-    if hop.is_empty() {
-        return Ok(None);
-    }
-    match hop.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(Some(hop))
-        }
-        _ => Err(invalid(key, format!("{hop:?} is not HOST:PORT"))),
-    }
-}
-
-fn check_routes(routes: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for (domain, hop) in routes {
-        if domain.is_empty() || domain.contains(['@', ' ', ':']) {
-            return Err(invalid(
-                "delivery.routes",
-                format!("{domain:?} is not a domain"),
-            ));
-        }
-        let hop = check_hop("delivery.routes", hop)?
-            .ok_or_else(|| invalid("delivery.routes", format!("{domain}: empty next hop")))?;
-        out.insert(domain.to_ascii_lowercase(), hop);
-    }
-    Ok(out)
-}
-
 fn tls_files(certificate: PathBuf, private_key: PathBuf) -> Result<Option<TlsFiles>, ConfigError> {
     match (
         certificate.as_os_str().is_empty(),
@@ -423,7 +374,12 @@ fn check_min(key: &'static str, v: u64, min: u64) -> Result<u64, ConfigError> {
     }
 }
 
-fn check_range(key: &'static str, v: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+pub(crate) fn check_range(
+    key: &'static str,
+    v: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
     if (min..=max).contains(&v) {
         Ok(v)
     } else {
@@ -431,7 +387,7 @@ fn check_range(key: &'static str, v: u32, min: u32, max: u32) -> Result<u32, Con
     }
 }
 
-fn secs(key: &'static str, v: u64) -> Result<Duration, ConfigError> {
+pub(crate) fn secs(key: &'static str, v: u64) -> Result<Duration, ConfigError> {
     if (1..=86_400).contains(&v) {
         Ok(Duration::from_secs(v))
     } else {
@@ -485,7 +441,14 @@ mod tests {
         let cfg = Config::build(Some(raw), o).unwrap();
         assert_eq!(cfg.spool_dir, PathBuf::from("/b"));
         assert_eq!(cfg.listen, vec!["127.0.0.2:2".parse().unwrap()]);
-        assert_eq!(cfg.routes["example.com"], "10.0.0.1:25");
+        assert_eq!(
+            cfg.delivery.routes["example.com"]
+                .next_hop
+                .as_ref()
+                .unwrap()
+                .host,
+            "10.0.0.1"
+        );
     }
 
     #[test]
@@ -506,7 +469,7 @@ mod tests {
         };
         let cfg = Config::build(None, o).unwrap();
         assert_eq!(
-            cfg.dns_servers,
+            cfg.dns.servers,
             vec![
                 "127.0.0.1:53".parse().unwrap(),
                 "127.0.0.2:5353".parse().unwrap()

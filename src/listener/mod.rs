@@ -5,7 +5,6 @@
 //! only as a durable spool record handed to the router.
 
 pub mod command;
-pub mod conn;
 pub mod data;
 pub mod reply;
 pub mod session;
@@ -49,7 +48,11 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
             "421 4.7.0 {} Too many connections, try again later\r\n",
             core.cfg.hostname
         );
-        let _ = conn::with_timeout(conn::WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
+        let _ = crate::conn::with_timeout(
+            crate::conn::WRITE_TIMEOUT,
+            stream.write_all(line.as_bytes()),
+        )
+        .await;
         return;
     }
     let _ = stream.set_nodelay(true);
@@ -61,7 +64,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
             return;
         };
         let handshake = async { acceptor.accept(stream).await };
-        match conn::with_timeout(core.cfg.command_timeout, handshake).await {
+        match crate::conn::with_timeout(core.cfg.command_timeout, handshake).await {
             Ok(tls) => {
                 Session::new(tls, core.clone(), peer, true).run(false).await;
             }
@@ -76,6 +79,5 @@ struct SessionGuard(Rc<Core>);
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.0.sessions.set(self.0.sessions.get() - 1);
-        self.0.session_ended.notify();
     }
 }

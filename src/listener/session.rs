@@ -6,11 +6,10 @@
 //! as part of the TLS session.
 
 use super::command::{self, Command, MailParams, COMMAND_LINE_BYTES_MAX};
-use super::conn::Conn;
 use super::data::{DataError, DataReceiver};
 use super::reply::Reply;
-use crate::engine::Core;
-use crate::message::{MessageHandle, Recipient};
+use crate::conn::Conn;
+use crate::engine::{Accepted, Core};
 use crate::spool::SpoolError;
 use futures_lite::{AsyncRead, AsyncWrite};
 use spool_format::{MessageBuilder, FLAG_8BITMIME, FLAG_SMTPUTF8};
@@ -73,7 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub async fn run(mut self, greet: bool) -> End<S> {
         if greet {
             let hello = format!("220 {} ESMTP spate", self.core.cfg.hostname);
-            self.conn.reply(&hello);
+            self.conn.queue_line(&hello);
         }
         loop {
             let line = match self.read_line().await {
@@ -86,12 +85,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Line::Command(bytes) => match command::parse(&bytes) {
                     Err(reply) => Some(reply),
                     Ok(Command::Quit) => {
-                        self.conn.reply("221 2.0.0 Bye");
+                        self.conn.queue_line("221 2.0.0 Bye");
                         let _ = self.conn.flush().await;
                         return End::Closed;
                     }
                     Ok(Command::StartTls) if self.core.tls.is_some() && !self.tls => {
-                        self.conn.reply("220 2.0.0 Ready to start TLS");
+                        self.conn.queue_line("220 2.0.0 Ready to start TLS");
                         if self.conn.flush().await.is_err() {
                             return End::Closed;
                         }
@@ -106,12 +105,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
             };
             if let Some(reply) = reply {
-                self.conn.reply(&reply.line());
+                self.conn.queue_line(&reply.line());
                 if reply.is_client_error() && reply.code != 552 {
                     self.errors += 1;
                     if self.errors >= self.core.cfg.max_errors {
                         self.conn
-                            .reply("421 4.7.0 Too many errors, closing connection");
+                            .queue_line("421 4.7.0 Too many errors, closing connection");
                         let _ = self.conn.flush().await;
                         return End::Closed;
                     }
@@ -132,7 +131,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.core.cfg.hostname
             ),
         };
-        self.conn.reply(&line);
+        self.conn.queue_line(&line);
         let _ = self.conn.flush().await;
         End::Closed
     }
@@ -236,7 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let last = lines.len() - 1;
         for (i, l) in lines.iter().enumerate() {
             self.conn
-                .reply(&format!("250{}{l}", if i == last { ' ' } else { '-' }));
+                .queue_line(&format!("250{}{l}", if i == last { ' ' } else { '-' }));
         }
     }
 
@@ -305,45 +304,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(Reply::new(554, "5.5.1 No valid recipients"));
         }
         let id = self.core.spool.next_message_id();
-        let mut builder = self.start_record(id, &tx);
-        self.conn.reply("354 End data with <CR><LF>.<CR><LF>");
+        let received_ms = now_ms();
+        let mut builder = self.start_record(id, received_ms, &tx);
+        self.conn.queue_line("354 End data with <CR><LF>.<CR><LF>");
         if let Err(e) = self.receive(&mut builder).await? {
             return Ok(data_error_reply(e));
         }
-        let body_start = builder.body_start();
-        let body_len = builder.body_len();
-        let record = builder.finish(id);
-        let placement = match self.core.spool.append(record).await {
-            Ok(p) => p,
-            Err(e) => return Ok(spool_error_reply(&e)),
-        };
-        let handle = MessageHandle {
+        let accepted = Accepted {
             id,
-            received_ms: now_ms(),
+            received_ms,
             flags: record_flags(&tx.params),
-            segment: placement.segment,
-            body_offset: placement.offset as usize + body_start,
-            body_len,
-            sender: tx.sender.into(),
-            recipients: tx
-                .recipients
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| Recipient {
-                    index: i as u32,
-                    address: a.into(),
-                })
-                .collect(),
+            sender: tx.sender,
+            recipients: tx.recipients,
+            body_start: builder.body_start(),
+            body_len: builder.body_len(),
         };
-        self.core.hand_off(handle).await;
-        Ok(Reply::new(250, format!("2.0.0 Ok: queued as {id:016x}")))
+        match self.core.accept(accepted, builder.finish(id)).await {
+            Ok(()) => Ok(Reply::new(250, format!("2.0.0 Ok: queued as {id:016x}"))),
+            Err(e) => Ok(spool_error_reply(&e)),
+        }
     }
 
-    fn start_record(&self, id: u64, tx: &Transaction) -> MessageBuilder {
+    fn start_record(&self, id: u64, received_ms: u64, tx: &Transaction) -> MessageBuilder {
         let rcpts: Vec<&[u8]> = tx.recipients.iter().map(|r| r.as_bytes()).collect();
         let mut builder = MessageBuilder::new(
             Vec::with_capacity(8192),
-            now_ms(),
+            received_ms,
             record_flags(&tx.params),
             tx.sender.as_bytes(),
             &rcpts,

@@ -11,7 +11,7 @@ use spool_format::{
     parse_segment_file_name, Damage, FormatError, MessageView, RecordKind, ScanItem, Scanner,
     SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,6 +75,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
     let mut next_segment_id = 1;
     let mut found = Vec::new();
     let mut finished = HashSet::new();
+    let mut attempts: HashMap<(u64, u32), u32> = HashMap::new();
     for (id, path) in list_segments(dir)? {
         next_segment_id = next_segment_id.max(id + 1);
         let Some(map) = open_segment(&path, id, &mut report)? else {
@@ -82,7 +83,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
         };
         let map = Arc::new(map);
         report.segments += 1;
-        scan_segment(&map, &mut found, &mut finished, &mut report)?;
+        scan_segment(&map, &mut found, &mut finished, &mut attempts, &mut report)?;
     }
     let messages = found
         .into_iter()
@@ -147,6 +148,7 @@ fn scan_segment(
     map: &Arc<SegmentMap>,
     found: &mut Vec<MessageHandle>,
     finished: &mut HashSet<(u64, u32)>,
+    attempts: &mut HashMap<(u64, u32), u32>,
     report: &mut RecoveryReport,
 ) -> Result<(), RecoveryError> {
     for item in Scanner::new(&map.map) {
@@ -175,6 +177,12 @@ fn scan_segment(
                     match StateRecord::decode(header.kind, payload) {
                         Ok(state) if state.is_final() => {
                             finished.insert((header.message_id, state.recipient()));
+                        }
+                        Ok(StateRecord::Attempt {
+                            recipient, attempt, ..
+                        }) => {
+                            let seen = attempts.entry((header.message_id, recipient)).or_default();
+                            *seen = (*seen).max(attempt);
                         }
                         Ok(_) => {}
                         Err(_) => report.corrupt.push((
@@ -219,6 +227,7 @@ fn handle(map: &Arc<SegmentMap>, offset: usize, id: u64, view: &MessageView<'_>)
             .map(|(i, r)| Recipient {
                 index: i as u32,
                 address: text(r).into(),
+                attempts: 0,
             })
             .collect(),
     }

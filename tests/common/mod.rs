@@ -108,6 +108,13 @@ impl Spate {
             .arg("--hostname")
             .arg("spate.test")
             .args(&self.args)
+            // Never ask a real resolver from a test: nothing answers on the
+            // discard port, so lookups fail fast as temporary errors.
+            .args(if self.args.iter().any(|a| a == "--dns") {
+                &[][..]
+            } else {
+                &["--dns", "127.0.0.1:9"][..]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in &self.env {
@@ -376,4 +383,115 @@ pub fn run(program: &str, args: &[&str]) -> (bool, String) {
 
 pub fn spate_cmd(args: &[&str]) -> (bool, String) {
     run(env!("CARGO_BIN_EXE_spate"), args)
+}
+
+/// Postfix's smtp-sink on `addr`, dumping every message into its own file
+/// under `dump` (one file per transaction). Killed on drop.
+pub struct Sink {
+    pub child: Child,
+    pub addr: String,
+    pub dump: tempfile::TempDir,
+}
+
+impl Sink {
+    /// `flags` are extra smtp-sink options, e.g. `["-r", "RCPT"]` to tempfail.
+    pub fn start(addr: &str, flags: &[&str]) -> Sink {
+        require("smtp-sink");
+        let dump = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dump.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let template = format!("{}/%H%M%S.", dump.path().display());
+        let child = Command::new("smtp-sink")
+            .args(["-u", "nobody", "-d", &template])
+            .args(flags)
+            .arg(addr)
+            .arg("256")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn smtp-sink");
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "smtp-sink did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sink {
+            child,
+            addr: addr.to_string(),
+            dump,
+        }
+    }
+
+    /// The messages received so far, as smtp-sink wrote them (LF line ends,
+    /// its own X- and Received headers first).
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dump.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        std::fs::read_dir(self.dump.path()).unwrap().count()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The delivery log records of every core, parsed.
+pub fn delivery_log(log_dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return out;
+    };
+    for e in entries {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("log line is JSON")),
+        );
+    }
+    out
+}
+
+/// Log records of one type ("Delivery", "Bounce", ...).
+pub fn log_of(log_dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    delivery_log(log_dir)
+        .into_iter()
+        .filter(|r| r["type"] == kind)
+        .collect()
+}
+
+/// Polls `cond` until it holds or `limit` passes; says what it waited for.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Spate {
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
 }

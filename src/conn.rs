@@ -1,8 +1,11 @@
-//! A client connection with our own read and write buffers.
+//! An SMTP connection, either side, with our own read and write buffers.
 //!
-//! Replies are queued and written in one go just before the next read, which
-//! is what PIPELINING (RFC 2920) asks of a server: never wait for input while
-//! holding replies back. Every network wait has an explicit timer.
+//! Lines (replies for the listener, commands for the delivery client) are
+//! queued and written in one go just before the next read, which is what
+//! PIPELINING (RFC 2920) asks of both sides: never wait for input while
+//! holding output back. Message bodies bypass the buffer and go straight
+//! from the spool mapping to the stream. Every network wait has an explicit
+//! timer.
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
@@ -54,13 +57,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.end = 0;
     }
 
-    /// Queues one reply line; `line` has no CRLF.
-    pub fn reply(&mut self, line: &str) {
+    /// Queues one line; `line` has no CRLF.
+    pub fn queue_line(&mut self, line: &str) {
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
 
-    /// Writes the queued replies.
+    /// Writes the queued lines.
     pub async fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
@@ -74,7 +77,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Flushes replies, then reads more input. `Ok(0)` is end of stream.
+    /// Queues bytes as they are (they must not hold a bare CR or LF).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Flushes queued lines, then writes `bytes` straight to the stream.
+    pub async fn write_direct(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.flush().await?;
+        with_timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await
+    }
+
+    /// Flushes queued lines, then reads more input. `Ok(0)` is end of stream.
     pub async fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
         self.flush().await?;
         if self.start > 0 && self.end == self.buf.len() {

@@ -1,0 +1,244 @@
+//! Delivery: each core sends the mail of the domains it owns, over pooled
+//! connections per destination domain, and settles every recipient's fate
+//! in the spool before forgetting it.
+//!
+//! The driver task wakes when work becomes ready (new mail, a retry falling
+//! due) and opens connections for that domain up to the configured limit.
+//! Each connection task resolves the next hop (route, smarthost or MX),
+//! connects, and sends the domain's ready entries one transaction each until
+//! the queue stays empty for the idle timeout or the per-connection message
+//! limit is reached. Nothing here blocks the core; every wait has a timer.
+
+mod client;
+mod connect;
+pub mod outcome;
+mod settle;
+
+pub use connect::TlsClients;
+
+use crate::config::TlsPolicy;
+use crate::dns::DnsError;
+use crate::engine::Core;
+use crate::queue::Entry;
+use client::{Client, OpenError, OpenSpec, Timeouts};
+use outcome::Outcome;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Longest the driver sleeps without looking at the queues.
+const DRIVER_SLEEP_MAX: Duration = Duration::from_secs(60);
+/// Most addresses tried for one connection (RFC 5321 5.1 asks for at least two).
+pub const HOPS_TRIED_MAX: usize = 8;
+
+/// The per-core delivery driver. Ends when the core stops.
+pub async fn run(core: Rc<Core>) {
+    while !core.stop.is_stopped() {
+        let now = Instant::now();
+        core.queues.release_due(now);
+        for domain in core.queues.take_dirty() {
+            open_connections(&core, domain);
+        }
+        let sleep = core
+            .queues
+            .next_due()
+            .map_or(DRIVER_SLEEP_MAX, |due| due.saturating_duration_since(now))
+            .min(DRIVER_SLEEP_MAX);
+        let woken =
+            futures_lite::future::or(core.queues.wake.notified(), glommio::timer::sleep(sleep));
+        futures_lite::future::or(woken, core.stop.wait()).await;
+    }
+}
+
+/// Opens connections for `domain` until there is one per ready entry or the
+/// limit is reached.
+fn open_connections(core: &Rc<Core>, domain: Box<str>) {
+    let (ready, open) = core.queues.load(&domain);
+    let want = (ready as u32).min(core.cfg.delivery.max_connections_per_destination);
+    for _ in open..want {
+        core.queues.connection_opened(&domain);
+        glommio::spawn_local(connection(core.clone(), domain.clone())).detach();
+    }
+}
+
+async fn connection(core: Rc<Core>, domain: Box<str>) {
+    serve_domain(&core, &domain).await;
+    core.queues.connection_closed(&domain);
+    if core.queues.load(&domain).0 > 0 && !core.stop.is_stopped() {
+        core.queues.mark_dirty(&domain);
+    }
+}
+
+/// The host an attempt talked to, for the log and DSNs.
+pub struct Remote {
+    pub host: String,
+    pub ip: IpAddr,
+    pub connection: u64,
+}
+
+/// Where to connect for a domain, in order, and with which TLS policy.
+struct Plan {
+    hops: Vec<(String, IpAddr, u16)>,
+    tls: TlsPolicy,
+}
+
+async fn plan(core: &Core, domain: &str) -> Result<Plan, DnsError> {
+    let d = &core.cfg.delivery;
+    let route = d.route(domain);
+    let tls = route.and_then(|r| r.tls).unwrap_or(d.tls);
+    let hop = route
+        .and_then(|r| r.next_hop.as_ref())
+        .or(d.smarthost.as_ref());
+    let mut hops = Vec::new();
+    if let Some(hop) = hop {
+        for ip in core.resolver.addresses(&hop.host).await? {
+            hops.push((hop.host.clone(), ip, hop.port));
+        }
+    } else {
+        for target in core.resolver.mx_targets(domain).await? {
+            hops.extend(
+                target
+                    .addrs
+                    .iter()
+                    .map(|ip| (target.host.clone(), *ip, d.mx_port)),
+            );
+        }
+    }
+    hops.truncate(HOPS_TRIED_MAX);
+    Ok(Plan { hops, tls })
+}
+
+/// Tries the plan's hops in order. Opportunistic TLS that fails falls back
+/// to plaintext on the same host; required TLS that fails moves on.
+async fn open_client(core: &Core, plan: &Plan) -> Result<Client, String> {
+    let d = &core.cfg.delivery;
+    let timeouts = Timeouts {
+        connect: d.connect_timeout,
+        command: d.command_timeout,
+        final_reply: d.final_reply_timeout,
+    };
+    let mut last = String::from("no address to connect to");
+    for (host, ip, port) in &plan.hops {
+        let mut tls = core.tls_clients.for_policy(plan.tls);
+        loop {
+            let spec = OpenSpec {
+                host,
+                ip: *ip,
+                port: *port,
+                source: d.source_address,
+                ehlo_name: &d.ehlo_name,
+                tls: tls.clone(),
+                tls_required: plan.tls == TlsPolicy::Required,
+                timeouts,
+            };
+            match Client::open(spec).await {
+                Ok(client) => return Ok(client),
+                Err(OpenError::Tls(why))
+                    if plan.tls == TlsPolicy::Opportunistic && tls.is_some() =>
+                {
+                    eprintln!(
+                        "spate: core {}: {why}; retrying {host} [{ip}] without TLS",
+                        core.index
+                    );
+                    tls = None;
+                }
+                Err(OpenError::Tls(why)) | Err(OpenError::Unavailable(why)) => {
+                    last = why;
+                    break;
+                }
+                Err(OpenError::NoTls) => {
+                    last = format!("{host} [{ip}] does not offer STARTTLS, which is required");
+                    break;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// One connection's life: plan, connect, send until idle or at the limit.
+async fn serve_domain(core: &Rc<Core>, domain: &str) {
+    let plan = match plan(core, domain).await {
+        Ok(plan) => plan,
+        Err(e) => return settle::fail_domain(core, domain, dns_outcome(domain, &e), None).await,
+    };
+    let mut client = match open_client(core, &plan).await {
+        Ok(c) => c,
+        Err(why) => return settle::fail_domain(core, domain, Outcome::Deferred(why), None).await,
+    };
+    let connection = core.connections_made.get() + 1;
+    core.connections_made.set(connection);
+    let remote = Remote {
+        host: client.host.clone(),
+        ip: client.ip,
+        connection,
+    };
+    let mut sent = 0;
+    let mut broken = false;
+    while let Some(entry) = next_entry(core, domain).await {
+        let rcpts: Vec<(u32, &str)> = entry
+            .recipients
+            .iter()
+            .map(|&i| (i, entry.address(i)))
+            .collect();
+        let (outcomes, lost) = client.send(&entry.message, &rcpts).await;
+        settle::settle(core, domain, entry, outcomes, Some(&remote)).await;
+        sent += 1;
+        if lost || sent >= core.cfg.delivery.max_messages_per_connection {
+            broken = lost;
+            break;
+        }
+    }
+    if !broken {
+        client.quit().await;
+    }
+}
+
+/// The next entry for `domain`, waiting up to the idle timeout for one.
+async fn next_entry(core: &Core, domain: &str) -> Option<Entry> {
+    let deadline = Instant::now() + core.cfg.delivery.idle_timeout;
+    loop {
+        if core.stop.is_stopped() {
+            return None;
+        }
+        let (work, seen) = core.queues.work_event(domain);
+        if let Some(entry) = core.queues.pop_ready(domain) {
+            return Some(entry);
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let waited = futures_lite::future::or(
+            async {
+                work.wait(seen).await;
+                true
+            },
+            async {
+                glommio::timer::sleep(left).await;
+                false
+            },
+        );
+        if !futures_lite::future::or(waited, async {
+            core.stop.wait().await;
+            false
+        })
+        .await
+        {
+            return None;
+        }
+    }
+}
+
+/// What a DNS answer means for the domain's recipients.
+fn dns_outcome(domain: &str, e: &DnsError) -> Outcome {
+    match e {
+        DnsError::NullMx => {
+            Outcome::Bounced(format!("556 5.1.10 {domain} accepts no mail (null MX)"))
+        }
+        DnsError::NxDomain => {
+            Outcome::Bounced(format!("550 5.1.2 {domain}: domain does not exist"))
+        }
+        DnsError::NoAddresses => Outcome::Bounced(format!(
+            "550 5.1.2 {domain}: no mail exchanger has an address"
+        )),
+        DnsError::Temporary(why) => Outcome::Deferred(format!("451 4.4.3 {domain}: {why}")),
+    }
+}

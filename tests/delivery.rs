@@ -1,0 +1,234 @@
+//! Delivery through smarthosts and routes to Postfix's smtp-sink and to a
+//! second spate: relaying, connection reuse, retries after tempfails,
+//! bounces with DSNs, and restart with mail still queued.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn config(spate_dir: &std::path::Path, toml: &str) -> String {
+    let path = spate_dir.join("extra.toml");
+    std::fs::write(&path, toml).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn smarthost_relays_smtp_source_traffic_to_smtp_sink() {
+    require("smtp-source");
+    let sink = Sink::start(&free_addr(), &[]);
+    let mut spate = Spate::start(&["--smarthost", &sink.addr]);
+    let (ok, out) = run(
+        "smtp-source",
+        &[
+            "-s",
+            "10",
+            "-m",
+            "300",
+            "-l",
+            "2048",
+            "-d",
+            "-f",
+            "s@a.test",
+            "-t",
+            "r@b.test",
+            &spate.addr,
+        ],
+    );
+    assert!(ok, "{out}");
+    wait_until(LONG, "300 messages at the sink", || sink.count() == 300);
+    assert_eq!(spate.stop(), 0);
+    let deliveries = log_of(&spate.log_dir(), "Delivery");
+    assert_eq!(deliveries.len(), 300, "one Delivery record per message");
+    assert_eq!(log_of(&spate.log_dir(), "Reception").len(), 300);
+    let mut connections: Vec<(u64, u64)> = deliveries
+        .iter()
+        .map(|r| {
+            (
+                r["core"].as_u64().unwrap(),
+                r["connection"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    connections.sort();
+    connections.dedup();
+    assert!(
+        connections.len() <= 40,
+        "300 messages over {} connections: connections are reused",
+        connections.len()
+    );
+    for r in &deliveries {
+        assert_eq!(r["mx_ip"], sink.addr.split(':').next().unwrap());
+        assert!(r["response"].as_str().unwrap().starts_with("250"));
+    }
+}
+
+#[test]
+fn body_arrives_exact_through_a_route_to_another_spate() {
+    let mut receiver = Spate::start(&[]);
+    let route = format!("b.test={}", receiver.addr);
+    let mut sender = Spate::start(&["--route", &route]);
+    let body = "Subject: exact\r\n\r\n.leading dot\r\n..two\r\nend\r\n";
+    let stuffed = "Subject: exact\r\n\r\n..leading dot\r\n...two\r\nend\r\n";
+    sender
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], stuffed.as_bytes());
+    wait_until(LONG, "the receiving spate to spool it", || {
+        !read_spool(&receiver.spool_dir()).is_empty()
+    });
+    let got = &read_spool(&receiver.spool_dir())[0];
+    assert_eq!(got.sender, "s@a.test");
+    let sent = &read_spool(&sender.spool_dir())[0];
+    // The receiver prepends its own Received header to exactly what was sent.
+    assert_eq!(got.client_body(), &sent.body[..]);
+    assert!(sent.client_body() == body.as_bytes());
+    assert_eq!(sender.stop(), 0);
+    assert_eq!(receiver.stop(), 0);
+}
+
+#[test]
+fn tempfail_then_accept_delivers_on_retry() {
+    let addr = free_addr();
+    let sink = Sink::start(&addr, &["-r", "RCPT"]);
+    let mut spate = Spate::start(&[
+        "--smarthost",
+        &addr,
+        "--config",
+        &config(
+            &tempfile::tempdir().unwrap().keep(),
+            "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 2\n",
+        ),
+    ]);
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: retry\r\n\r\nx\r\n");
+    wait_until(LONG, "a transient failure", || {
+        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
+    });
+    drop(sink);
+    let sink = Sink::start(&addr, &[]);
+    wait_until(LONG, "delivery after the retry", || sink.count() == 1);
+    assert_eq!(spate.stop(), 0);
+    let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
+    assert!(
+        failure["response"].as_str().unwrap().starts_with("450"),
+        "{failure}"
+    );
+    let delivery = &log_of(&spate.log_dir(), "Delivery")[0];
+    assert!(delivery["attempt"].as_u64().unwrap() >= 2, "{delivery}");
+}
+
+#[test]
+fn permanent_failure_bounces_with_a_dsn_to_the_sender() {
+    let refusing = Sink::start(&free_addr(), &["-f", "RCPT"]);
+    let senders = Sink::start(&free_addr(), &[]);
+    let mut spate = Spate::start(&[
+        "--route",
+        &format!("b.test={}", refusing.addr),
+        "--route",
+        &format!("a.test={}", senders.addr),
+    ]);
+    spate.connect().transaction(
+        "owner@a.test",
+        &["r@b.test"],
+        b"Subject: will bounce\r\nMessage-ID: <orig@a.test>\r\n\r\nx\r\n",
+    );
+    wait_until(LONG, "the DSN at the sender's host", || {
+        senders.count() == 1
+    });
+    let dsn = &senders.messages()[0];
+    assert!(
+        dsn.contains("X-Mail-Args: <>"),
+        "DSNs come from the null sender: {dsn}"
+    );
+    assert!(dsn.contains("X-Rcpt-Args: <owner@a.test>"), "{dsn}");
+    assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; r@b.test")
+            && dsn.contains("Action: failed")
+            && dsn.contains("Status: 5."),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Message-ID: <orig@a.test>"),
+        "the original header is quoted: {dsn}"
+    );
+    assert_eq!(spate.stop(), 0);
+    assert_eq!(log_of(&spate.log_dir(), "Bounce").len(), 1);
+    assert_eq!(refusing.count(), 0);
+}
+
+#[test]
+fn null_sender_bounce_makes_no_dsn() {
+    let refusing = Sink::start(&free_addr(), &["-f", "RCPT"]);
+    let mut spate = Spate::start(&["--smarthost", &refusing.addr]);
+    spate
+        .connect()
+        .transaction("", &["r@b.test"], b"Subject: dsn itself\r\n\r\nx\r\n");
+    wait_until(LONG, "the bounce", || {
+        !log_of(&spate.log_dir(), "Bounce").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(spate.stop(), 0);
+    assert_eq!(
+        read_spool(&spate.spool_dir()).len(),
+        1,
+        "no DSN was spooled"
+    );
+}
+
+#[test]
+fn kill_9_with_mail_queued_then_restart_delivers_everything() {
+    require("smtp-source");
+    let addr = free_addr();
+    let mut spate = Spate::start(&["--smarthost", &addr, "--config", &config(&tempfile::tempdir().unwrap().keep(), "[delivery]\nretry_initial_secs = 3600\nretry_max_secs = 3600\nconnect_timeout_secs = 2\n")]);
+    let (ok, out) = run(
+        "smtp-source",
+        &[
+            "-s",
+            "5",
+            "-m",
+            "200",
+            "-d",
+            "-f",
+            "s@a.test",
+            "-t",
+            "r@b.test",
+            &spate.addr,
+        ],
+    );
+    assert!(ok, "{out}");
+    wait_until(LONG, "every message deferred (no sink yet)", || {
+        log_of(&spate.log_dir(), "TransientFailure").len() == 200
+    });
+    spate.kill9();
+    let sink = Sink::start(&addr, &[]);
+    spate.launch();
+    wait_until(LONG, "all 200 delivered after the restart", || {
+        sink.count() == 200
+    });
+    assert_eq!(spate.stop(), 0);
+    // And a third start finds nothing left to deliver.
+    spate.launch();
+    let line = spate.wait_for_log("recipients to deliver", Duration::from_secs(10));
+    assert!(line.contains(" 0 recipients to deliver"), "{line}");
+}
+
+#[test]
+fn several_recipients_of_one_domain_share_one_transaction() {
+    let sink = Sink::start(&free_addr(), &[]);
+    let mut spate = Spate::start(&["--smarthost", &sink.addr]);
+    spate.connect().transaction(
+        "s@a.test",
+        &["r1@b.test", "r2@b.test", "r3@b.test"],
+        b"Subject: multi\r\n\r\nx\r\n",
+    );
+    wait_until(LONG, "delivery", || sink.count() == 1);
+    let m = &sink.messages()[0];
+    assert!(
+        m.contains("X-Rcpt-Args: <r1@b.test>") && m.contains("X-Rcpt-Args: <r3@b.test>"),
+        "{m}"
+    );
+    assert_eq!(spate.stop(), 0);
+}
