@@ -74,8 +74,22 @@ fn record_offsets(seg: &Path) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// A spool holding `n` messages and nothing else: delivery goes to a host
+/// that accepts TCP but never greets, so no state record is written before
+/// the kill -9.
 fn spool_with_messages(n: usize) -> Spate {
-    let mut spate = Spate::start(&["--cores", "1"]);
+    let tarpit = std::net::TcpListener::bind(free_addr()).unwrap();
+    let hop = tarpit.local_addr().unwrap().to_string();
+    let cfg = tempfile::tempdir().unwrap().keep().join("c.toml");
+    std::fs::write(&cfg, "[delivery]\nconnect_timeout_secs = 3600\n").unwrap();
+    let mut spate = Spate::start(&[
+        "--cores",
+        "1",
+        "--smarthost",
+        &hop,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     let mut smtp = spate.connect();
     for i in 0..n {
         smtp.transaction(
@@ -84,7 +98,7 @@ fn spool_with_messages(n: usize) -> Spate {
             format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
         );
     }
-    assert_eq!(spate.stop(), 0);
+    spate.kill9();
     spate
 }
 

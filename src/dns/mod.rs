@@ -6,7 +6,8 @@
 //! await. It asks recursive resolvers (from resolv.conf or the config) and
 //! never recurses itself. It must never block the thread and never call
 //! getaddrinfo: every lookup goes through `transport` on glommio sockets
-//! connected to socket addresses.
+//! connected to socket addresses. It reads neither /etc/hosts nor
+//! nsswitch: mail routing follows the DNS only.
 //!
 //! Failures are classified once, here: a domain that does not exist, takes
 //! no mail or has no reachable address is permanent (bounce); anything the

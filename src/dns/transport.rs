@@ -30,6 +30,9 @@ pub const QUERY_BYTES_MAX: usize = 512;
 /// spoofing attempts) tolerated on one socket before the try is given up.
 pub const STRAY_REPLIES_MAX: usize = 16;
 
+/// Ports picked for one UDP socket before the try is given up.
+const PORT_PICKS_MAX: usize = 3;
+
 const _: () = assert!(UDP_PAYLOAD_BYTES as usize <= UDP_REPLY_BYTES_MAX);
 const _: () = assert!(QUERY_BYTES_MAX <= TCP_REPLY_BYTES_MAX);
 
@@ -138,16 +141,24 @@ async fn udp_exchange(server: SocketAddr, bytes: &[u8], query: &Message) -> io::
 /// from one port would share a 4-tuple, the kernel would hand both replies
 /// to one of them, and the other would time out. A socket without
 /// SO_REUSEPORT never shares, so a plain std socket picks the (random) port
-/// first; it is closed just before glommio binds the same port.
+/// first; it is closed just before glommio binds the same port. Should
+/// another socket take the port in that instant, another port is picked.
 fn bind_own_port(server: SocketAddr) -> io::Result<UdpSocket> {
     let ip: IpAddr = match server {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    let probe = std::net::UdpSocket::bind((ip, 0))?;
-    let port = probe.local_addr()?.port();
-    drop(probe);
-    Ok(UdpSocket::bind((ip, port))?)
+    let mut last = None;
+    for _ in 0..PORT_PICKS_MAX {
+        let probe = std::net::UdpSocket::bind((ip, 0))?;
+        let port = probe.local_addr()?.port();
+        drop(probe);
+        match UdpSocket::bind((ip, port)) {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = Some(io::Error::from(e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| invalid("no port to bind")))
 }
 
 async fn tcp_exchange(server: SocketAddr, bytes: &[u8], query: &Message) -> io::Result<Message> {

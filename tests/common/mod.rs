@@ -67,15 +67,28 @@ impl Spate {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Spate {
-        Spate::start_full(extra, env, None)
+        Spate::start_full(extra, env, None, true)
+    }
+
+    /// Starts listening on `addr` instead of a fresh address.
+    pub fn start_on(addr: &str, extra: &[&str]) -> Spate {
+        let mut s = Spate::start_full(extra, &[], None, false);
+        s.addr = addr.to_string();
+        s.launch();
+        s
     }
 
     /// Starts with the spool in `spool` instead of the test's own directory.
     pub fn start_with_spool(extra: &[&str], spool: &Path) -> Spate {
-        Spate::start_full(extra, &[], Some(spool.to_path_buf()))
+        Spate::start_full(extra, &[], Some(spool.to_path_buf()), true)
     }
 
-    fn start_full(extra: &[&str], env: &[(&str, &str)], spool: Option<PathBuf>) -> Spate {
+    fn start_full(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        spool: Option<PathBuf>,
+        launch: bool,
+    ) -> Spate {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spate {
             child: None,
@@ -89,7 +102,9 @@ impl Spate {
                 .collect(),
             spool,
         };
-        s.launch();
+        if launch {
+            s.launch();
+        }
         s
     }
 
@@ -342,6 +357,9 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
     entries.sort();
     for path in entries {
         let bytes = std::fs::read(&path).unwrap();
+        if bytes.len() < 48 || bytes[..48].iter().all(|&b| b == 0) {
+            continue; // a segment spate is creating right now
+        }
         SegmentHeader::decode(&bytes).expect("segment header");
         for item in Scanner::new(&bytes) {
             if let ScanItem::Record {
@@ -493,5 +511,67 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 impl Spate {
     pub fn log_dir(&self) -> PathBuf {
         self.dir.path().join("log")
+    }
+}
+
+/// Debian's unbound serving `local_data` (unbound.conf `local-zone:` /
+/// `local-data:` lines) on its own loopback address. Killed on drop.
+pub struct Unbound {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Unbound {
+    pub fn start(local_data: &str) -> Unbound {
+        require("unbound");
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let (ip, port) = addr.rsplit_once(':').unwrap();
+        let conf = format!(
+            "server:\n  interface: {ip}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  access-control: 127.0.0.0/8 allow\n  module-config: \"iterator\"\n{local_data}\n",
+            dir = dir.path().display()
+        );
+        let path = dir.path().join("unbound.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("unbound")
+            .arg("-d")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start unbound");
+        let unbound = Unbound {
+            child,
+            addr,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(10), "unbound to answer", || {
+            unbound.answers()
+        });
+        unbound
+    }
+
+    /// Sends a minimal query for `test. SOA` and waits briefly for any reply.
+    fn answers(&self) -> bool {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let query = [
+            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 6, 0, 1,
+        ];
+        if sock.send_to(&query, &self.addr).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 512];
+        sock.recv_from(&mut buf).is_ok()
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
