@@ -112,7 +112,10 @@ fn main() {
     );
 
     for recipients in [1usize, 10] {
-        println!("queue memory, {recipients:>2} recipient(s) per message        {:>10.0} bytes/message", queued_bytes_per_message(recipients));
+        println!(
+            "queue memory, {recipients:>2} recipient(s) per message        {:>10.0} bytes/message",
+            queued_bytes_per_message(recipients)
+        );
     }
 
     for appenders in [1usize, 20] {
@@ -176,16 +179,36 @@ fn queued_bytes_per_message(recipients: usize) -> f64 {
     use std::sync::Arc;
     let rss = || {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        statm.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 4096.0
+        statm
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            * 4096.0
     };
-    let map = memmap2::MmapOptions::new().len(4096).map_anon().unwrap().make_read_only().unwrap();
-    let segment = Arc::new(SegmentMap { segment_id: 1, path: "anon".into(), map });
+    let map = memmap2::MmapOptions::new()
+        .len(4096)
+        .map_anon()
+        .unwrap()
+        .make_read_only()
+        .unwrap();
+    let segment = Arc::new(SegmentMap {
+        segment_id: 1,
+        path: "anon".into(),
+        map,
+    });
     let queues = spate::queue::Queues::new(0);
     let count = 200_000;
     let before = rss();
     for i in 0..count {
         let rcpts = (0..recipients)
-            .map(|r| Recipient { index: r as u32, address: format!("user{i:07}.{r}@mailbox{}.example", i % 1000).into(), attempts: 0 })
+            .map(|r| Recipient {
+                index: r as u32,
+                address: format!("user{i:07}.{r}@mailbox{}.example", i % 1000).into(),
+                attempts: 0,
+                next_attempt_ms: 0,
+            })
             .collect();
         queues.enqueue(MessageHandle {
             id: i as u64,

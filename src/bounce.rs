@@ -101,11 +101,20 @@ pub fn build(
     out
 }
 
-/// Keeps a value on one line: CR, LF and other controls become spaces.
+/// Longest value put on one DSN line, inside RFC 5322's 998 octets.
+pub const DSN_VALUE_BYTES_MAX: usize = 800;
+
+/// Keeps a value on one short line: CR, LF and other controls become
+/// spaces, and a long one (a multi-line reply joined) is cut.
 fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    let mut out = String::with_capacity(s.len().min(DSN_VALUE_BYTES_MAX));
+    for c in s.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > DSN_VALUE_BYTES_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The original header (up to the blank line), cut at a line end within the
@@ -148,5 +157,6 @@ mod tests {
     #[test]
     fn control_characters_never_reach_the_dsn() {
         assert_eq!(clean("550 bad\r\nInjected: x"), "550 bad  Injected: x");
+        assert_eq!(clean(&"é".repeat(1000)).len(), DSN_VALUE_BYTES_MAX);
     }
 }

@@ -100,6 +100,7 @@ impl Core {
                     index: i as u32,
                     address: address.into(),
                     attempts: 0,
+                    next_attempt_ms: 0,
                 })
                 .collect(),
         };
@@ -224,6 +225,8 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     let tls_clients = Arc::new(
         TlsClients::new(cfg.delivery.tls_ca_file.as_deref()).map_err(EngineError::Failed)?,
     );
+    // Held until the engine returns: one engine per spool.
+    let _lock = lock_spool(&cfg.spool_dir)?;
     let Recovered {
         next_segment_id,
         messages,
@@ -271,12 +274,8 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             .map_err(|e| EngineError::Start(index, e.to_string()))?;
         joins.push(join);
     }
-    let mut failure = None;
-    for _ in 0..n {
-        if let Ok(Err(e)) | Err(e) = ready_rx.recv().map_err(|e| e.to_string()) {
-            failure.get_or_insert(e);
-        }
-    }
+    drop(ready_tx);
+    let failure = wait_ready(&ready_rx, n, &stop);
     if failure.is_none() {
         let addrs: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
         eprintln!(
@@ -295,6 +294,66 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             eprintln!("spate: stopped");
             Ok(())
         }
+    }
+}
+
+/// How long the cores may take to report ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits for every core's ready report; the first failure, if any. A core
+/// that never reports (its thread died, or it hangs) must not hang the
+/// start: past the timeout, or on a signal, the process exits.
+fn wait_ready(
+    ready: &crossbeam::channel::Receiver<Result<(), String>>,
+    n: usize,
+    stop: &AtomicBool,
+) -> Option<String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut failure = None;
+    let mut reported = 0;
+    while reported < n {
+        match ready.recv_timeout(STOP_POLL) {
+            Ok(Ok(())) => reported += 1,
+            Ok(Err(e)) => {
+                reported += 1;
+                failure.get_or_insert(e);
+            }
+            Err(crossbeam::channel::RecvTimeoutError::Timeout)
+                if Instant::now() < deadline && !stop.load(Ordering::SeqCst) => {}
+            Err(_) => {
+                eprintln!(
+                    "spate: {} of {n} cores did not start; exiting",
+                    n - reported
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    failure
+}
+
+/// Takes the spool's lock file, so that two engines never share a spool.
+fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
+    let io = |source| recovery::RecoveryError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Failed(format!(
+            "spool {} is in use by another spate (lock {} held)",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e).into()),
     }
 }
 
@@ -320,6 +379,8 @@ async fn run_core(s: CoreStart) {
         queues.enqueue(m);
     }
     let mesh = Mesh::join(s.mesh, queues.clone()).await;
+    // glommio numbers mesh peers in executor order, which is core order.
+    assert_eq!(mesh.core(), s.index, "mesh peer id matches the core index");
     let ids = IdSpace::new(s.next_segment_id, s.index, s.cores);
     let spool = match Spool::open(
         s.cfg.spool_dir.clone(),

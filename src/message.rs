@@ -31,6 +31,8 @@ pub struct Recipient {
     pub address: Box<str>,
     /// Delivery attempts already made (from `Attempt` records at recovery).
     pub attempts: u32,
+    /// When the next attempt is due, ms since the epoch; 0: now.
+    pub next_attempt_ms: u64,
 }
 
 impl Recipient {

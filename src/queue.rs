@@ -107,32 +107,41 @@ impl Queues {
         self.core
     }
 
-    /// Queues every recipient of `handle`, ready now; all must belong to this core.
+    /// Queues every recipient of `handle`; all must belong to this core.
+    /// Recipients recovered with a retry time in the future wait for it.
     pub fn enqueue(&self, handle: MessageHandle) {
         let message = Rc::new(handle);
-        let mut by_domain: Vec<(String, Entry)> = Vec::new();
+        // (domain, entry, latest next-attempt time of its recipients)
+        let mut by_domain: Vec<(String, Entry, u64)> = Vec::new();
         for r in &message.recipients {
             let domain = r.domain().to_ascii_lowercase();
-            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
-                Some((_, e)) => {
+            match by_domain.iter_mut().find(|(d, _, _)| *d == domain) {
+                Some((_, e, next)) => {
                     e.recipients.push(r.index);
                     e.attempts = e.attempts.max(r.attempts);
+                    *next = (*next).max(r.next_attempt_ms);
                 }
-                None => by_domain.push((
-                    domain,
-                    Entry {
+                None => {
+                    let entry = Entry {
                         message: message.clone(),
                         recipients: vec![r.index],
                         attempts: r.attempts,
-                    },
-                )),
+                    };
+                    by_domain.push((domain, entry, r.next_attempt_ms));
+                }
             }
         }
         self.messages.set(self.messages.get() + 1);
         self.recipients
             .set(self.recipients.get() + message.recipients.len() as u64);
-        for (domain, entry) in by_domain {
-            self.push_ready(&domain, entry, false);
+        let now_ms = crate::delivery_log::now_ms();
+        for (domain, entry, next_ms) in by_domain {
+            if next_ms > now_ms {
+                let wait = std::time::Duration::from_millis(next_ms - now_ms);
+                self.schedule(&domain, entry, Instant::now() + wait);
+            } else {
+                self.push_ready(&domain, entry, false);
+            }
         }
     }
 
@@ -295,6 +304,7 @@ mod tests {
                     index: i as u32,
                     address: (*a).into(),
                     attempts: 0,
+                    next_attempt_ms: 0,
                 })
                 .collect(),
         }

@@ -182,7 +182,15 @@ fn null_sender_bounce_makes_no_dsn() {
 fn kill_9_with_mail_queued_then_restart_delivers_everything() {
     require("smtp-source");
     let addr = free_addr();
-    let mut spate = Spate::start(&["--smarthost", &addr, "--config", &config(&tempfile::tempdir().unwrap().keep(), "[delivery]\nretry_initial_secs = 3600\nretry_max_secs = 3600\nconnect_timeout_secs = 2\n")]);
+    let mut spate = Spate::start(&[
+        "--smarthost",
+        &addr,
+        "--config",
+        &config(
+            &tempfile::tempdir().unwrap().keep(),
+            "[delivery]\nretry_initial_secs = 3\nretry_max_secs = 3\nconnect_timeout_secs = 2\n",
+        ),
+    ]);
     let (ok, out) = run(
         "smtp-source",
         &[
@@ -237,12 +245,20 @@ fn several_recipients_of_one_domain_share_one_transaction() {
 fn source_address_and_ehlo_name_are_configurable() {
     let sink = Sink::start(&free_addr(), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "[delivery]\nsource_address = \"127.0.0.77\"\nehlo_name = \"out.spate.test\"\n");
+    let cfg = config(
+        dir.path(),
+        "[delivery]\nsource_address = \"127.0.0.77\"\nehlo_name = \"out.spate.test\"\n",
+    );
     let mut spate = Spate::start(&["--smarthost", &sink.addr, "--config", &cfg]);
-    spate.connect().transaction("s@a.test", &["r@b.test"], b"Subject: from\r\n\r\nx\r\n");
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: from\r\n\r\nx\r\n");
     wait_until(LONG, "delivery", || sink.count() == 1);
     let m = &sink.messages()[0];
-    assert!(m.contains("X-Client-Addr: 127.0.0.77"), "bound before connect: {m}");
+    assert!(
+        m.contains("X-Client-Addr: 127.0.0.77"),
+        "bound before connect: {m}"
+    );
     assert!(m.contains("X-Helo-Args: out.spate.test"), "{m}");
     assert_eq!(spate.stop(), 0);
 }
@@ -257,9 +273,17 @@ fn smtputf8_message_bounces_at_a_server_without_smtputf8() {
     smtp.send("RCPT TO:<\u{7528}\u{6237}@b.test>").expect(250);
     smtp.send("DATA").expect(354);
     smtp.raw(b"Subject: utf8\r\n\r\nx\r\n.\r\n").expect(250);
-    wait_until(LONG, "the bounce", || !log_of(&spate.log_dir(), "Bounce").is_empty());
+    wait_until(LONG, "the bounce", || {
+        !log_of(&spate.log_dir(), "Bounce").is_empty()
+    });
     let bounce = &log_of(&spate.log_dir(), "Bounce")[0];
-    assert!(bounce["response"].as_str().unwrap().starts_with("553 5.6.7"), "{bounce}");
+    assert!(
+        bounce["response"]
+            .as_str()
+            .unwrap()
+            .starts_with("553 5.6.7"),
+        "{bounce}"
+    );
     assert_eq!(sink.count(), 0);
     assert_eq!(spate.stop(), 0);
 }
@@ -269,16 +293,31 @@ fn drop_after_the_final_dot_is_never_a_delivery() {
     let addr = free_addr();
     let dropping = Sink::start(&addr, &["-q", "."]);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n");
+    let cfg = config(
+        dir.path(),
+        "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n",
+    );
     let mut spate = Spate::start(&["--smarthost", &addr, "--config", &cfg]);
-    spate.connect().transaction("s@a.test", &["r@b.test"], b"Subject: drop\r\n\r\nx\r\n");
-    wait_until(LONG, "a deferral", || !log_of(&spate.log_dir(), "TransientFailure").is_empty());
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: drop\r\n\r\nx\r\n");
+    wait_until(LONG, "a deferral", || {
+        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
+    });
     assert!(log_of(&spate.log_dir(), "Delivery").is_empty());
     let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
-    assert!(failure["response"].as_str().unwrap().contains("after the final dot"), "{failure}");
+    assert!(
+        failure["response"]
+            .as_str()
+            .unwrap()
+            .contains("after the final dot"),
+        "{failure}"
+    );
     drop(dropping);
     let sink = Sink::start(&addr, &[]);
-    wait_until(LONG, "delivery on retry", || log_of(&spate.log_dir(), "Delivery").len() == 1);
+    wait_until(LONG, "delivery on retry", || {
+        log_of(&spate.log_dir(), "Delivery").len() == 1
+    });
     assert!(sink.count() >= 1);
     assert_eq!(spate.stop(), 0);
 }
@@ -287,9 +326,16 @@ fn drop_after_the_final_dot_is_never_a_delivery() {
 fn greeting_421_defers() {
     let sink = Sink::start(&free_addr(), &["-Q", "CONNECT"]);
     let mut spate = Spate::start(&["--smarthost", &sink.addr]);
-    spate.connect().transaction("s@a.test", &["r@b.test"], b"Subject: 421\r\n\r\nx\r\n");
-    wait_until(LONG, "a deferral", || !log_of(&spate.log_dir(), "TransientFailure").is_empty());
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: 421\r\n\r\nx\r\n");
+    wait_until(LONG, "a deferral", || {
+        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
+    });
     let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
-    assert!(failure["response"].as_str().unwrap().contains("421"), "{failure}");
+    assert!(
+        failure["response"].as_str().unwrap().contains("421"),
+        "{failure}"
+    );
     assert_eq!(spate.stop(), 0);
 }

@@ -171,3 +171,19 @@ fn sigterm_lets_an_open_transaction_finish() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(read_spool(&spate.spool_dir()).len(), 1);
 }
+
+#[test]
+fn a_second_engine_on_the_same_spool_is_refused() {
+    let spate = Spate::start(&[]);
+    let (ok, out) = spate_cmd(&[
+        "serve",
+        "--listen",
+        &free_addr(),
+        "--spool",
+        spate.spool_dir().to_str().unwrap(),
+        "--log-dir",
+        spate.log_dir().to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("in use by another spate"), "{out}");
+}

@@ -65,6 +65,11 @@ impl<'a> Scanner<'a> {
 
     /// After a failed decode at `self.pos`: where the next good record is, or
     /// `Err(end)` with the end of the unreadable bytes if none follows.
+    ///
+    /// The search runs to the end of the segment: a run of zeros inside a
+    /// damaged record (a body may hold NULs) must not hide the records after
+    /// it. It only happens on damage, so its cost (one cheap header check per
+    /// 8 bytes) does not touch the normal path.
     fn resync(&self) -> Result<usize, usize> {
         if let Some(next) = self.skip_by_length() {
             if self.decodes_at(next) {
@@ -72,16 +77,17 @@ impl<'a> Scanner<'a> {
             }
         }
         let mut at = self.pos + RECORD_ALIGN;
+        let mut last_nonzero = self.pos + RECORD_ALIGN;
         while at + RECORD_HEADER_BYTES <= self.bytes.len() {
-            if self.is_zero_header(at) {
-                return Err(at);
-            }
-            if self.decodes_at(at) {
-                return Ok(at);
+            if !self.is_zero_header(at) {
+                if self.decodes_at(at) {
+                    return Ok(at);
+                }
+                last_nonzero = at + RECORD_ALIGN;
             }
             at += RECORD_ALIGN;
         }
-        Err(self.bytes.len())
+        Err(last_nonzero.min(self.bytes.len()))
     }
 
     /// The end of the record at `self.pos` going by its length field, if its
@@ -208,6 +214,18 @@ mod tests {
         let (mut seg, offsets) = segment_with(&[msg(1), msg(2), msg(3)]);
         seg[offsets[1] + 10] ^= 0x7f;
         assert_eq!(ids(&seg)[2], Ok(3));
+    }
+
+    #[test]
+    fn zeros_inside_a_damaged_record_do_not_hide_later_records() {
+        let mut b = MessageBuilder::new(Vec::new(), 1, 0, b"s@a", &[b"r@b"]);
+        b.body_mut().extend_from_slice(&[0u8; 200]);
+        let with_nuls = b.finish(2);
+        let (mut seg, offsets) = segment_with(&[msg(1), with_nuls, msg(3)]);
+        seg[offsets[1] + 9] ^= 0x40; // the length field
+        let found = ids(&seg);
+        assert_eq!(found.first(), Some(&Ok(1)));
+        assert_eq!(found.last(), Some(&Ok(3)), "{found:?}");
     }
 
     #[test]

@@ -32,9 +32,11 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// Smallest message size limit that can be configured.
 pub const MAX_MESSAGE_BYTES_MIN: u64 = 1024;
-/// Room a segment needs beyond the largest body: header block, record header,
-/// envelope (1000 recipients of 256 octets), Received header.
-pub const SEGMENT_OVERHEAD_BYTES: u64 = 4096 + 1024 * 258 + 4096;
+/// Room a segment needs beyond the largest body and its envelope: header
+/// block, record header and fields, spate's Received header.
+pub const SEGMENT_OVERHEAD_BYTES: u64 = 4096 + 4096;
+/// Room one recipient takes in a record at most: a 256-octet path and its length.
+pub const RECIPIENT_RECORD_BYTES_MAX: u64 = 258;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -266,7 +268,9 @@ impl Config {
     }
 
     fn check_segment_size(&self) -> Result<(), ConfigError> {
-        let need = self.max_message_bytes + SEGMENT_OVERHEAD_BYTES;
+        let need = self.max_message_bytes
+            + SEGMENT_OVERHEAD_BYTES
+            + self.max_recipients as u64 * RECIPIENT_RECORD_BYTES_MAX;
         if !self.segment_bytes.is_multiple_of(4096) {
             return Err(invalid("spool.segment_bytes", "must be a multiple of 4096"));
         }

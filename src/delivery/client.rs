@@ -84,6 +84,8 @@ pub struct OpenSpec<'a> {
 
 pub struct Client {
     conn: Conn<ClientStream>,
+    /// The server said 421: it is closing the connection (RFC 5321 3.8).
+    closing: bool,
     pub caps: Caps,
     pub host: String,
     pub ip: IpAddr,
@@ -101,6 +103,7 @@ impl Client {
             .map_err(|e| unavailable("connect", &e))?;
         let mut client = Client {
             conn: Conn::new(ClientStream::Plain(tcp)),
+            closing: false,
             caps: Caps::default(),
             host: spec.host.to_string(),
             ip: spec.ip,
@@ -194,6 +197,7 @@ impl Client {
     /// Reads one whole reply (flushing what is queued first).
     async fn read_reply(&mut self, timeout: Duration) -> io::Result<SmtpReply> {
         let (code, lines) = self.read_reply_lines(timeout).await?;
+        self.closing |= code == 421;
         Ok(SmtpReply {
             code,
             text: lines
@@ -272,7 +276,7 @@ impl Client {
         }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; rcpts.len()];
         let result = self.transaction(msg, rcpts, &mut outcomes).await;
-        let broken = result.is_err();
+        let broken = result.is_err() || self.closing;
         let lost = result.err().map(|(stage, e)| connection_lost(stage, &e));
         let decided = rcpts.iter().zip(outcomes).map(|((i, _), o)| {
             (
@@ -350,6 +354,15 @@ impl Client {
             return self.reset().await;
         }
         let data = data.expect("DATA is sent when a recipient was accepted");
+        if data.code < 400 && data.code != 354 {
+            // No server answers DATA so: the replies are out of step, and a
+            // 2yz here must never pass for a delivery.
+            let e = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected reply to DATA: {data}"),
+            );
+            return Err(("after DATA", e));
+        }
         if data.code != 354 {
             accepted
                 .iter()

@@ -1,9 +1,10 @@
-//! Settling what an attempt did to each recipient: the state record goes to
-//! this core's spool first, then the log line, then the queue moves on
-//! (forget, retry now, retry later) and bounces become a DSN.
+//! Settling what an attempt did to each recipient: a bounce's DSN is
+//! spooled first, then the state records go to this core's spool, then the
+//! log lines, then the queue moves on (forget, retry now, retry later).
 //!
 //! It must never let the queue forget a recipient before its state record
-//! was handed to the spool.
+//! was handed to the spool, and never make a bounce final before its DSN is
+//! durable (if the DSN cannot be spooled, the recipient stays deferred).
 
 use super::outcome::{retry_delay, Outcome};
 use super::Remote;
@@ -14,6 +15,15 @@ use crate::queue::Entry;
 use spool_format::{encode_state, StateRecord};
 use std::rc::Rc;
 use std::time::Instant;
+
+/// What becomes of one recipient after this attempt.
+enum Fate {
+    Delivered,
+    Bounced,
+    Expired,
+    Later,
+    RetryNow,
+}
 
 /// Applies one attempt's outcomes for `entry`.
 pub async fn settle(
@@ -31,82 +41,66 @@ pub async fn settle(
             .message
             .received_ms
             .saturating_add(d.expire.as_millis() as u64);
+    let mut fates: Vec<(u32, Fate, String)> = outcomes
+        .into_iter()
+        .map(|(i, o)| match o {
+            Outcome::Delivered(r) => (i, Fate::Delivered, r),
+            Outcome::Bounced(r) => (i, Fate::Bounced, r),
+            Outcome::Retry(r) => (i, Fate::RetryNow, r),
+            Outcome::Deferred(r) if expired => (
+                i,
+                Fate::Expired,
+                format!("{r} (gave up after {attempt} attempts)"),
+            ),
+            Outcome::Deferred(r) => (i, Fate::Later, r),
+        })
+        .collect();
+    dsn_first(core, &entry, &mut fates, remote).await;
     let next_in = retry_delay(attempt, d.retry_initial, d.retry_max);
     let next_ms = now + next_in.as_millis() as u64;
     let mut records = Vec::new();
-    let (mut retry_now, mut later, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-    for (index, outcome) in outcomes {
-        let address = entry.address(index).to_string();
-        let (state, kind) = match &outcome {
-            Outcome::Delivered(_) => (
-                Some(StateRecord::Delivered {
-                    recipient: index,
-                    time_ms: now,
-                }),
+    let (mut retry_now, mut later) = (Vec::new(), Vec::new());
+    for (index, fate, reason) in &fates {
+        let (recipient, time_ms, reason) = (*index, now, reason.as_str());
+        let (state, kind) = match fate {
+            Fate::Delivered => (
+                Some(StateRecord::Delivered { recipient, time_ms }),
                 Kind::Delivery,
             ),
-            Outcome::Bounced(r) => {
-                failures.push(Failure {
-                    recipient: address.clone(),
-                    diagnostic: r.clone(),
-                    expired: false,
-                    remote_mta: remote.map(|r| r.host.clone()),
-                });
-                (
-                    Some(StateRecord::Bounced {
-                        recipient: index,
-                        time_ms: now,
-                        reason: r,
-                    }),
-                    Kind::Bounce,
-                )
-            }
-            Outcome::Retry(_) => {
-                retry_now.push(index);
-                (None, Kind::TransientFailure)
-            }
-            Outcome::Deferred(r) if expired => {
-                failures.push(Failure {
-                    recipient: address.clone(),
-                    diagnostic: format!("{r} (gave up after {attempt} attempts)"),
-                    expired: true,
-                    remote_mta: remote.map(|r| r.host.clone()),
-                });
-                (
-                    Some(StateRecord::Expired {
-                        recipient: index,
-                        time_ms: now,
-                    }),
-                    Kind::Expiration,
-                )
-            }
-            Outcome::Deferred(r) => {
-                later.push(index);
-                (
-                    Some(StateRecord::Attempt {
-                        recipient: index,
-                        time_ms: now,
-                        attempt,
-                        next_ms,
-                        reason: r,
-                    }),
-                    Kind::TransientFailure,
-                )
-            }
+            Fate::Bounced => (
+                Some(StateRecord::Bounced {
+                    recipient,
+                    time_ms,
+                    reason,
+                }),
+                Kind::Bounce,
+            ),
+            Fate::Expired => (
+                Some(StateRecord::Expired { recipient, time_ms }),
+                Kind::Expiration,
+            ),
+            Fate::Later => (
+                Some(StateRecord::Attempt {
+                    recipient,
+                    time_ms,
+                    attempt,
+                    next_ms,
+                    reason,
+                }),
+                Kind::TransientFailure,
+            ),
+            Fate::RetryNow => (None, Kind::TransientFailure),
         };
+        match fate {
+            Fate::Later => later.push(recipient),
+            Fate::RetryNow => retry_now.push(recipient),
+            _ => {}
+        }
         if let Some(state) = state {
             encode_state(&mut records, entry.message.id, &state);
         }
         log(
-            core,
-            &entry,
-            domain,
-            &address,
-            kind,
-            outcome.reason(),
-            attempt,
-            remote,
-            now,
+            core, &entry, domain, recipient, kind, reason, attempt, remote, now,
         );
     }
     if !records.is_empty() {
@@ -135,17 +129,42 @@ pub async fn settle(
             Entry {
                 recipients: later,
                 attempts: attempt,
-                ..entry.clone()
+                ..entry
             },
             Instant::now() + next_in,
         );
     }
-    if !failures.is_empty() && !entry.message.sender.is_empty() {
-        if let Err(e) = core.send_dsn(&entry.message, &failures).await {
-            eprintln!(
-                "spate: core {}: DSN for {:016x} not spooled: {e}",
-                core.index, entry.message.id
-            );
+}
+
+/// Spools the DSN for the bounced and expired recipients (not for the null
+/// sender). If it cannot be spooled, they are deferred instead, so that a
+/// final record never stands without its DSN.
+async fn dsn_first(
+    core: &Core,
+    entry: &Entry,
+    fates: &mut [(u32, Fate, String)],
+    remote: Option<&Remote>,
+) {
+    let failures: Vec<Failure> = fates
+        .iter()
+        .filter(|(_, f, _)| matches!(f, Fate::Bounced | Fate::Expired))
+        .map(|(i, f, r)| Failure {
+            recipient: entry.address(*i).to_string(),
+            diagnostic: r.clone(),
+            expired: matches!(f, Fate::Expired),
+            remote_mta: remote.map(|r| r.host.clone()),
+        })
+        .collect();
+    if failures.is_empty() || entry.message.sender.is_empty() {
+        return;
+    }
+    if let Err(e) = core.send_dsn(&entry.message, &failures).await {
+        for (_, fate, reason) in fates
+            .iter_mut()
+            .filter(|(_, f, _)| matches!(f, Fate::Bounced | Fate::Expired))
+        {
+            *fate = Fate::Later;
+            reason.push_str(&format!(" (bounce notice not spooled: {e}; will retry)"));
         }
     }
 }
@@ -168,7 +187,7 @@ fn log(
     core: &Core,
     entry: &Entry,
     domain: &str,
-    recipient: &str,
+    index: u32,
     kind: Kind,
     response: &str,
     attempt: u32,
@@ -180,7 +199,7 @@ fn log(
         time_ms: now,
         id: entry.message.id_text(),
         sender: &entry.message.sender,
-        recipient,
+        recipient: entry.address(index),
         domain,
         mx_host: remote.map(|r| r.host.as_str()),
         mx_ip: remote.map(|r| r.ip),

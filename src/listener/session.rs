@@ -106,7 +106,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             if let Some(reply) = reply {
                 self.conn.queue_line(&reply.line());
-                if reply.is_client_error() && reply.code != 552 {
+                if reply.code == 421 {
+                    // RFC 5321 3.8: after 421 the server closes the connection.
+                    let _ = self.conn.flush().await;
+                    return End::Closed;
+                }
+                // A 452 for too many recipients counts too, so a flood of
+                // RCPTs ends at the error limit.
+                if reply.is_client_error() && reply.code != 552 || reply.code == 452 {
                     self.errors += 1;
                     if self.errors >= self.core.cfg.max_errors {
                         self.conn

@@ -75,7 +75,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
     let mut next_segment_id = 1;
     let mut found = Vec::new();
     let mut finished = HashSet::new();
-    let mut attempts: HashMap<(u64, u32), u32> = HashMap::new();
+    let mut attempts: HashMap<(u64, u32), (u32, u64)> = HashMap::new();
     for (id, path) in list_segments(dir)? {
         next_segment_id = next_segment_id.max(id + 1);
         let Some(map) = open_segment(&path, id, &mut report)? else {
@@ -85,20 +85,33 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
         report.segments += 1;
         scan_segment(&map, &mut found, &mut finished, &mut attempts, &mut report)?;
     }
-    let messages = found
+    // Message ids take their prefix from the segment id space too: never
+    // hand out a number below one already used for either.
+    let max_prefix = messages_max_prefix(&found);
+    let messages: Vec<MessageHandle> = found
         .into_iter()
         .filter_map(|mut m: MessageHandle| {
             m.recipients
                 .retain(|r| !finished.contains(&(m.id, r.index)));
+            for r in &mut m.recipients {
+                if let Some(&(attempt, next_ms)) = attempts.get(&(m.id, r.index)) {
+                    r.attempts = attempt;
+                    r.next_attempt_ms = next_ms;
+                }
+            }
             report.pending_recipients += m.recipients.len();
             (!m.recipients.is_empty()).then_some(m)
         })
         .collect();
     Ok(Recovered {
-        next_segment_id,
+        next_segment_id: next_segment_id.max(max_prefix + 1),
         messages,
         report,
     })
+}
+
+fn messages_max_prefix(messages: &[MessageHandle]) -> u64 {
+    messages.iter().map(|m| m.id >> 32).max().unwrap_or(0)
 }
 
 /// Maps a segment and checks its header. A file whose header was never
@@ -148,7 +161,7 @@ fn scan_segment(
     map: &Arc<SegmentMap>,
     found: &mut Vec<MessageHandle>,
     finished: &mut HashSet<(u64, u32)>,
-    attempts: &mut HashMap<(u64, u32), u32>,
+    attempts: &mut HashMap<(u64, u32), (u32, u64)>,
     report: &mut RecoveryReport,
 ) -> Result<(), RecoveryError> {
     for item in Scanner::new(&map.map) {
@@ -179,10 +192,15 @@ fn scan_segment(
                             finished.insert((header.message_id, state.recipient()));
                         }
                         Ok(StateRecord::Attempt {
-                            recipient, attempt, ..
+                            recipient,
+                            attempt,
+                            next_ms,
+                            ..
                         }) => {
                             let seen = attempts.entry((header.message_id, recipient)).or_default();
-                            *seen = (*seen).max(attempt);
+                            if attempt >= seen.0 {
+                                *seen = (attempt, next_ms);
+                            }
                         }
                         Ok(_) => {}
                         Err(_) => report.corrupt.push((
@@ -228,6 +246,7 @@ fn handle(map: &Arc<SegmentMap>, offset: usize, id: u64, view: &MessageView<'_>)
                 index: i as u32,
                 address: text(r).into(),
                 attempts: 0,
+                next_attempt_ms: 0,
             })
             .collect(),
     }
