@@ -469,7 +469,7 @@ async fn shut_down(core: &Rc<Core>) {
     {
         glommio::timer::sleep(STOP_POLL).await;
     }
-    core.spool.close();
+    core.spool.close(Duration::from_secs(10)).await;
     core.mesh.close();
     core.log.flush().await;
     let q = core.queues.summary();

@@ -21,12 +21,14 @@
 //! `listener::data`) are plain functions over bytes and are unit-tested
 //! directly; the spool has fault hooks so tests can make syncs hang or fail.
 
+pub mod bench;
 pub mod bounce;
 pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod delivery_log;
 pub mod dns;
+pub mod dot;
 pub mod engine;
 pub mod listener;
 pub mod local;

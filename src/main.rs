@@ -27,6 +27,122 @@ enum Cmd {
     /// Offline spool tools (stop the engine first).
     #[command(subcommand)]
     Spool(SpoolCmd),
+    /// Load tools: a fault-injecting sink, a load generator, a peak-day run.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// A fast SMTP sink with fault profiles; counts what it receives.
+    Sink(SinkArgs),
+    /// A pipelining SMTP load generator; prints msgs/s and latency.
+    Inject(InjectArgs),
+    /// Start spate, a sink and the generator on loopback with a peak profile.
+    Peak(PeakArgs),
+}
+
+#[derive(Args)]
+struct FaultArgs {
+    /// Share of transactions answered 451 (after RCPT or after DATA).
+    #[arg(long, default_value_t = 0.0)]
+    tempfail: f64,
+    /// Share answered 550 (after RCPT or after DATA).
+    #[arg(long, default_value_t = 0.0)]
+    permfail: f64,
+    /// Share of connections greeted with 421 and closed.
+    #[arg(long = "banner-421", default_value_t = 0.0)]
+    banner_421: f64,
+    /// Share of transactions whose connection is closed mid-DATA.
+    #[arg(long, default_value_t = 0.0)]
+    drop: f64,
+    /// Delay before the reply to the final dot, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency: u64,
+}
+
+impl FaultArgs {
+    fn faults(&self) -> Result<spate::bench::sink::Faults, String> {
+        for (name, p) in [
+            ("tempfail", self.tempfail),
+            ("permfail", self.permfail),
+            ("banner-421", self.banner_421),
+            ("drop", self.drop),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("--{name} {p}: a share must be between 0 and 1"));
+            }
+        }
+        Ok(spate::bench::sink::Faults {
+            tempfail: self.tempfail,
+            permfail: self.permfail,
+            banner_421: self.banner_421,
+            drop: self.drop,
+            latency: std::time::Duration::from_millis(self.latency),
+        })
+    }
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    #[arg(long, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Threads (each a glommio executor with its own SO_REUSEPORT socket).
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
+    /// Check the checksum header `spate bench inject` puts in each body.
+    #[arg(long = "check-bodies")]
+    check_bodies: bool,
+    /// Exit after accepting this many messages.
+    #[arg(long = "exit-after", value_name = "N")]
+    exit_after: Option<u64>,
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Connections kept open at once.
+    #[arg(long, default_value_t = 20)]
+    concurrency: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Recipient domains (Zipf mix: a few big ones, a long tail).
+    #[arg(long, default_value_t = 50)]
+    domains: usize,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1)]
+    recipients: usize,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    #[arg(long, value_name = "ADDR")]
+    target: std::net::SocketAddr,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Messages per second to aim at (default: as fast as replies come).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+#[derive(Args)]
+struct PeakArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Cores for the engine (as `serve --cores`).
+    #[arg(long)]
+    cores: Option<String>,
+    /// The sink's fault profile; the defaults are a peak day's.
+    #[arg(long, default_value_t = 0.02)]
+    tempfail: f64,
+    #[arg(long, default_value_t = 0.005)]
+    permfail: f64,
+    #[arg(long, default_value_t = 2)]
+    latency: u64,
 }
 
 #[derive(Subcommand)]
@@ -129,12 +245,60 @@ fn main() -> ExitCode {
         Cmd::Spool(SpoolCmd::Dump { dir }) => {
             spate::spool_tool::dump(&dir, &mut std::io::stdout().lock())
         }
+        Cmd::Bench(cmd) => bench(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spate: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(cmd: BenchCmd) -> Result<(), String> {
+    use spate::bench::{inject, peak, sink};
+    match cmd {
+        BenchCmd::Sink(a) => sink::run(sink::SinkSpec {
+            listen: a.listen,
+            cores: a.cores.max(1),
+            faults: a.faults.faults()?,
+            check_bodies: a.check_bodies,
+            exit_after: a.exit_after,
+        }),
+        BenchCmd::Inject(a) => {
+            let l = a.load;
+            let spec = inject::InjectSpec {
+                target: a.target,
+                messages: l.messages,
+                concurrency: l.concurrency,
+                size: l.size,
+                domains: l.domains,
+                recipients: l.recipients.max(1),
+                rate: a.rate,
+                progress: true,
+            };
+            inject::run(spec).map(|report| report.print())
+        }
+        BenchCmd::Peak(a) => {
+            let faults = FaultArgs {
+                tempfail: a.tempfail,
+                permfail: a.permfail,
+                banner_421: 0.0,
+                drop: 0.0,
+                latency: a.latency,
+            }
+            .faults()?;
+            let l = a.load;
+            peak::run(peak::PeakSpec {
+                messages: l.messages,
+                concurrency: l.concurrency,
+                size: l.size,
+                domains: l.domains,
+                recipients: l.recipients.max(1),
+                cores: a.cores,
+                faults,
+            })
         }
     }
 }

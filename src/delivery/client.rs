@@ -16,6 +16,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Bodies up to this size are copied into the send buffer with their final
+/// dot and go out in one write; larger ones are written from the mapping.
+pub const INLINE_BODY_BYTES_MAX: usize = 64 * 1024;
+
 /// Longest reply line accepted, and most lines in one reply.
 pub const REPLY_LINE_BYTES_MAX: usize = 4096;
 pub const REPLY_LINES_MAX: usize = 100;
@@ -434,22 +438,27 @@ impl Client {
     /// Streams the body from the spool mapping, dot-stuffing on the fly:
     /// a line that starts with "." gets one more.
     async fn write_body(&mut self, body: &[u8]) -> io::Result<()> {
-        let mut start = 0;
-        if body.first() == Some(&b'.') {
-            self.conn.queue_raw(b".");
+        if body.len() <= INLINE_BODY_BYTES_MAX {
+            // One send for body and final dot: a 4 KiB copy into the
+            // connection's buffer costs far less than the extra syscalls
+            // (measured: perf/results/). Large bodies go straight from the
+            // mapping.
+            for piece in crate::dot::pieces(body) {
+                match piece {
+                    crate::dot::Piece::Body(bytes) => self.conn.queue_raw(bytes),
+                    crate::dot::Piece::Dot => self.conn.queue_raw(b"."),
+                }
+            }
+            self.conn.queue_raw(crate::dot::terminator(body));
+            return Ok(());
         }
-        for lf in memchr::memmem::find_iter(body, b"\n.") {
-            self.conn.write_direct(&body[start..=lf]).await?;
-            self.conn.queue_raw(b".");
-            start = lf + 1;
+        for piece in crate::dot::pieces(body) {
+            match piece {
+                crate::dot::Piece::Body(bytes) => self.conn.write_direct(bytes).await?,
+                crate::dot::Piece::Dot => self.conn.queue_raw(b"."),
+            }
         }
-        self.conn.write_direct(&body[start..]).await?;
-        let end: &[u8] = if body.is_empty() || body.ends_with(b"\r\n") {
-            b".\r\n"
-        } else {
-            b"\r\n.\r\n"
-        };
-        self.conn.queue_raw(end);
+        self.conn.queue_raw(crate::dot::terminator(body));
         Ok(())
     }
 

@@ -104,14 +104,9 @@ pub async fn settle(
         );
     }
     if !records.is_empty() {
-        if let Err(e) = core.spool.append(records).await {
-            // The outcome stands; after a restart the recipient is retried
-            // (a possible duplicate, never a loss).
-            eprintln!(
-                "spate: core {}: state records for {:016x} not written: {e}",
-                core.index, entry.message.id
-            );
-        }
+        // Queued in order before the queue moves on; not waited for: a
+        // state record lost to a crash means a repeated attempt, not a loss.
+        core.spool.append_lazy(records);
     }
     if !retry_now.is_empty() {
         core.queues.push_ready(

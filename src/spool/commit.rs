@@ -15,6 +15,7 @@ pub(super) async fn run(spool: Rc<Spool>) {
         let batch = take_batch(&spool);
         if batch.is_empty() {
             if spool.closed.get() {
+                spool.drained.notify();
                 return;
             }
             spool.kick.notified().await;
@@ -54,7 +55,7 @@ async fn commit(spool: &Spool, active: &mut Option<ActiveSegment>, batch: Vec<Re
             match roll(spool).await {
                 Ok(seg) if seg.room() < len => {
                     *active = Some(seg);
-                    let _ = req.done.send(Err(SpoolError::Io(format!(
+                    req.answer(Err(SpoolError::Io(format!(
                         "a {len}-byte record does not fit in a segment"
                     ))));
                     continue;
@@ -62,7 +63,7 @@ async fn commit(spool: &Spool, active: &mut Option<ActiveSegment>, batch: Vec<Re
                 Ok(seg) => *active = Some(seg),
                 Err(e) => {
                     *active = None;
-                    let _ = req.done.send(Err(e));
+                    req.answer(Err(e));
                     continue;
                 }
             }
@@ -89,22 +90,29 @@ async fn flush(
         .as_ref()
         .expect("records were placed in the active segment");
     let bytes = buf.len() as u64;
+    let needs_sync = placed.iter().any(|(req, _)| req.done.is_some());
     let result = async {
         write_all_at(&seg.file, buf, start).await?;
+        if !needs_sync {
+            return Ok(());
+        }
         spool.faults.before_sync().await?;
         seg.file.fdatasync().await.map_err(std::io::Error::from)
     }
     .await;
     match result {
         Ok(()) => {
-            spool.stats.syncs.set(spool.stats.syncs.get() + 1);
+            spool
+                .stats
+                .syncs
+                .set(spool.stats.syncs.get() + u64::from(needs_sync));
             spool
                 .stats
                 .records
                 .set(spool.stats.records.get() + placed.len() as u64);
             spool.stats.bytes.set(spool.stats.bytes.get() + bytes);
             for (req, offset) in placed {
-                let _ = req.done.send(Ok(Placement {
+                req.answer(Ok(Placement {
                     segment: seg.map.clone(),
                     offset,
                 }));
@@ -123,7 +131,7 @@ async fn flush(
             *active = None;
             let err = SpoolError::from_io(&e);
             for (req, _) in placed {
-                let _ = req.done.send(Err(err.clone()));
+                req.answer(Err(err.clone()));
             }
         }
     }

@@ -8,7 +8,8 @@
 //! its record now lives. So an appender that got `Ok` holds a durable record,
 //! and SMTP replies 250 only after that. After a failed write or sync the
 //! segment is retired and the records it covered are answered `Err`: a
-//! failed sync is never retried as if it had succeeded.
+//! failed sync is never retried as if it had succeeded. State records
+//! (delivery outcomes) ride along without waiting (`append_lazy`).
 //!
 //! The spool never copies a record after it is written: readers get slices of
 //! the segment's shared read-only mapping.
@@ -70,7 +71,17 @@ pub struct Placement {
 
 struct Request {
     record: Vec<u8>,
-    done: oneshot::Sender<Result<Placement, SpoolError>>,
+    /// `None`: the appender does not wait (state records).
+    done: Option<oneshot::Sender<Result<Placement, SpoolError>>>,
+}
+
+impl Request {
+    /// Tells a waiting appender how its record fared.
+    fn answer(self, result: Result<Placement, SpoolError>) {
+        if let Some(done) = self.done {
+            let _ = done.send(result);
+        }
+    }
 }
 
 /// Hands out numbers unique in the spool: segment ids and message-id
@@ -119,6 +130,8 @@ pub struct Spool {
     requests: RefCell<VecDeque<Request>>,
     kick: Notify,
     closed: Cell<bool>,
+    /// Notified when the committer has written everything and ended.
+    drained: Notify,
     faults: Faults,
     pub stats: SpoolStats,
 }
@@ -148,6 +161,7 @@ impl Spool {
             requests: RefCell::new(VecDeque::new()),
             kick: Notify::default(),
             closed: Cell::new(false),
+            drained: Notify::default(),
             faults,
             stats: SpoolStats::default(),
         });
@@ -174,17 +188,36 @@ impl Spool {
         }
         debug_assert_eq!(record.len() % spool_format::RECORD_ALIGN, 0);
         let (done, wait) = oneshot::channel();
-        self.requests
-            .borrow_mut()
-            .push_back(Request { record, done });
+        self.requests.borrow_mut().push_back(Request {
+            record,
+            done: Some(done),
+        });
         self.kick.notify();
         wait.await.unwrap_or(Err(SpoolError::Closed))
     }
 
-    /// Refuses new appends; the committer finishes what was queued, then ends.
-    pub fn close(&self) {
+    /// Appends sealed state records without waiting. They are written in
+    /// order with the next round and made durable by the next sync of their
+    /// segment; a round of nothing but such records is not synced. Losing
+    /// one to a power cut repeats an attempt; it never loses a message.
+    pub fn append_lazy(&self, records: Vec<u8>) {
+        debug_assert_eq!(records.len() % spool_format::RECORD_ALIGN, 0);
+        if self.closed.get() {
+            return;
+        }
+        self.requests.borrow_mut().push_back(Request {
+            record: records,
+            done: None,
+        });
+        self.kick.notify();
+    }
+
+    /// Refuses new appends; the committer finishes what was queued, then
+    /// ends. Returns once it has (or after `limit`).
+    pub async fn close(&self, limit: std::time::Duration) {
         self.closed.set(true);
         self.kick.notify();
+        futures_lite::future::or(self.drained.notified(), glommio::timer::sleep(limit)).await;
     }
 }
 
