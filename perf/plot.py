@@ -22,7 +22,7 @@ def relay_panel(rows):
     top = max(max(v) for v in runs.values()) * 1.15
     x0, y0, w, h = 60, 40, PANEL - 80, 280
     bw = w / len(names)
-    out = [f'<text x="{x0}" y="24" font-size="15">Relay throughput, msgs/s (smtp-source → relay → smtp-sink, 4 KiB)</text>']
+    out = [f'<text x="{x0 - 40}" y="24" font-size="13">Relay msgs/s: smtp-source → relay → smtp-sink, 4 KiB</text>']
     out.append(f'<line x1="{x0}" y1="{y0 + h}" x2="{x0 + w}" y2="{y0 + h}" stroke="#333"/>')
     for t in range(0, int(top), 2000):
         y = y0 + h - h * t / top
@@ -50,7 +50,7 @@ def latency_panel(rows):
     x0, y0, w, h = PANEL + 90, 40, W - PANEL - 120, 280
     sx = lambda v: x0 + w * v / xmax
     sy = lambda v: y0 + h - h * v / ymax
-    out = [f'<text x="{x0 - 40}" y="24" font-size="15">Final-dot reply latency (ms) vs achieved msgs/s</text>']
+    out = [f'<text x="{x0 - 40}" y="24" font-size="13">Final-dot reply latency (ms) vs achieved msgs/s</text>']
     out.append(f'<line x1="{x0}" y1="{y0 + h}" x2="{x0 + w}" y2="{y0 + h}" stroke="#333"/>')
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y0 + h}" stroke="#333"/>')
     for i in range(5):
