@@ -2,7 +2,8 @@
 //! `cargo bench --bench hot_paths`. Each line prints the median of 7 runs.
 //!
 //! What is measured: SMTP command parsing, the DATA receiver (end-of-data
-//! search and dot-unstuffing) on a 4 KiB message, spool record encode and
+//! search and dot-unstuffing) on a 4 KiB message, outbound dot-stuffing,
+//! queue memory per message, spool record encode and
 //! decode of a 4 KiB message, domain → core hashing, and group commit on the
 //! real disk (records per fdatasync with 1 and 20 concurrent appenders).
 
@@ -76,6 +77,14 @@ fn main() {
     );
 
     let body = message_4k();
+    let mut stuffed = Vec::with_capacity(8192);
+    report(
+        "dot::stuff_into (outbound dot-stuffing), 4 KiB",
+        median_ns(100_000, || {
+            stuffed.clear();
+            spate::dot::stuff_into(black_box(&body), &mut stuffed);
+        }),
+    );
     let mut buf = Vec::with_capacity(8192);
     report(
         "MessageBuilder encode + CRC32C, 4 KiB",

@@ -19,8 +19,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 sink=127.0.0.1:25311 spate_addr=127.0.0.1:25312
 
 "$bin" bench sink --listen "$sink" --cores 1 2>/dev/null &
+# SPATE_ARGS: extra `spate serve` flags to compare, e.g. "--config spin.toml".
+# shellcheck disable=SC2086
 "$bin" serve --listen "$spate_addr" --smarthost "$sink" --dns 127.0.0.1:9 \
-  --spool "$work/spool" --log-dir "$work/log" 2>"$work/spate.txt" &
+  --spool "$work/spool" --log-dir "$work/log" ${SPATE_ARGS:-} 2>"$work/spate.txt" &
 until grep -q "spate: ready" "$work/spate.txt"; do sleep 0.05; done
 
 echo "offered_rate,achieved_rate,p50_us,p90_us,p99_us,p999_us,max_us" >"$out"

@@ -270,6 +270,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         };
         let join = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("spate-core-{index}"))
+            .spin_before_park(cfg.spin_before_park)
             .spawn(move || run_core(start))
             .map_err(|e| EngineError::Start(index, e.to_string()))?;
         joins.push(join);

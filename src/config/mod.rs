@@ -96,6 +96,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawCores {
     pub cpus: Option<String>,
+    pub spin_before_park_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +144,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
     pub cores: CoreSpec,
+    pub spin_before_park: Duration,
     pub spool_dir: PathBuf,
     pub segment_bytes: u64,
     pub dns: Dns,
@@ -257,6 +259,16 @@ impl Config {
             )?,
             tls: tls_files(tls_certificate, tls_private_key)?,
             cores: CoreSpec::parse(&cpus).map_err(|reason| invalid("cores.cpus", reason))?,
+            spin_before_park: match pick!(u.cores.spin_before_park_us, d.cores.spin_before_park_us)
+            {
+                us @ 0..=10_000 => Duration::from_micros(us),
+                us => {
+                    return Err(invalid(
+                        "cores.spin_before_park_us",
+                        format!("{us} is over 10000"),
+                    ))
+                }
+            },
             spool_dir,
             segment_bytes: pick!(u.spool.segment_bytes, d.spool.segment_bytes),
             dns,
