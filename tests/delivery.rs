@@ -42,21 +42,11 @@ fn smarthost_relays_smtp_source_traffic_to_smtp_sink() {
     let deliveries = log_of(&spate.log_dir(), "Delivery");
     assert_eq!(deliveries.len(), 300, "one Delivery record per message");
     assert_eq!(log_of(&spate.log_dir(), "Reception").len(), 300);
-    let mut connections: Vec<(u64, u64)> = deliveries
-        .iter()
-        .map(|r| {
-            (
-                r["core"].as_u64().unwrap(),
-                r["connection"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    connections.sort();
-    connections.dedup();
+    let connections = connections_used(&deliveries);
     assert!(
-        connections.len() <= 40,
+        connections <= 40,
         "300 messages over {} connections: connections are reused",
-        connections.len()
+        connections
     );
     for r in &deliveries {
         assert_eq!(r["mx_ip"], sink.addr.split(':').next().unwrap());

@@ -99,21 +99,11 @@ fn mail_for_a_dozen_domains_reaches_each_mx_byte_exact() {
     }
     let deliveries = log_of(&spate.log_dir(), "Delivery");
     assert_eq!(deliveries.len(), 3 * DOMAINS + 200);
-    let mut connections: Vec<(u64, u64)> = deliveries
-        .iter()
-        .map(|r| {
-            (
-                r["core"].as_u64().unwrap(),
-                r["connection"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    connections.sort();
-    connections.dedup();
+    let connections = connections_used(&deliveries);
     assert!(
-        connections.len() < 60,
+        connections < 60,
         "{} connections for {} messages",
-        connections.len(),
+        connections,
         deliveries.len()
     );
     assert!(

@@ -4,45 +4,14 @@
 
 mod common;
 use common::*;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 use std::io::{BufRead, BufReader, Write};
-use std::sync::Arc;
 use std::time::Duration;
-
-fn make_cert(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (ok, out) = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=spate.test",
-            "-addext",
-            "subjectAltName=DNS:spate.test",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{out}");
-    (
-        cert.to_str().unwrap().to_string(),
-        key.to_str().unwrap().to_string(),
-    )
-}
 
 fn start_tls_spate() -> Spate {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path());
+    let (cert, key) = self_signed_cert(dir.path());
     let spate = Spate::start(&["--tls-cert", &cert, "--tls-key", &key]);
     std::mem::forget(dir);
     spate
@@ -72,44 +41,6 @@ fn swaks_sends_over_starttls() {
     assert!(String::from_utf8_lossy(&stored[0].body).contains("with ESMTPS id"));
 }
 
-/// Accepts any certificate: the test checks spate's TLS session, not PKI.
-#[derive(Debug)]
-struct AnyCert;
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 #[test]
 fn plaintext_pipelined_after_starttls_is_discarded_and_state_resets() {
     require("openssl");
@@ -133,18 +64,10 @@ fn plaintext_pipelined_after_starttls_is_discarded_and_state_resets() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert))
-        .with_no_client_auth();
-    let conn = ClientConnection::new(
-        Arc::new(config),
-        ServerName::try_from("spate.test").unwrap(),
-    )
-    .unwrap();
+    // spate's own opportunistic client configuration accepts any
+    // certificate: this test checks the TLS session, not the PKI.
+    let config = spate::delivery::TlsClients::new(None).unwrap().any_cert;
+    let conn = ClientConnection::new(config, ServerName::try_from("spate.test").unwrap()).unwrap();
     let mut tls = StreamOwned::new(conn, smtp.stream.try_clone().unwrap());
     let say =
         |tls: &mut StreamOwned<ClientConnection, std::net::TcpStream>, line: &str| -> Vec<String> {

@@ -7,6 +7,7 @@
 //! taken when it comes from the server asked and echoes the query's id and
 //! question; anything else is ignored (RFC 5452).
 
+use crate::conn::with_timeout;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpStream, UdpSocket};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -192,19 +193,6 @@ pub(crate) fn answers(query: &Message, reply: &Message) -> bool {
         && reply.queries[0].name() == query.queries[0].name()
         && reply.queries[0].query_type() == query.queries[0].query_type()
         && reply.queries[0].query_class() == query.queries[0].query_class()
-}
-
-/// Runs `fut` with a timer; running out is `ErrorKind::TimedOut`. (The same
-/// shape as the listener's helper; kept here so the resolver stands alone.)
-async fn with_timeout<T>(
-    dur: Duration,
-    fut: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    futures_lite::future::or(fut, async {
-        glommio::timer::sleep(dur).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-    })
-    .await
 }
 
 fn invalid(e: impl ToString) -> io::Error {

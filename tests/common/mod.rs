@@ -575,3 +575,51 @@ impl Drop for Unbound {
         let _ = self.child.wait();
     }
 }
+
+/// The distinct (core, connection) pairs that delivered the logged records.
+pub fn connections_used(records: &[serde_json::Value]) -> usize {
+    let mut pairs: Vec<(u64, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["core"].as_u64().unwrap(),
+                r["connection"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs.len()
+}
+
+/// A self-signed certificate for `spate.test` made by openssl in `dir`:
+/// (cert.pem, key.pem).
+pub fn self_signed_cert(dir: &Path) -> (String, String) {
+    require("openssl");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (ok, out) = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=spate.test",
+            "-addext",
+            "subjectAltName=DNS:spate.test",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}
