@@ -60,6 +60,8 @@ pub struct Core {
     pub tls: Option<TlsAcceptor>,
     pub stop: StopSignal,
     pub sessions: Cell<usize>,
+    /// Open sessions per client address on this core.
+    pub sessions_per_ip: std::cell::RefCell<std::collections::HashMap<std::net::IpAddr, u32>>,
     pub resolver: Resolver,
     /// Numbers this core's delivery connections, for the log.
     pub connections_made: Cell<u64>,
@@ -433,6 +435,7 @@ async fn run_core(s: CoreStart) {
         tls: s.tls,
         stop: StopSignal::default(),
         sessions: Cell::new(0),
+        sessions_per_ip: Default::default(),
         connections_made: Cell::new(0),
         resolver: Resolver::new(servers, dns.timeout, dns.attempts, dns.cache_entries_max),
         log,

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::io::Write;
 use std::time::Duration;
 
 fn with_config(toml: &str) -> Spate {
@@ -214,4 +215,87 @@ fn connections_over_the_per_core_limit_get_421() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut second, &mut line).unwrap();
     assert!(line.starts_with("421 4.7.0"), "{line}");
+}
+
+#[test]
+fn connections_over_the_per_ip_limit_get_421() {
+    let spate = with_config("[server]\nmax_connections_per_ip = 2\n[cores]\ncpus = \"1\"\n");
+    let first = spate.connect();
+    let _second = spate.connect();
+    let mut third = std::io::BufReader::new(std::net::TcpStream::connect(&spate.addr).unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut third, &mut line).unwrap();
+    assert!(
+        line.starts_with("421 4.7.0") && line.contains("your address"),
+        "{line}"
+    );
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    spate.connect().send("NOOP").expect(250);
+}
+
+#[test]
+fn slowloris_command_is_cut_at_the_command_timeout() {
+    let spate = with_config("[server]\ncommand_timeout_secs = 2\n");
+    let mut smtp = spate.connect();
+    let start = std::time::Instant::now();
+    // One byte every 300 ms: each read succeeds, the line never ends.
+    let mut cut = false;
+    for b in b"NOOP and more and more and more".iter() {
+        if smtp.stream.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let line = smtp.expect(421);
+    assert!(line.contains("4.4.2"), "{line}");
+    assert!(cut || start.elapsed() < Duration::from_secs(12));
+}
+
+#[test]
+fn slowloris_data_is_cut_at_the_total_data_timeout_and_nothing_queued() {
+    let spate = with_config("[server]\ndata_timeout_secs = 10\ndata_total_timeout_secs = 2\n");
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        if smtp.stream.write_all(b"x").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    smtp.expect(421);
+    assert!(read_spool(&spate.spool_dir()).is_empty());
+}
+
+#[test]
+fn a_recipient_flood_ends_at_the_error_limit() {
+    let spate = with_config("[server]\nmax_recipients = 5\nmax_errors = 20\n");
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    let mut flood = Vec::new();
+    for i in 0..10_000 {
+        flood.extend_from_slice(format!("RCPT TO:<r{i}@b.test>\r\n").as_bytes());
+    }
+    let _ = smtp.stream.write_all(&flood);
+    let mut codes = Vec::new();
+    loop {
+        let (code, _) = smtp.reply();
+        codes.push(code);
+        if code == 421 {
+            break;
+        }
+        assert!(
+            codes.len() < 100,
+            "no disconnect after {} replies",
+            codes.len()
+        );
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 250).count(), 5);
+    assert_eq!(codes.iter().filter(|&&c| c == 452).count(), 20);
 }

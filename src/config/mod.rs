@@ -87,6 +87,8 @@ pub struct RawServer {
     pub max_errors: Option<u32>,
     pub command_timeout_secs: Option<u64>,
     pub data_timeout_secs: Option<u64>,
+    pub data_total_timeout_secs: Option<u64>,
+    pub max_connections_per_ip: Option<u32>,
     pub shutdown_grace_secs: Option<u64>,
     pub tls_certificate: Option<PathBuf>,
     pub tls_private_key: Option<PathBuf>,
@@ -141,6 +143,8 @@ pub struct Config {
     pub max_errors: u32,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    pub data_total_timeout: Duration,
+    pub max_connections_per_ip: u32,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
     pub cores: CoreSpec,
@@ -239,6 +243,12 @@ impl Config {
                 1,
                 1_000_000,
             )?,
+            max_connections_per_ip: check_range(
+                "server.max_connections_per_ip",
+                pick!(s.0.max_connections_per_ip, s.1.max_connections_per_ip),
+                1,
+                1_000_000,
+            )?,
             max_errors: check_range(
                 "server.max_errors",
                 pick!(s.0.max_errors, s.1.max_errors),
@@ -252,6 +262,10 @@ impl Config {
             data_timeout: secs(
                 "server.data_timeout_secs",
                 pick!(s.0.data_timeout_secs, s.1.data_timeout_secs),
+            )?,
+            data_total_timeout: secs(
+                "server.data_total_timeout_secs",
+                pick!(s.0.data_total_timeout_secs, s.1.data_total_timeout_secs),
             )?,
             shutdown_grace: secs(
                 "server.shutdown_grace_secs",

@@ -55,9 +55,32 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
         .await;
         return;
     }
+    let from_ip = core
+        .sessions_per_ip
+        .borrow()
+        .get(&peer.ip())
+        .copied()
+        .unwrap_or(0);
+    if from_ip >= core.cfg.max_connections_per_ip {
+        let line = format!(
+            "421 4.7.0 {} Too many connections from your address\r\n",
+            core.cfg.hostname
+        );
+        let _ = crate::conn::with_timeout(
+            crate::conn::WRITE_TIMEOUT,
+            stream.write_all(line.as_bytes()),
+        )
+        .await;
+        return;
+    }
     let _ = stream.set_nodelay(true);
     core.sessions.set(core.sessions.get() + 1);
-    let _guard = SessionGuard(core.clone());
+    *core
+        .sessions_per_ip
+        .borrow_mut()
+        .entry(peer.ip())
+        .or_default() += 1;
+    let _guard = SessionGuard(core.clone(), peer.ip());
     let plain = Session::new(stream, core.clone(), peer, false);
     if let End::StartTls(stream) = plain.run(true).await {
         let Some(acceptor) = core.tls.clone() else {
@@ -73,11 +96,19 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     }
 }
 
-/// Counts open sessions so that shutdown can wait for them.
-struct SessionGuard(Rc<Core>);
+/// Counts open sessions (per core and per client address) so that limits
+/// hold and shutdown can wait for them.
+struct SessionGuard(Rc<Core>, std::net::IpAddr);
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.0.sessions.set(self.0.sessions.get() - 1);
+        let mut per_ip = self.0.sessions_per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.1);
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use spool_format::{MessageBuilder, FLAG_8BITMIME, FLAG_SMTPUTF8};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// How a session ended.
 pub enum End<S> {
@@ -147,6 +148,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// wait; inside one the client may finish.
     async fn read_line(&mut self) -> Result<Line, Stop> {
         let mut discarding = false;
+        // The whole line must arrive within the command timeout: a client
+        // that trickles bytes (slowloris) does not reset it.
+        let deadline = Instant::now() + self.core.cfg.command_timeout;
         loop {
             let buf = self.conn.buffered();
             if let Some(lf) = memchr::memchr(b'\n', buf) {
@@ -167,12 +171,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.conn.consume(n);
                 discarding = true;
             }
-            self.fill_command().await?;
+            self.fill_command(deadline).await?;
         }
     }
 
-    async fn fill_command(&mut self) -> Result<(), Stop> {
-        let timeout = self.core.cfg.command_timeout;
+    async fn fill_command(&mut self, deadline: Instant) -> Result<(), Stop> {
+        let timeout = deadline
+            .checked_duration_since(Instant::now())
+            .ok_or(Stop::Timeout)?;
         let idle = self.tx.is_none() && self.conn.buffered().is_empty();
         let read = async { Some(self.conn.fill(timeout).await) };
         let stop = async {
@@ -368,7 +374,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         builder: &mut MessageBuilder,
     ) -> Result<Result<(), DataError>, Stop> {
         let mut rx = DataReceiver::new(self.core.cfg.max_message_bytes as usize);
-        let timeout = self.core.cfg.data_timeout;
+        // Each read has `data_timeout`, and all of DATA `data_total_timeout`,
+        // so a trickle of bytes cannot hold the session open for ever.
+        let deadline = Instant::now() + self.core.cfg.data_total_timeout;
         loop {
             let fed = rx.feed(self.conn.buffered(), builder.body_mut());
             self.conn.consume(fed.consumed);
@@ -378,7 +386,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 return Ok(done);
             }
-            match self.conn.fill(timeout).await {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or(Stop::Timeout)?;
+            match self.conn.fill(left.min(self.core.cfg.data_timeout)).await {
                 Ok(0) => return Err(Stop::Eof),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Stop::Timeout),
