@@ -30,6 +30,7 @@ pub mod delivery_log;
 pub mod dns;
 pub mod dot;
 pub mod engine;
+pub mod fuzzing;
 pub mod listener;
 pub mod local;
 pub mod mesh;

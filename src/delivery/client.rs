@@ -216,17 +216,12 @@ impl Client {
         let mut lines = Vec::new();
         loop {
             let line = self.read_line(timeout).await?;
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c));
-            let Some(code) = code else {
+            let Some((code, last)) = reply_line(&line) else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("malformed reply line {line:?}"),
                 ));
             };
-            let last = line.as_bytes().get(3) != Some(&b'-');
             lines.push(line);
             if last {
                 return Ok((code, lines));
@@ -471,9 +466,34 @@ impl Client {
     }
 }
 
+/// Reads one reply line: its code (200 to 599) and whether it is the last
+/// line of the reply; `None` if it is no reply line.
+pub fn reply_line(line: &str) -> Option<(u16, bool)> {
+    let code = line
+        .get(..3)?
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (200..600).contains(c))?;
+    match line.as_bytes().get(3) {
+        None | Some(b' ') => Some((code, true)),
+        Some(b'-') => Some((code, false)),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(reply_line("250 ok"), Some((250, true)));
+        assert_eq!(reply_line("250-more"), Some((250, false)));
+        assert_eq!(reply_line("250"), Some((250, true)));
+        assert_eq!(reply_line("2500 x"), None);
+        assert_eq!(reply_line("999 x"), None);
+        assert_eq!(reply_line("é"), None);
+    }
 
     #[test]
     fn ehlo_keywords() {

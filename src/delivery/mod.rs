@@ -9,7 +9,7 @@
 //! the queue stays empty for the idle timeout or the per-connection message
 //! limit is reached. Nothing here blocks the core; every wait has a timer.
 
-mod client;
+pub mod client;
 mod connect;
 pub mod outcome;
 mod settle;

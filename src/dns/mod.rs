@@ -17,7 +17,7 @@
 //! Files: `answer` reads replies (pure), `cache` keeps them, `transport`
 //! sends questions, `resolv_conf` finds the servers.
 
-mod answer;
+pub(crate) mod answer;
 mod cache;
 mod resolv_conf;
 mod transport;

@@ -1,0 +1,3 @@
+#![no_main]
+//! Fuzz target: `spate::fuzzing::smtp_reply` on arbitrary bytes.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| spate::fuzzing::smtp_reply(data));

@@ -1,0 +1,102 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`: each runs one parser
+//! of untrusted bytes and checks what must always hold. None may panic; a
+//! panic here is a bug the fuzzer found (add its input as a regression test).
+
+use crate::dns::answer;
+use crate::listener::command;
+use crate::listener::data::DataReceiver;
+use hickory_proto::op::Message;
+use hickory_proto::rr::{Name, RecordType};
+use spool_format::{
+    decode_record, MessageView, RecordKind, ScanItem, Scanner, StateRecord, RECORDS_OFFSET,
+};
+
+/// The SMTP command parser, on one line.
+pub fn smtp_command(data: &[u8]) {
+    if let Ok(command::Command::Rcpt { to }) = command::parse(data) {
+        assert!(to.len() <= command::PATH_BYTES_MAX && to.contains('@'));
+    }
+}
+
+/// The DATA receiver, fed in the chunk sizes the first byte picks. Whatever
+/// comes in, it never outputs more than it read and never ends data twice.
+pub fn data_receiver(data: &[u8]) {
+    let Some((&step, input)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step).max(1);
+    let mut rx = DataReceiver::new(1 << 16);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut buffered = 0;
+    while pos < input.len() {
+        let end = (pos + step).min(input.len());
+        let window = &input[pos - buffered..end];
+        let fed = rx.feed(window, &mut out);
+        assert!(fed.consumed <= window.len());
+        if fed.done.is_some() {
+            break;
+        }
+        buffered = window.len() - fed.consumed;
+        pos = end;
+        if buffered > 4096 {
+            break;
+        }
+    }
+    assert!(out.len() <= input.len());
+}
+
+/// The delivery client's reply-line reader and EHLO keyword parser.
+pub fn smtp_reply(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let lines: Vec<String> = text
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
+    for line in &lines {
+        if let Some((code, _)) = crate::delivery::client::reply_line(line) {
+            assert!((200..600).contains(&code));
+        }
+    }
+    let _ = crate::delivery::client::Caps::parse(&lines);
+}
+
+/// A DNS reply as the resolver reads it, for MX, A and AAAA questions.
+pub fn dns_reply(data: &[u8]) {
+    let Ok(reply) = Message::from_vec(data) else {
+        return;
+    };
+    let name = reply
+        .queries
+        .first()
+        .map(|q| q.name().clone())
+        .unwrap_or_else(Name::root);
+    for qtype in [RecordType::MX, RecordType::A, RecordType::AAAA] {
+        let _ = answer::interpret(&reply, &name, qtype);
+    }
+}
+
+/// The spool record decoder, on one record and on a whole segment.
+pub fn spool_record(data: &[u8]) {
+    if let Ok((header, payload)) = decode_record(data) {
+        match header.kind {
+            RecordKind::Message => {
+                if let Ok(m) = MessageView::decode(payload) {
+                    assert_eq!(m.recipients().count() as u32, m.recipient_count);
+                }
+            }
+            kind => {
+                let _ = StateRecord::decode(kind, payload);
+            }
+        }
+    }
+    let mut segment = vec![0u8; RECORDS_OFFSET];
+    segment.extend_from_slice(data);
+    let mut end = RECORDS_OFFSET;
+    for item in Scanner::new(&segment) {
+        if let ScanItem::Record { offset, header, .. } = item {
+            assert!(offset >= end && offset + header.record_bytes() <= segment.len() + 8);
+            end = offset;
+        }
+    }
+}
