@@ -329,3 +329,37 @@ fn greeting_421_defers() {
     );
     assert_eq!(spate.stop(), 0);
 }
+
+#[test]
+fn a_slow_destination_does_not_hold_up_another_domain_on_the_same_core() {
+    let slow = Sink::start(&free_addr(), &["-W", ".:6"]);
+    let fast = Sink::start(&free_addr(), &[]);
+    let mut spate = Spate::start(&[
+        "--cores",
+        "1",
+        "--route",
+        &format!("slow.test={}", slow.addr),
+        "--route",
+        &format!("fast.test={}", fast.addr),
+    ]);
+    let mut smtp = spate.connect();
+    smtp.transaction("s@a.test", &["r@slow.test"], b"Subject: slow\r\n\r\nx\r\n");
+    smtp.transaction("s@a.test", &["r@fast.test"], b"Subject: fast\r\n\r\nx\r\n");
+    wait_until(LONG, "the fast domain's delivery", || fast.count() == 1);
+    let delivered = |domain: &str| {
+        log_of(&spate.log_dir(), "Delivery")
+            .iter()
+            .any(|r| r["domain"] == domain)
+    };
+    wait_until(LONG, "the fast domain's Delivery record", || {
+        delivered("fast.test")
+    });
+    assert!(
+        !delivered("slow.test"),
+        "the slow server is still thinking over its final reply"
+    );
+    wait_until(LONG, "the slow domain's Delivery record", || {
+        delivered("slow.test")
+    });
+    assert_eq!(spate.stop(), 0);
+}

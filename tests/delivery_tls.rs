@@ -202,3 +202,50 @@ fn undeliverable_mail_expires_into_a_dsn() {
         "{dsn}"
     );
 }
+
+/// Opportunistic TLS that fails at the handshake falls back to plaintext;
+/// required TLS defers instead.
+fn starttls_fault(fault: TlsFault) {
+    let mx = FakeMx::start(fault);
+    let mut spate = Spate::start(&["--smarthost", &mx.addr]);
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: fallback\r\n\r\nx\r\n");
+    wait_until(LONG, "delivery in plaintext", || {
+        mx.messages.load(std::sync::atomic::Ordering::SeqCst) == 1
+    });
+    assert!(
+        mx.tls_attempts.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "STARTTLS was tried first"
+    );
+    assert_eq!(spate.stop(), 0);
+    assert_eq!(log_of(&spate.log_dir(), "Delivery").len(), 1);
+
+    let mx = FakeMx::start(fault);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[delivery]\ntls = \"required\"\n").unwrap();
+    let mut spate = Spate::start(&["--smarthost", &mx.addr, "--config", cfg.to_str().unwrap()]);
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: required\r\n\r\nx\r\n");
+    wait_until(LONG, "a deferral", || {
+        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
+    });
+    assert_eq!(
+        mx.messages.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing went in plaintext"
+    );
+    assert_eq!(spate.stop(), 0);
+}
+
+#[test]
+fn broken_tls_handshake_falls_back_to_plaintext_unless_required() {
+    starttls_fault(TlsFault::BrokenHandshake);
+}
+
+#[test]
+fn lines_sent_before_the_tls_handshake_abort_that_session() {
+    starttls_fault(TlsFault::LinesBeforeHandshake);
+}

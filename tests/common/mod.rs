@@ -623,3 +623,96 @@ pub fn self_signed_cert(dir: &Path) -> (String, String) {
         key.to_str().unwrap().to_string(),
     )
 }
+
+/// How a [`FakeMx`] misbehaves when asked for STARTTLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFault {
+    /// Says 220, then sends bytes that are no TLS handshake and hangs up.
+    BrokenHandshake,
+    /// Says 220 and, in the same write, an extra line before any handshake.
+    LinesBeforeHandshake,
+}
+
+/// A scripted SMTP server for destination faults no real server can be
+/// told to make. It offers STARTTLS and fails it as asked; without
+/// STARTTLS it takes mail, counting messages. Runs until dropped.
+pub struct FakeMx {
+    pub addr: String,
+    pub messages: Arc<std::sync::atomic::AtomicUsize>,
+    pub tls_attempts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeMx {
+    pub fn start(fault: TlsFault) -> FakeMx {
+        let listener = std::net::TcpListener::bind(free_addr()).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let messages = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tls_attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (m, t) = (messages.clone(), tls_attempts.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let (m, t) = (m.clone(), t.clone());
+                std::thread::spawn(move || fake_session(stream, fault, &m, &t));
+            }
+        });
+        FakeMx {
+            addr,
+            messages,
+            tls_attempts,
+        }
+    }
+}
+
+fn fake_session(
+    stream: TcpStream,
+    fault: TlsFault,
+    messages: &std::sync::atomic::AtomicUsize,
+    tls: &std::sync::atomic::AtomicUsize,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let _ = w.write_all(b"220 fake.mx ESMTP\r\n");
+    let mut line = String::new();
+    let mut in_data = false;
+    while r.read_line(&mut line).unwrap_or(0) > 0 {
+        let cmd = line.trim_end().to_ascii_uppercase();
+        let reply: &[u8] = if in_data {
+            if cmd == "." {
+                in_data = false;
+                messages.fetch_add(1, SeqCst);
+                b"250 2.0.0 queued\r\n"
+            } else {
+                b""
+            }
+        } else if cmd.starts_with("EHLO") {
+            b"250-fake.mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
+        } else if cmd == "STARTTLS" {
+            tls.fetch_add(1, SeqCst);
+            match fault {
+                TlsFault::BrokenHandshake => {
+                    let _ = w.write_all(b"220 2.0.0 go ahead\r\n");
+                    let _ = w.write_all(b"this is not a TLS server hello\r\n");
+                }
+                TlsFault::LinesBeforeHandshake => {
+                    let _ =
+                        w.write_all(b"220 2.0.0 go ahead\r\n250 injected before the handshake\r\n");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            return;
+        } else if cmd == "DATA" {
+            in_data = true;
+            b"354 go\r\n"
+        } else if cmd == "QUIT" {
+            let _ = w.write_all(b"221 bye\r\n");
+            return;
+        } else {
+            b"250 ok\r\n"
+        };
+        if !reply.is_empty() && w.write_all(reply).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
