@@ -44,16 +44,7 @@ pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
 /// Runs one client connection: plaintext, then TLS after STARTTLS.
 async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     if core.sessions.get() >= core.cfg.max_connections_per_core as usize {
-        let line = format!(
-            "421 4.7.0 {} Too many connections, try again later\r\n",
-            core.cfg.hostname
-        );
-        let _ = crate::conn::with_timeout(
-            crate::conn::WRITE_TIMEOUT,
-            stream.write_all(line.as_bytes()),
-        )
-        .await;
-        return;
+        return refuse(&mut stream, &core, "Too many connections, try again later").await;
     }
     let from_ip = core
         .sessions_per_ip
@@ -62,16 +53,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
         .copied()
         .unwrap_or(0);
     if from_ip >= core.cfg.max_connections_per_ip {
-        let line = format!(
-            "421 4.7.0 {} Too many connections from your address\r\n",
-            core.cfg.hostname
-        );
-        let _ = crate::conn::with_timeout(
-            crate::conn::WRITE_TIMEOUT,
-            stream.write_all(line.as_bytes()),
-        )
-        .await;
-        return;
+        return refuse(&mut stream, &core, "Too many connections from your address").await;
     }
     let _ = stream.set_nodelay(true);
     core.sessions.set(core.sessions.get() + 1);
@@ -94,6 +76,16 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
             Err(e) => eprintln!("spate: TLS handshake with {peer} failed: {e}"),
         }
     }
+}
+
+/// Greets a connection over a limit with 421 and lets it go.
+async fn refuse(stream: &mut TcpStream, core: &Core, why: &str) {
+    let line = format!("421 4.7.0 {} {why}\r\n", core.cfg.hostname);
+    let _ = crate::conn::with_timeout(
+        crate::conn::WRITE_TIMEOUT,
+        stream.write_all(line.as_bytes()),
+    )
+    .await;
 }
 
 /// Counts open sessions (per core and per client address) so that limits
