@@ -10,7 +10,7 @@
 use spate::listener::command;
 use spate::listener::data::DataReceiver;
 use spate::router::owner_of;
-use spate::spool::{Faults, IdSpace, Spool};
+use spate::spool::{Faults, IdSpace, Settings, Spool};
 use spool_format::{decode_record, MessageBuilder, MessageView};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -141,9 +141,16 @@ fn group_commit(appenders: usize, total: usize) -> (Duration, f64) {
     let path = dir.path().to_path_buf();
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let spool = Spool::open(path, 64 << 20, 0, IdSpace::new(1, 0, 1), Faults::default())
-                .await
-                .unwrap();
+            let spool = Spool::open(
+                path,
+                Settings::manual(64 << 20),
+                0,
+                IdSpace::new(1, 0, 1),
+                Vec::new(),
+                Faults::default(),
+            )
+            .await
+            .unwrap();
             let start = Instant::now();
             let tasks: Vec<_> = (0..appenders)
                 .map(|_| {
@@ -184,7 +191,7 @@ fn group_commit(appenders: usize, total: usize) -> (Duration, f64) {
 /// Resident memory added per queued message (handle, queue entry, recipient
 /// addresses of about 30 bytes), measured over 200,000 messages.
 fn queued_bytes_per_message(recipients: usize) -> f64 {
-    use spate::message::{MessageHandle, Recipient, SegmentMap};
+    use spate::message::{MessageHandle, Recipient, SegmentMap, Stored};
     use std::sync::Arc;
     let rss = || {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
@@ -196,17 +203,7 @@ fn queued_bytes_per_message(recipients: usize) -> f64 {
             .unwrap()
             * 4096.0
     };
-    let map = memmap2::MmapOptions::new()
-        .len(4096)
-        .map_anon()
-        .unwrap()
-        .make_read_only()
-        .unwrap();
-    let segment = Arc::new(SegmentMap {
-        segment_id: 1,
-        path: "anon".into(),
-        map,
-    });
+    let segment = Arc::new(SegmentMap::anonymous(1, &[b'x'; 4096]).unwrap());
     let queues = spate::queue::Queues::new(0);
     let count = 200_000;
     let before = rss();
@@ -223,8 +220,11 @@ fn queued_bytes_per_message(recipients: usize) -> f64 {
             id: i as u64,
             received_ms: 0,
             flags: 0,
-            segment: segment.clone(),
-            body_offset: 0,
+            stored: {
+                let stored = Stored::new(i as u64, 4096, 0, 4096, recipients as u32);
+                stored.place(&segment, 0);
+                stored
+            },
             body_len: 4096,
             sender: "bounces+campaign-42@sender.example".into(),
             recipients: rcpts,

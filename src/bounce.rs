@@ -96,7 +96,7 @@ pub fn build(
     }
     m += &format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n");
     let mut out = m.into_bytes();
-    out.extend_from_slice(quoted_header(original.body()));
+    out.extend_from_slice(quoted_header(&original.body()));
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
 }

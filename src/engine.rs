@@ -13,13 +13,13 @@ use crate::delivery_log::{self, DeliveryLog, Kind, Record};
 use crate::dns::Resolver;
 use crate::local::StopSignal;
 use crate::mesh::{self, Mesh};
-use crate::message::MessageHandle;
 use crate::message::Recipient;
+use crate::message::{MessageHandle, Stored};
 use crate::queue::Queues;
 use crate::router::split_by_owner;
 use crate::spool::recovery::{self, Recovered};
 use crate::spool::SpoolError;
-use crate::spool::{Faults, IdSpace, Spool};
+use crate::spool::{self, Faults, IdSpace, SegmentBook, Spool};
 use crate::{delivery, listener, tls};
 use futures_rustls::TlsAcceptor;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -85,13 +85,19 @@ impl Core {
     /// Makes a sealed message record durable, logs its reception and hands
     /// it to the cores that own its recipients. `Ok` means durable.
     pub async fn accept(&self, a: Accepted, record: Vec<u8>) -> Result<(), SpoolError> {
-        let placement = self.spool.append(record).await?;
+        let stored = Stored::new(
+            a.id,
+            record.len(),
+            a.body_start,
+            a.body_len,
+            a.recipients.len() as u32,
+        );
+        self.spool.append_message(record, stored.clone()).await?;
         let handle = MessageHandle {
             id: a.id,
             received_ms: a.received_ms,
             flags: a.flags,
-            segment: placement.segment,
-            body_offset: placement.offset as usize + a.body_start,
+            stored,
             body_len: a.body_len,
             sender: a.sender.into(),
             recipients: a
@@ -201,6 +207,8 @@ struct CoreStart {
     tls: Option<TlsAcceptor>,
     tls_clients: Arc<TlsClients>,
     recovered: Vec<MessageHandle>,
+    /// The books of the segments this core wrote (or inherits).
+    books: Vec<SegmentBook>,
     next_segment_id: u64,
     mesh: mesh::Builder,
     stop: Arc<AtomicBool>,
@@ -232,6 +240,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     let Recovered {
         next_segment_id,
         messages,
+        books,
         report,
     } = recovery::recover(&cfg.spool_dir)?;
     // Absolute from here on: glommio opens the directory by path.
@@ -251,12 +260,19 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             per_core[owner].push(part);
         }
     }
+    // A segment stays with the core that wrote it; those of cores that no
+    // longer run go round the others.
+    let mut per_core_books: Vec<Vec<SegmentBook>> = (0..n).map(|_| Vec::new()).collect();
+    for (core, book) in books {
+        per_core_books[core as usize % n].push(book);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(stop.clone());
     let cfg = Arc::new(cfg);
     let mesh = mesh::builder(n);
     let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
     let mut joins = Vec::new();
+    let mut per_core_books = per_core_books.into_iter();
     for (index, (cpu, recovered)) in cpus.iter().zip(per_core).enumerate() {
         let start = CoreStart {
             index,
@@ -265,6 +281,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             tls: tls.clone(),
             tls_clients: tls_clients.clone(),
             recovered,
+            books: per_core_books.next().unwrap_or_default(),
             next_segment_id,
             mesh: mesh.clone(),
             stop: stop.clone(),
@@ -385,11 +402,19 @@ async fn run_core(s: CoreStart) {
     // glommio numbers mesh peers in executor order, which is core order.
     assert_eq!(mesh.core(), s.index, "mesh peer id matches the core index");
     let ids = IdSpace::new(s.next_segment_id, s.index, s.cores);
+    let settings = spool::Settings {
+        segment_bytes: s.cfg.segment_bytes,
+        reclaim: spool::Reclaim {
+            interval: s.cfg.reclaim_interval,
+            compact_below_percent: s.cfg.compact_below_percent,
+        },
+    };
     let spool = match Spool::open(
         s.cfg.spool_dir.clone(),
-        s.cfg.segment_bytes,
+        settings,
         s.index,
         ids,
+        s.books,
         Faults::from_env(),
     )
     .await

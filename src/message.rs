@@ -2,9 +2,11 @@
 //! handle and its recipients.
 //!
 //! A [`MessageHandle`] exists only for a message whose spool record has been
-//! made durable. It points into a read-only mapping of the segment; cloning
-//! or sending it to another core never copies the body.
+//! made durable. It reaches the body through the message's shared
+//! [`Stored`] place in the spool, a read-only mapping of the segment that
+//! holds it now; cloning or sending it to another core never copies the body.
 
+pub use crate::spool::{Body, SegmentLife, Stored};
 use memmap2::Mmap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +17,26 @@ pub struct SegmentMap {
     pub segment_id: u64,
     pub path: PathBuf,
     pub map: Mmap,
+    /// Its live counts, shared with the messages homed in it.
+    pub life: Arc<SegmentLife>,
+}
+
+impl SegmentMap {
+    /// An anonymous mapping holding `bytes`, standing in for a segment in
+    /// tests and benchmarks.
+    #[doc(hidden)]
+    pub fn anonymous(segment_id: u64, bytes: &[u8]) -> std::io::Result<SegmentMap> {
+        let mut map = memmap2::MmapOptions::new()
+            .len(bytes.len().max(1))
+            .map_anon()?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        Ok(SegmentMap {
+            segment_id,
+            path: format!("anonymous-{segment_id}").into(),
+            map: map.make_read_only()?,
+            life: Arc::new(SegmentLife::new(segment_id)),
+        })
+    }
 }
 
 impl std::fmt::Debug for SegmentMap {
@@ -53,17 +75,21 @@ pub struct MessageHandle {
     pub id: u64,
     pub received_ms: u64,
     pub flags: u32,
-    pub segment: Arc<SegmentMap>,
-    pub body_offset: usize,
+    /// Where the record lives now, and how many recipients are unfinished.
+    pub stored: Arc<Stored>,
     pub body_len: usize,
     pub sender: Arc<str>,
     pub recipients: Vec<Recipient>,
 }
 
 impl MessageHandle {
-    /// The message body, served from the mapping.
-    pub fn body(&self) -> &[u8] {
-        &self.segment.map[self.body_offset..self.body_offset + self.body_len]
+    /// The message body, served from the mapping. A handle exists only
+    /// for a message with recipients to deliver, and such a message always
+    /// has a mapped record.
+    pub fn body(&self) -> Body {
+        self.stored
+            .body()
+            .expect("a message with unfinished recipients has a mapped record")
     }
 
     /// The id as it appears in logs and Received headers.

@@ -274,27 +274,19 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Recipient, SegmentMap};
+    use crate::message::{Recipient, SegmentMap, Stored};
     use std::sync::Arc;
     use std::time::Duration;
 
     pub fn handle(recipients: &[&str]) -> MessageHandle {
-        let map = memmap2::MmapOptions::new()
-            .len(4096)
-            .map_anon()
-            .unwrap()
-            .make_read_only()
-            .unwrap();
+        let map = Arc::new(SegmentMap::anonymous(1, &[b'x'; 10]).unwrap());
+        let stored = Stored::new(1, 10, 0, 10, recipients.len() as u32);
+        stored.place(&map, 0);
         MessageHandle {
             id: 1,
             received_ms: 0,
             flags: 0,
-            segment: Arc::new(SegmentMap {
-                segment_id: 1,
-                path: "anon".into(),
-                map,
-            }),
-            body_offset: 0,
+            stored,
             body_len: 10,
             sender: "s@a.test".into(),
             recipients: recipients

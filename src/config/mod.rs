@@ -106,6 +106,8 @@ pub struct RawCores {
 pub struct RawSpool {
     pub dir: Option<PathBuf>,
     pub segment_bytes: Option<u64>,
+    pub reclaim_interval_ms: Option<u64>,
+    pub compact_below_percent: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +153,9 @@ pub struct Config {
     pub spin_before_park: Duration,
     pub spool_dir: PathBuf,
     pub segment_bytes: u64,
+    /// How often each core reclaims segments; `None`: never.
+    pub reclaim_interval: Option<Duration>,
+    pub compact_below_percent: u8,
     pub dns: Dns,
     pub delivery: Delivery,
     pub log_dir: PathBuf,
@@ -285,6 +290,23 @@ impl Config {
             },
             spool_dir,
             segment_bytes: pick!(u.spool.segment_bytes, d.spool.segment_bytes),
+            reclaim_interval: match pick!(u.spool.reclaim_interval_ms, d.spool.reclaim_interval_ms)
+            {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            compact_below_percent: match pick!(
+                u.spool.compact_below_percent,
+                d.spool.compact_below_percent
+            ) {
+                p @ 0..=100 => p,
+                p => {
+                    return Err(invalid(
+                        "spool.compact_below_percent",
+                        format!("{p} is over 100"),
+                    ))
+                }
+            },
             dns,
             delivery,
             log_dir,

@@ -368,7 +368,7 @@ impl Client {
                 .for_each(|&i| out[i] = Some(classify(&data)));
             return self.reset().await;
         }
-        self.write_body(msg.body())
+        self.write_body(&msg.body())
             .await
             .map_err(|e| ("during DATA", e))?;
         let done = self

@@ -58,7 +58,8 @@ pub async fn settle(
     dsn_first(core, &entry, &mut fates, remote).await;
     let next_in = retry_delay(attempt, d.retry_initial, d.retry_max);
     let next_ms = now + next_in.as_millis() as u64;
-    let mut records = Vec::new();
+    let (mut records, mut about) = (Vec::new(), Vec::new());
+    let mut finished = 0;
     let (mut retry_now, mut later) = (Vec::new(), Vec::new());
     for (index, fate, reason) in &fates {
         let (recipient, time_ms, reason) = (*index, now, reason.as_str());
@@ -94,10 +95,11 @@ pub async fn settle(
         match fate {
             Fate::Later => later.push(recipient),
             Fate::RetryNow => retry_now.push(recipient),
-            _ => {}
+            Fate::Delivered | Fate::Bounced | Fate::Expired => finished += 1,
         }
         if let Some(state) = state {
             encode_state(&mut records, entry.message.id, &state);
+            about.push(entry.message.stored.clone());
         }
         log(
             core, &entry, domain, recipient, kind, reason, attempt, remote, now,
@@ -106,8 +108,11 @@ pub async fn settle(
     if !records.is_empty() {
         // Queued in order before the queue moves on; not waited for: a
         // state record lost to a crash means a repeated attempt, not a loss.
-        core.spool.append_lazy(records);
+        core.spool.append_lazy(records, about);
     }
+    // After the final records are queued: the last one lets the reclaimer
+    // delete the message's segment.
+    entry.message.stored.finish(finished);
     if !retry_now.is_empty() {
         core.queues.push_ready(
             domain,

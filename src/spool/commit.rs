@@ -5,8 +5,9 @@
 //! returned success, and never write to a segment after a failed write or
 //! sync on it.
 
+use super::reclaim::{self, SegmentBook};
 use super::segment::{self, write_all_at, ActiveSegment};
-use super::{Placement, Request, Spool, SpoolError, BATCH_BYTES_MAX};
+use super::{About, Placement, Request, Spool, SpoolError, BATCH_BYTES_MAX};
 use std::rc::Rc;
 
 pub(super) async fn run(spool: Rc<Spool>) {
@@ -63,6 +64,7 @@ async fn commit(spool: &Spool, active: &mut Option<ActiveSegment>, batch: Vec<Re
                 Ok(seg) => *active = Some(seg),
                 Err(e) => {
                     *active = None;
+                    spool.active.set(None);
                     req.answer(Err(e));
                     continue;
                 }
@@ -111,7 +113,13 @@ async fn flush(
                 .records
                 .set(spool.stats.records.get() + placed.len() as u64);
             spool.stats.bytes.set(spool.stats.bytes.get() + bytes);
-            for (req, offset) in placed {
+            let mut books = spool.books.borrow_mut();
+            let book = books
+                .get_mut(&seg.map.segment_id)
+                .expect("the active segment has a book");
+            for (mut req, offset) in placed {
+                let about = std::mem::replace(&mut req.about, About::Nothing);
+                reclaim::enter(book, offset, &req.record, about);
                 req.answer(Ok(Placement {
                     segment: seg.map.clone(),
                     offset,
@@ -129,6 +137,7 @@ async fn flush(
                 seg.map.path.display()
             );
             *active = None;
+            spool.active.set(None);
             let err = SpoolError::from_io(&e);
             for (req, _) in placed {
                 req.answer(Err(err.clone()));
@@ -155,5 +164,10 @@ async fn roll(spool: &Spool) -> Result<ActiveSegment, SpoolError> {
         SpoolError::from_io(&e)
     })?;
     spool.stats.segments.set(spool.stats.segments.get() + 1);
+    spool
+        .books
+        .borrow_mut()
+        .insert(id, SegmentBook::new(seg.map.clone()));
+    spool.active.set(Some(id));
     Ok(seg)
 }

@@ -11,16 +11,22 @@
 //! failed sync is never retried as if it had succeeded. State records
 //! (delivery outcomes) ride along without waiting (`append_lazy`).
 //!
-//! The spool never copies a record after it is written: readers get slices of
-//! the segment's shared read-only mapping.
+//! The spool never copies a record to read it: readers get slices of the
+//! segment's shared read-only mapping. It copies a record only to move it
+//! forward, when the reclaimer (`reclaim`) empties an old segment so it can
+//! be deleted.
 
 mod commit;
 mod faults;
+mod reclaim;
 pub mod recovery;
 mod segment;
+mod stored;
 
 pub use faults::Faults;
+pub use reclaim::{Reclaim, ReclaimReport, SegmentBook};
 pub use segment::map_segment;
+pub use stored::{Body, SegmentLife, Stored};
 
 use crate::local::Notify;
 use crate::message::SegmentMap;
@@ -73,6 +79,20 @@ struct Request {
     record: Vec<u8>,
     /// `None`: the appender does not wait (state records).
     done: Option<oneshot::Sender<Result<Placement, SpoolError>>>,
+    /// What the record is about, for the segment's book.
+    about: About,
+}
+
+/// The messages a request's records name, so that the committer can enter
+/// them in the book of the segment they land in, in the same step that
+/// writes them (no reclaim can run in between).
+enum About {
+    /// A record nobody tracks (tests, tools).
+    Nothing,
+    /// A `Message` record, first placed or moved forward.
+    Message(Arc<Stored>),
+    /// State records, one message each, in order.
+    States(Vec<Arc<Stored>>),
 }
 
 impl Request {
@@ -116,6 +136,29 @@ pub struct SpoolStats {
     pub syncs: Cell<u64>,
     pub failed_syncs: Cell<u64>,
     pub segments: Cell<u64>,
+    pub segments_deleted: Cell<u64>,
+    pub records_moved: Cell<u64>,
+}
+
+/// How a core's spool is laid out and cleaned.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub segment_bytes: u64,
+    pub reclaim: Reclaim,
+}
+
+impl Settings {
+    /// Segments of `segment_bytes`, reclaimed only when asked (tests,
+    /// benchmarks).
+    pub fn manual(segment_bytes: u64) -> Settings {
+        Settings {
+            segment_bytes,
+            reclaim: Reclaim {
+                interval: None,
+                compact_below_percent: 25,
+            },
+        }
+    }
 }
 
 /// One core's spool.
@@ -128,6 +171,11 @@ pub struct Spool {
     message_prefix: Cell<u64>,
     message_seq: Cell<u32>,
     requests: RefCell<VecDeque<Request>>,
+    /// This core's segments, by id: what each holds that still matters.
+    books: RefCell<std::collections::BTreeMap<u64, SegmentBook>>,
+    /// The segment the committer appends to now; never reclaimed.
+    active: Cell<Option<u64>>,
+    reclaim: Reclaim,
     kick: Notify,
     closed: Cell<bool>,
     /// Notified when the committer has written everything and ended.
@@ -137,13 +185,15 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens this core's spool in `dir` (which must exist) and starts its
-    /// committer task on the current executor.
+    /// Opens this core's spool in `dir` (which must exist), taking over the
+    /// books of the segments recovery gave this core, and starts its
+    /// committer and reclaimer tasks on the current executor.
     pub async fn open(
         dir_path: PathBuf,
-        segment_bytes: u64,
+        settings: Settings,
         core: usize,
         mut ids: IdSpace,
+        books: Vec<SegmentBook>,
         faults: Faults,
     ) -> std::io::Result<Rc<Spool>> {
         let dir = Directory::open(&dir_path)
@@ -154,11 +204,14 @@ impl Spool {
             core: core as u32,
             dir_path,
             dir,
-            segment_bytes,
+            segment_bytes: settings.segment_bytes,
             ids: RefCell::new(ids),
             message_prefix: Cell::new(prefix),
             message_seq: Cell::new(0),
             requests: RefCell::new(VecDeque::new()),
+            books: RefCell::new(books.into_iter().map(|b| (b.id(), b)).collect()),
+            active: Cell::new(None),
+            reclaim: settings.reclaim,
             kick: Notify::default(),
             closed: Cell::new(false),
             drained: Notify::default(),
@@ -166,6 +219,9 @@ impl Spool {
             stats: SpoolStats::default(),
         });
         glommio::spawn_local(commit::run(spool.clone())).detach();
+        if spool.reclaim.interval.is_some() {
+            glommio::spawn_local(reclaim::run(spool.clone())).detach();
+        }
         Ok(spool)
     }
 
@@ -181,26 +237,59 @@ impl Spool {
         (self.message_prefix.get() << 32) | self.message_seq.get() as u64
     }
 
-    /// Appends a sealed record and returns once it is durable.
+    /// Appends a sealed record nobody tracks and returns once it is durable.
     pub async fn append(&self, record: Vec<u8>) -> Result<Placement, SpoolError> {
-        if self.closed.get() {
-            return Err(SpoolError::Closed);
-        }
-        debug_assert_eq!(record.len() % spool_format::RECORD_ALIGN, 0);
-        let (done, wait) = oneshot::channel();
-        self.requests.borrow_mut().push_back(Request {
-            record,
-            done: Some(done),
-        });
-        self.kick.notify();
-        wait.await.unwrap_or(Err(SpoolError::Closed))
+        self.append_about(record, About::Nothing).await
     }
 
-    /// Appends sealed state records without waiting. They are written in
-    /// order with the next round and made durable by the next sync of their
-    /// segment; a round of nothing but such records is not synced. Losing
-    /// one to a power cut repeats an attempt; it never loses a message.
-    pub fn append_lazy(&self, records: Vec<u8>) {
+    /// Appends a sealed `Message` record and returns once it is durable; by
+    /// then `stored` knows where it lives and counts towards its segment.
+    pub async fn append_message(
+        &self,
+        record: Vec<u8>,
+        stored: Arc<Stored>,
+    ) -> Result<Placement, SpoolError> {
+        self.append_about(record, About::Message(stored)).await
+    }
+
+    async fn append_about(&self, record: Vec<u8>, about: About) -> Result<Placement, SpoolError> {
+        self.queue(record, about).await
+    }
+
+    /// Queues a record for the next round; the returned future says how it
+    /// fared. Queue several before awaiting any and they share one sync.
+    fn queue(
+        &self,
+        record: Vec<u8>,
+        about: About,
+    ) -> impl std::future::Future<Output = Result<Placement, SpoolError>> {
+        let wait = if self.closed.get() {
+            None
+        } else {
+            debug_assert_eq!(record.len() % spool_format::RECORD_ALIGN, 0);
+            let (done, wait) = oneshot::channel();
+            self.requests.borrow_mut().push_back(Request {
+                record,
+                done: Some(done),
+                about,
+            });
+            self.kick.notify();
+            Some(wait)
+        };
+        async move {
+            match wait {
+                Some(wait) => wait.await.unwrap_or(Err(SpoolError::Closed)),
+                None => Err(SpoolError::Closed),
+            }
+        }
+    }
+
+    /// Appends sealed state records without waiting, one for each message
+    /// of `about`, in order. They are written with the next round and made
+    /// durable by the next sync of their segment; a round of nothing but
+    /// such records is not synced. Losing one to a power cut repeats an
+    /// attempt; it never loses a message.
+    pub fn append_lazy(&self, records: Vec<u8>, about: Vec<Arc<Stored>>) {
         debug_assert_eq!(records.len() % spool_format::RECORD_ALIGN, 0);
         if self.closed.get() {
             return;
@@ -208,6 +297,7 @@ impl Spool {
         self.requests.borrow_mut().push_back(Request {
             record: records,
             done: None,
+            about: About::States(about),
         });
         self.kick.notify();
     }
@@ -221,5 +311,7 @@ impl Spool {
     }
 }
 
+#[cfg(test)]
+mod lifecycle_tests;
 #[cfg(test)]
 mod tests;

@@ -3,9 +3,11 @@
 //! recipients to deliver.
 //!
 //! Runs once, before the cores start, with plain blocking I/O: nothing else
-//! is running yet. It never deletes a segment that holds records.
+//! is running yet. It never deletes a segment that holds records; it hands
+//! each segment's book to the core that wrote it, whose reclaimer decides.
 
 use super::segment::map_segment;
+use super::{SegmentBook, Stored};
 use crate::message::{MessageHandle, Recipient, SegmentMap};
 use spool_format::{
     parse_segment_file_name, Damage, FormatError, MessageView, RecordKind, ScanItem, Scanner,
@@ -38,6 +40,8 @@ pub struct RecoveryReport {
     pub corrupt: Vec<(PathBuf, Damage)>,
     pub removed_empty: Vec<PathBuf>,
     pub truncated: Vec<PathBuf>,
+    /// Message records found twice (a move forward cut short by a crash).
+    pub duplicates: usize,
 }
 
 pub struct Recovered {
@@ -45,7 +49,31 @@ pub struct Recovered {
     pub next_segment_id: u64,
     /// Messages with recipients still to deliver; each lists only those.
     pub messages: Vec<MessageHandle>,
+    /// Every segment's book, with the core that wrote it.
+    pub books: Vec<(u32, SegmentBook)>,
     pub report: RecoveryReport,
+}
+
+/// What the scan found, before it is resolved into books and handles.
+#[derive(Default)]
+struct Scan {
+    books: Vec<(u32, SegmentBook)>,
+    /// Message records: book index, offset, id, decoded fields.
+    messages: Vec<(usize, usize, u64, Found)>,
+    /// State records: book index, offset, record length, message id.
+    states: Vec<(usize, usize, usize, u64)>,
+    finished: HashSet<(u64, u32)>,
+    attempts: HashMap<(u64, u32), (u32, u64)>,
+}
+
+struct Found {
+    received_ms: u64,
+    flags: u32,
+    sender: Arc<str>,
+    recipients: Vec<Box<str>>,
+    record_len: usize,
+    body_start: usize,
+    body_len: usize,
 }
 
 /// The segments in `dir`, sorted by id.
@@ -73,45 +101,88 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
     })?;
     let mut report = RecoveryReport::default();
     let mut next_segment_id = 1;
-    let mut found = Vec::new();
-    let mut finished = HashSet::new();
-    let mut attempts: HashMap<(u64, u32), (u32, u64)> = HashMap::new();
+    let mut scan = Scan::default();
     for (id, path) in list_segments(dir)? {
         next_segment_id = next_segment_id.max(id + 1);
-        let Some(map) = open_segment(&path, id, &mut report)? else {
+        let Some((core, map)) = open_segment(&path, id, &mut report)? else {
             continue;
         };
-        let map = Arc::new(map);
         report.segments += 1;
-        scan_segment(&map, &mut found, &mut finished, &mut attempts, &mut report)?;
+        scan.books.push((core, SegmentBook::new(Arc::new(map))));
+        scan_segment(&mut scan, &mut report)?;
     }
     // Message ids take their prefix from the segment id space too: never
     // hand out a number below one already used for either.
-    let max_prefix = messages_max_prefix(&found);
-    let messages: Vec<MessageHandle> = found
-        .into_iter()
-        .filter_map(|mut m: MessageHandle| {
-            m.recipients
-                .retain(|r| !finished.contains(&(m.id, r.index)));
-            for r in &mut m.recipients {
-                if let Some(&(attempt, next_ms)) = attempts.get(&(m.id, r.index)) {
-                    r.attempts = attempt;
-                    r.next_attempt_ms = next_ms;
-                }
-            }
-            report.pending_recipients += m.recipients.len();
-            (!m.recipients.is_empty()).then_some(m)
-        })
-        .collect();
+    let max_prefix = scan.messages.iter().map(|m| m.2 >> 32).max().unwrap_or(0);
+    let messages = resolve(&mut scan, &mut report);
     Ok(Recovered {
         next_segment_id: next_segment_id.max(max_prefix + 1),
         messages,
+        books: scan.books,
         report,
     })
 }
 
-fn messages_max_prefix(messages: &[MessageHandle]) -> u64 {
-    messages.iter().map(|m| m.id >> 32).max().unwrap_or(0)
+/// Gives every message one [`Stored`] place (the first copy found: a
+/// compaction cut short leaves two), enters messages and state records in
+/// their segments' books, and returns handles for the unfinished.
+fn resolve(scan: &mut Scan, report: &mut RecoveryReport) -> Vec<MessageHandle> {
+    let mut by_id: HashMap<u64, Arc<Stored>> = HashMap::new();
+    let mut handles = Vec::new();
+    for (book, offset, id, found) in std::mem::take(&mut scan.messages) {
+        if by_id.contains_key(&id) {
+            report.duplicates += 1;
+            continue;
+        }
+        let recipients: Vec<Recipient> = found
+            .recipients
+            .into_iter()
+            .enumerate()
+            .map(|(i, address)| (i as u32, address))
+            .filter(|(i, _)| !scan.finished.contains(&(id, *i)))
+            .map(|(index, address)| {
+                let (attempts, next_attempt_ms) =
+                    scan.attempts.get(&(id, index)).copied().unwrap_or((0, 0));
+                Recipient {
+                    index,
+                    address,
+                    attempts,
+                    next_attempt_ms,
+                }
+            })
+            .collect();
+        let stored = Stored::new(
+            id,
+            found.record_len,
+            found.body_start,
+            found.body_len,
+            recipients.len() as u32,
+        );
+        let book = &mut scan.books[book].1;
+        stored.place(&book.map, offset as u64);
+        book.add_homed(stored.clone());
+        by_id.insert(id, stored.clone());
+        report.pending_recipients += recipients.len();
+        if !recipients.is_empty() {
+            handles.push(MessageHandle {
+                id,
+                received_ms: found.received_ms,
+                flags: found.flags,
+                stored,
+                body_len: found.body_len,
+                sender: found.sender,
+                recipients,
+            });
+        }
+    }
+    for (book, offset, len, id) in std::mem::take(&mut scan.states) {
+        // A state record naming no message is left over from a message
+        // whose segment was reclaimed: it matters no more.
+        if let Some(stored) = by_id.get(&id) {
+            scan.books[book].1.add_state(offset, len, stored.clone());
+        }
+    }
+    handles
 }
 
 /// Maps a segment and checks its header. A file whose header was never
@@ -121,7 +192,7 @@ fn open_segment(
     path: &Path,
     id: u64,
     report: &mut RecoveryReport,
-) -> Result<Option<SegmentMap>, RecoveryError> {
+) -> Result<Option<(u32, SegmentMap)>, RecoveryError> {
     let map = map_segment(path.to_path_buf(), id).map_err(|source| RecoveryError::Io {
         path: path.to_path_buf(),
         source,
@@ -154,16 +225,12 @@ fn open_segment(
         );
         report.truncated.push(path.to_path_buf());
     }
-    Ok(Some(map))
+    Ok(Some((header.core, map)))
 }
 
-fn scan_segment(
-    map: &Arc<SegmentMap>,
-    found: &mut Vec<MessageHandle>,
-    finished: &mut HashSet<(u64, u32)>,
-    attempts: &mut HashMap<(u64, u32), (u32, u64)>,
-    report: &mut RecoveryReport,
-) -> Result<(), RecoveryError> {
+fn scan_segment(scan: &mut Scan, report: &mut RecoveryReport) -> Result<(), RecoveryError> {
+    let book = scan.books.len() - 1;
+    let map = scan.books[book].1.map.clone();
     for item in Scanner::new(&map.map) {
         match item {
             ScanItem::Record {
@@ -172,45 +239,38 @@ fn scan_segment(
                 payload,
             } => {
                 report.records += 1;
-                if header.kind == RecordKind::Message {
-                    match MessageView::decode(payload) {
-                        Ok(view) => {
-                            report.messages += 1;
-                            found.push(handle(map, offset, header.message_id, &view));
-                        }
-                        Err(_) => report.corrupt.push((
-                            map.path.clone(),
-                            Damage::Corrupt {
-                                offset,
-                                len: header.record_bytes(),
-                            },
-                        )),
-                    }
+                let ok = if header.kind == RecordKind::Message {
+                    MessageView::decode(payload).map(|view| {
+                        report.messages += 1;
+                        let found = found(&view, header.record_bytes());
+                        scan.messages.push((book, offset, header.message_id, found));
+                    })
                 } else {
-                    match StateRecord::decode(header.kind, payload) {
-                        Ok(state) if state.is_final() => {
-                            finished.insert((header.message_id, state.recipient()));
-                        }
-                        Ok(StateRecord::Attempt {
-                            recipient,
-                            attempt,
-                            next_ms,
-                            ..
-                        }) => {
-                            let seen = attempts.entry((header.message_id, recipient)).or_default();
+                    StateRecord::decode(header.kind, payload).map(|state| {
+                        let key = (header.message_id, state.recipient());
+                        scan.states
+                            .push((book, offset, header.record_bytes(), header.message_id));
+                        if state.is_final() {
+                            scan.finished.insert(key);
+                        } else if let StateRecord::Attempt {
+                            attempt, next_ms, ..
+                        } = state
+                        {
+                            let seen = scan.attempts.entry(key).or_default();
                             if attempt >= seen.0 {
                                 *seen = (attempt, next_ms);
                             }
                         }
-                        Ok(_) => {}
-                        Err(_) => report.corrupt.push((
-                            map.path.clone(),
-                            Damage::Corrupt {
-                                offset,
-                                len: header.record_bytes(),
-                            },
-                        )),
-                    }
+                    })
+                };
+                if ok.is_err() {
+                    report.corrupt.push((
+                        map.path.clone(),
+                        Damage::Corrupt {
+                            offset,
+                            len: header.record_bytes(),
+                        },
+                    ));
                 }
             }
             ScanItem::Damage(d @ Damage::Corrupt { offset, len }) => {
@@ -229,26 +289,16 @@ fn scan_segment(
     Ok(())
 }
 
-fn handle(map: &Arc<SegmentMap>, offset: usize, id: u64, view: &MessageView<'_>) -> MessageHandle {
+fn found(view: &MessageView<'_>, record_len: usize) -> Found {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    MessageHandle {
-        id,
+    Found {
         received_ms: view.received_ms,
         flags: view.flags,
-        segment: map.clone(),
-        body_offset: offset + RECORD_HEADER_BYTES + view.body_offset,
-        body_len: view.body.len(),
         sender: text(view.sender).into(),
-        recipients: view
-            .recipients()
-            .enumerate()
-            .map(|(i, r)| Recipient {
-                index: i as u32,
-                address: text(r).into(),
-                attempts: 0,
-                next_attempt_ms: 0,
-            })
-            .collect(),
+        recipients: view.recipients().map(|r| text(r).into()).collect(),
+        record_len,
+        body_start: RECORD_HEADER_BYTES + view.body_offset,
+        body_len: view.body.len(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Creating and mapping segment files. The only place that maps a file.
 
+use super::stored::SegmentLife;
 use crate::message::SegmentMap;
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use memmap2::Mmap;
@@ -106,6 +107,7 @@ pub fn map_segment(path: PathBuf, segment_id: u64) -> io::Result<SegmentMap> {
         segment_id,
         path,
         map,
+        life: Arc::new(SegmentLife::new(segment_id)),
     })
 }
 

@@ -27,9 +27,16 @@ fn run<F: std::future::Future<Output = ()> + 'static>(
 }
 
 async fn open(dir: PathBuf, faults: Faults) -> Rc<Spool> {
-    Spool::open(dir, 1 << 20, 0, IdSpace::new(1, 0, 1), faults)
-        .await
-        .unwrap()
+    Spool::open(
+        dir,
+        Settings::manual(1 << 20),
+        0,
+        IdSpace::new(1, 0, 1),
+        Vec::new(),
+        faults,
+    )
+    .await
+    .unwrap()
 }
 
 #[test]
