@@ -1,7 +1,9 @@
 //! Crash safety under load: a client injects continuously and records every
 //! 250 it gets while `spate serve` is killed with SIGKILL at random moments
-//! and restarted, 20 times. At the end every acknowledged message has
-//! reached the sink at least once, and the spool verifies clean.
+//! and restarted, 20 times, while small segments are created and reclaimed
+//! all the time. At the end every acknowledged message has reached the sink
+//! at least once, the reclaimer has deleted the old segments, and the spool
+//! verifies clean.
 //!
 //! `SPATE_CRASH_ROUNDS` raises the number of crashes for a longer soak.
 
@@ -80,14 +82,21 @@ fn kill_9_at_random_moments_under_load_loses_no_acknowledged_message() {
     let sink = Sink::start(&free_addr(), &[]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n[spool]\nsegment_bytes = 4194304\n").unwrap();
+    // Small segments, reclaimed every 50 ms: segments are created, moved
+    // out of and deleted all through the crashes.
+    std::fs::write(
+        &cfg,
+        "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n\
+         [spool]\nsegment_bytes = 393216\nreclaim_interval_ms = 50\n",
+    )
+    .unwrap();
     let mut spate = Spate::start(&[
         "--smarthost",
         &sink.addr,
         "--config",
         cfg.to_str().unwrap(),
         "--max-message-size",
-        "1000000",
+        "10000",
     ]);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -137,6 +146,24 @@ fn kill_9_at_random_moments_under_load_loses_no_acknowledged_message() {
         "every acknowledged message at the sink",
         || acked.is_subset(&delivered(&sink)),
     );
+    // Every launch made at least one segment per core; once all is
+    // delivered the reclaimer leaves only the active ones (and any it is
+    // still working through).
+    let segments = || {
+        std::fs::read_dir(spate.spool_dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("seg-")
+            })
+            .count()
+    };
+    wait_until(Duration::from_secs(30), "old segments reclaimed", || {
+        segments() <= 4
+    });
     assert_eq!(spate.stop(), 0);
     let (clean, report) = spate_cmd(&["spool", "verify", spate.spool_dir().to_str().unwrap()]);
     assert!(clean, "{report}");
