@@ -203,3 +203,33 @@ fn a_failed_sync_gets_451_never_250() {
     let accepted = smtp.transaction("s@a.test", &["r@b.test"], b"Subject: two\r\n\r\nsecond\r\n");
     assert!(accepted.contains("queued as"));
 }
+
+/// RELIABILITY 22: a sync that takes seconds. The client hears 451 at the
+/// configured deadline instead of waiting as long as the disk does.
+#[test]
+fn a_stalling_sync_gets_451_at_the_deadline_not_after_the_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[spool]\nack_deadline_ms = 300\n").unwrap();
+    let spate = Spate::start_with_env(
+        &["--cores", "1", "--config", cfg.to_str().unwrap()],
+        &[("SPATE_FAULT_SYNC_DELAY_MS", "3000")],
+    );
+    let mut smtp = spate.connect();
+    smtp.send("EHLO client.test").expect(250);
+    for _ in 0..2 {
+        smtp.send("MAIL FROM:<s@a.test>").expect(250);
+        smtp.send("RCPT TO:<r@b.test>").expect(250);
+        smtp.send("DATA").expect(354);
+        let sent = std::time::Instant::now();
+        let line = smtp
+            .raw(b"Subject: slow disk\r\n\r\nx\r\n.\r\n")
+            .expect(451);
+        let waited = sent.elapsed();
+        assert!(line.contains("4.3.0"), "{line}");
+        assert!(
+            waited < std::time::Duration::from_millis(2500),
+            "the reply waited {waited:?}, as long as the stalled sync"
+        );
+    }
+}

@@ -299,3 +299,63 @@ fn a_recipient_flood_ends_at_the_error_limit() {
     assert_eq!(codes.iter().filter(|&&c| c == 250).count(), 5);
     assert_eq!(codes.iter().filter(|&&c| c == 452).count(), 20);
 }
+
+/// RELIABILITY 13: a huge header, or thousands of folded lines.
+#[test]
+fn a_header_section_over_the_limit_gets_552_and_nothing_is_queued() {
+    let spate = with_config("[server]\nmax_header_bytes = 65536\n");
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    let mut folded = b"Subject: folded\r\nX-Long: start\r\n".to_vec();
+    for i in 0..5000 {
+        folded
+            .extend_from_slice(format!("\tcontinuation line {i:05} of one header\r\n").as_bytes());
+    }
+    folded.extend_from_slice(b"\r\nbody\r\n");
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    smtp.raw(&folded);
+    let line = smtp.raw(b".\r\n").expect(552);
+    assert!(line.contains("header"), "{line}");
+    assert!(read_spool(&spate.spool_dir()).is_empty());
+    // The session is in step, and a body of the same size is fine.
+    let mut big_body = b"Subject: big body\r\n\r\n".to_vec();
+    for i in 0..5000 {
+        big_body.extend_from_slice(format!("body line {i:05} of a long message\r\n").as_bytes());
+    }
+    let ok = smtp.transaction("s@a.test", &["r@b.test"], &big_body);
+    assert!(ok.contains("queued as"), "{ok}");
+    assert_eq!(read_spool(&spate.spool_dir()).len(), 1);
+}
+
+/// RELIABILITY 16: the client's connection is reset in the middle of DATA.
+#[test]
+fn a_reset_in_the_middle_of_data_queues_nothing_even_after_restart() {
+    let mut spate = Spate::start(&[]);
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    smtp.raw(b"Subject: cut short\r\n\r\nhalf of the body\r\n");
+    // SO_LINGER 0: close sends RST, not FIN.
+    socket2::SockRef::from(&smtp.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(smtp);
+    // Another session on the same engine is unaffected.
+    let ok = spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: whole\r\n\r\nx\r\n");
+    assert!(ok.contains("queued as"), "{ok}");
+    assert_eq!(spate.stop(), 0);
+    spate.launch();
+    assert_eq!(spate.stop(), 0);
+    let stored = read_spool(&spate.spool_dir());
+    assert_eq!(stored.len(), 1, "only the whole message");
+    assert!(stored[0].client_body().starts_with(b"Subject: whole"));
+    let (ok, dump) = spate_cmd(&["spool", "dump", spate.spool_dir().to_str().unwrap()]);
+    assert!(ok);
+    assert!(!dump.contains("cut short"));
+}

@@ -82,6 +82,7 @@ pub struct RawServer {
     pub hostname: Option<String>,
     pub relay_from: Option<Vec<String>>,
     pub max_message_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
     pub max_recipients: Option<u32>,
     pub max_connections_per_core: Option<u32>,
     pub max_errors: Option<u32>,
@@ -108,6 +109,7 @@ pub struct RawSpool {
     pub segment_bytes: Option<u64>,
     pub reclaim_interval_ms: Option<u64>,
     pub compact_below_percent: Option<u8>,
+    pub ack_deadline_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +142,8 @@ pub struct Config {
     pub hostname: String,
     pub relay_from: Vec<IpNet>,
     pub max_message_bytes: u64,
+    /// Largest header section (up to the first empty line) of a message.
+    pub max_header_bytes: u64,
     pub max_recipients: u32,
     pub max_connections_per_core: u32,
     pub max_errors: u32,
@@ -156,6 +160,9 @@ pub struct Config {
     /// How often each core reclaims segments; `None`: never.
     pub reclaim_interval: Option<Duration>,
     pub compact_below_percent: u8,
+    /// How long a session waits for its message to be durable before it
+    /// answers 451 instead of 250.
+    pub ack_deadline: Duration,
     pub dns: Dns,
     pub delivery: Delivery,
     pub log_dir: PathBuf,
@@ -236,6 +243,11 @@ impl Config {
                 max_message_bytes,
                 MAX_MESSAGE_BYTES_MIN,
             )?,
+            max_header_bytes: check_min(
+                "server.max_header_bytes",
+                pick!(s.0.max_header_bytes, s.1.max_header_bytes),
+                1024,
+            )?,
             max_recipients: check_range(
                 "server.max_recipients",
                 pick!(s.0.max_recipients, s.1.max_recipients),
@@ -307,6 +319,12 @@ impl Config {
                     ))
                 }
             },
+            ack_deadline: Duration::from_millis(u64::from(check_range(
+                "spool.ack_deadline_ms",
+                pick!(u.spool.ack_deadline_ms, d.spool.ack_deadline_ms),
+                10,
+                600_000,
+            )?)),
             dns,
             delivery,
             log_dir,

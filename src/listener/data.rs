@@ -17,11 +17,15 @@ pub enum DataError {
     BareCr,
     LineTooLong,
     TooBig,
+    HeaderTooBig,
 }
 
 pub struct DataReceiver {
     max_bytes: usize,
+    max_header_bytes: usize,
     size: usize,
+    /// Still in the header section (no empty line seen yet).
+    in_header: bool,
     /// The previous line ended in CRLF (true at the start of DATA).
     prev_crlf: bool,
     /// Inside a line longer than the limit, discarding up to its LF.
@@ -41,11 +45,20 @@ impl DataReceiver {
     pub fn new(max_bytes: usize) -> DataReceiver {
         DataReceiver {
             max_bytes,
+            max_header_bytes: usize::MAX,
             size: 0,
+            in_header: true,
             prev_crlf: true,
             in_long_line: false,
             error: None,
         }
+    }
+
+    /// Refuses a message whose header section (up to the first empty line)
+    /// is over `max` bytes: a huge header, or thousands of folded lines.
+    pub fn header_limit(mut self, max: usize) -> DataReceiver {
+        self.max_header_bytes = max;
+        self
     }
 
     /// Processes the complete lines at the front of `input`, appending body
@@ -110,6 +123,13 @@ impl DataReceiver {
         if self.size > self.max_bytes {
             self.fail(DataError::TooBig);
             return false;
+        }
+        if self.in_header {
+            self.in_header = unstuffed != b"\r\n";
+            if self.in_header && self.size > self.max_header_bytes {
+                self.fail(DataError::HeaderTooBig);
+                return false;
+            }
         }
         out.extend_from_slice(unstuffed);
         false
@@ -186,6 +206,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_header_over_the_limit_is_refused_and_a_body_of_any_size_is_not() {
+        let mut folded = b"Subject: x\r\nX-Folded: a\r\n".to_vec();
+        for _ in 0..5000 {
+            folded.extend_from_slice(b"\t continuation of a folded header line\r\n");
+        }
+        folded.extend_from_slice(b"\r\nbody\r\n.\r\n");
+        let mut rx = DataReceiver::new(1 << 20).header_limit(64 * 1024);
+        let mut out = Vec::new();
+        let fed = rx.feed(&folded, &mut out);
+        assert_eq!(fed.done, Some(Err(DataError::HeaderTooBig)));
+        assert_eq!(fed.consumed, folded.len(), "read to the real end");
+        let mut big_body = b"Subject: x\r\n\r\n".to_vec();
+        for _ in 0..5000 {
+            big_body.extend_from_slice(b"a body line of forty bytes or thereabout\r\n");
+        }
+        big_body.extend_from_slice(b".\r\n");
+        let mut rx = DataReceiver::new(1 << 20).header_limit(64 * 1024);
+        assert_eq!(rx.feed(&big_body, &mut Vec::new()).done, Some(Ok(())));
     }
 
     #[test]

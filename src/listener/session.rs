@@ -332,9 +332,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             body_start: builder.body_start(),
             body_len: builder.body_len(),
         };
-        match self.core.accept(accepted, builder.finish(id)).await {
-            Ok(()) => Ok(Reply::new(250, format!("2.0.0 Ok: queued as {id:016x}"))),
-            Err(e) => Ok(spool_error_reply(&e)),
+        // If the disk stalls past the deadline the client hears 451 and may
+        // send again, while the append and hand-off finish in a task of
+        // their own (a message made durable late is delivered; its client
+        // was never told 250, so a duplicate is allowed, a loss is not).
+        let core = self.core.clone();
+        let record = builder.finish(id);
+        let mut accept = Box::pin(async move { core.accept(accepted, record).await });
+        let deadline = self.core.cfg.ack_deadline;
+        let late = async {
+            glommio::timer::sleep(deadline).await;
+            None
+        };
+        let answer = futures_lite::future::or(async { Some((&mut accept).await) }, late).await;
+        if answer.is_none() {
+            glommio::spawn_local(accept).detach();
+        }
+        match answer {
+            Some(Ok(())) => Ok(Reply::new(250, format!("2.0.0 Ok: queued as {id:016x}"))),
+            Some(Err(e)) => Ok(spool_error_reply(&e)),
+            None => Ok(Reply::new(
+                451,
+                "4.3.0 The spool did not confirm in time; try again later",
+            )),
         }
     }
 
@@ -373,7 +393,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &mut self,
         builder: &mut MessageBuilder,
     ) -> Result<Result<(), DataError>, Stop> {
-        let mut rx = DataReceiver::new(self.core.cfg.max_message_bytes as usize);
+        let mut rx = DataReceiver::new(self.core.cfg.max_message_bytes as usize)
+            .header_limit(self.core.cfg.max_header_bytes as usize);
         // Each read has `data_timeout`, and all of DATA `data_total_timeout`,
         // so a trickle of bytes cannot hold the session open for ever.
         let deadline = Instant::now() + self.core.cfg.data_total_timeout;
@@ -411,6 +432,7 @@ fn data_error_reply(e: DataError) -> Reply {
         ),
         DataError::LineTooLong => Reply::new(550, "5.6.0 Message line longer than 1000 octets"),
         DataError::TooBig => Reply::new(552, "5.3.4 Message size exceeds fixed limit"),
+        DataError::HeaderTooBig => Reply::new(552, "5.3.4 Message header exceeds fixed limit"),
     }
 }
 

@@ -356,7 +356,14 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
         .collect();
     entries.sort();
     for path in entries {
-        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("seg-") {
+            continue;
+        }
+        // The reclaimer may delete a segment between the listing and here.
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
         if bytes.len() < 48 || bytes[..48].iter().all(|&b| b == 0) {
             continue; // a segment spate is creating right now
         }
