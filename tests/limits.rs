@@ -359,3 +359,58 @@ fn a_reset_in_the_middle_of_data_queues_nothing_even_after_restart() {
     assert!(ok);
     assert!(!dump.contains("cut short"));
 }
+
+/// RELIABILITY 5, the other half: a text line of exactly 1000 octets
+/// (CRLF included) is accepted and kept byte-exact.
+#[test]
+fn a_text_line_of_1000_octets_is_accepted_whole() {
+    let spate = Spate::start(&[]);
+    let line = "y".repeat(998);
+    let body = format!("Subject: edge\r\n\r\n{line}\r\n");
+    let ok = spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], body.as_bytes());
+    assert!(ok.contains("queued as"), "{ok}");
+    assert_eq!(
+        read_spool(&spate.spool_dir())[0].client_body(),
+        body.as_bytes()
+    );
+}
+
+/// RELIABILITY 8: shell metacharacters and odd quoted local parts are
+/// opaque data from end to end; nothing runs them.
+#[test]
+fn shell_metacharacters_in_addresses_are_only_data() {
+    let canary = std::env::temp_dir().join(format!("spate-canary-{}", std::process::id()));
+    let _ = std::fs::remove_file(&canary);
+    let sink = Sink::start(&free_addr(), &[]);
+    let mut spate = Spate::start(&["--smarthost", &sink.addr]);
+    let odd = [
+        format!("\"$(touch {})\"@b.test", canary.display()),
+        format!("`touch {}`@b.test", canary.display()),
+        "a|b;c&d>e@b.test".to_string(),
+        "\"quoted local part\"@b.test".to_string(),
+        "$HOME@b.test".to_string(),
+    ];
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s`ls`$HOME|x&y@a.test>").expect(250);
+    let mut accepted = Vec::new();
+    for rcpt in &odd {
+        let (code, lines) = smtp.send(&format!("RCPT TO:<{rcpt}>")).reply();
+        assert!(matches!(code, 250 | 501 | 553), "{rcpt}: {lines:?}");
+        if code == 250 {
+            accepted.push(rcpt.clone());
+        }
+    }
+    assert!(accepted.len() >= 3, "most forms are accepted: {accepted:?}");
+    smtp.send("DATA").expect(354);
+    smtp.raw(b"Subject: odd\r\n\r\nx\r\n.\r\n").expect(250);
+    wait_until(Duration::from_secs(30), "delivery", || sink.count() == 1);
+    let got = &sink.messages()[0];
+    for rcpt in &accepted {
+        assert!(got.contains(rcpt.as_str()), "{rcpt} arrives as sent: {got}");
+    }
+    assert!(!canary.exists(), "something ran an address");
+    assert_eq!(spate.stop(), 0);
+}
