@@ -455,3 +455,87 @@ fn a_malformed_dkim_signature_is_relayed_untouched() {
     assert!(got.contains(&header.replace("\r\n", "\n")), "{got}");
     assert_eq!(spate.stop(), 0);
 }
+
+/// A destination that takes one connection as far as DATA, reads a little
+/// of the body, and resets the connection. No real server can be told to
+/// do that, so this one is scripted.
+fn mx_that_resets_mid_data() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind(free_addr()).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        drop(listener);
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        w.write_all(b"220 resetting.mx ESMTP\r\n").unwrap();
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            let cmd = line.trim_end().to_ascii_uppercase();
+            line.clear();
+            if cmd.starts_with("EHLO") {
+                w.write_all(b"250-resetting.mx\r\n250 8BITMIME\r\n")
+                    .unwrap();
+            } else if cmd == "DATA" {
+                w.write_all(b"354 go on\r\n").unwrap();
+                let mut some = [0u8; 4096];
+                let _ = r.read_exact(&mut some);
+                socket2::SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                return;
+            } else {
+                w.write_all(b"250 ok\r\n").unwrap();
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_connection_reset_in_the_middle_of_data_defers_then_delivers() {
+    let addr = mx_that_resets_mid_data();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n",
+    );
+    let mut spate = Spate::start(&["--smarthost", &addr, "--config", &cfg]);
+    // 2 MiB: large bodies are written straight from the spool mapping.
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    while body.len() < 2 << 20 {
+        body.extend_from_slice(
+            b"a line of a large message body, seventy bytes long or near enough\r\n",
+        );
+    }
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], &body);
+    wait_until(LONG, "a deferral", || {
+        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
+    });
+    // Whether the reset hits spate's writes ("during DATA") or, once the
+    // kernel has taken the whole body, its wait for the final reply ("after
+    // the final dot") depends on socket buffer sizes; either way it is a
+    // deferral and never a delivery.
+    let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
+    let response = failure["response"].as_str().unwrap();
+    assert!(
+        response.contains("during DATA") || response.contains("after the final dot"),
+        "{failure}"
+    );
+    assert!(log_of(&spate.log_dir(), "Delivery").is_empty());
+    let sink = Sink::start(&addr, &[]);
+    wait_until(LONG, "delivery on retry", || {
+        log_of(&spate.log_dir(), "Delivery").len() == 1
+    });
+    assert_eq!(sink.count(), 1);
+    let got = &sink.messages()[0];
+    let line = "a line of a large message body";
+    assert_eq!(
+        got.matches(line).count(),
+        String::from_utf8_lossy(&body).matches(line).count(),
+        "the whole body arrived"
+    );
+    assert_eq!(spate.stop(), 0);
+}
