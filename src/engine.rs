@@ -22,7 +22,7 @@ use crate::spool::SpoolError;
 use crate::spool::{self, Faults, IdSpace, SegmentBook, Spool};
 use crate::{delivery, listener, tls};
 use futures_rustls::TlsAcceptor;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, Task, TaskQueueHandle};
 use spool_format::{MessageBuilder, FLAG_8BITMIME, FLAG_SMTPUTF8};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -409,16 +409,18 @@ async fn run_core(s: CoreStart) {
             compact_below_percent: s.cfg.compact_below_percent,
         },
     };
-    let spool = match Spool::open(
+    let work = WorkQueues::new(s.cfg.inbound_latency);
+    // The committer and reclaimer are spawned into the queue Spool::open
+    // runs in: the committer is on the way to every 250.
+    let open = Spool::open(
         s.cfg.spool_dir.clone(),
         settings,
         s.index,
         ids,
         s.books,
         Faults::from_env(),
-    )
-    .await
-    {
+    );
+    let spool = match work.inbound(open).await {
         Ok(spool) => spool,
         Err(e) => return fail(&s.ready, &s.stop, format!("core {}: spool: {e}", s.index)).await,
     };
@@ -466,15 +468,69 @@ async fn run_core(s: CoreStart) {
         log,
         tls_clients: s.tls_clients,
     });
-    glommio::spawn_local(delivery::run(core.clone())).detach();
+    work.outbound(delivery::run(core.clone())).detach();
     for l in listeners {
-        glommio::spawn_local(listener::accept_loop(l, core.clone())).detach();
+        work.inbound(listener::accept_loop(l, core.clone()))
+            .detach();
     }
     let _ = s.ready.send(Ok(()));
     while !s.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(STOP_POLL).await;
     }
     shut_down(&core).await;
+}
+
+/// The core's two task queues. Tasks spawned by a task stay in its queue,
+/// so sessions run where their accept loop runs, and delivery connections
+/// where the delivery driver runs.
+struct WorkQueues {
+    inbound: Option<TaskQueueHandle>,
+    outbound: Option<TaskQueueHandle>,
+}
+
+impl WorkQueues {
+    /// `latency`: how soon inbound work may interrupt delivery work; with
+    /// `None` everything shares the executor's default queue.
+    fn new(latency: Option<Duration>) -> WorkQueues {
+        let Some(latency) = latency else {
+            return WorkQueues {
+                inbound: None,
+                outbound: None,
+            };
+        };
+        let ex = glommio::executor();
+        WorkQueues {
+            inbound: Some(ex.create_task_queue(
+                Shares::default(),
+                Latency::Matters(latency),
+                "inbound",
+            )),
+            outbound: Some(ex.create_task_queue(
+                Shares::default(),
+                Latency::NotImportant,
+                "outbound",
+            )),
+        }
+    }
+
+    fn inbound<T: 'static>(&self, f: impl std::future::Future<Output = T> + 'static) -> Task<T> {
+        spawn_in(self.inbound, f)
+    }
+
+    fn outbound<T: 'static>(&self, f: impl std::future::Future<Output = T> + 'static) -> Task<T> {
+        spawn_in(self.outbound, f)
+    }
+}
+
+fn spawn_in<T: 'static>(
+    queue: Option<TaskQueueHandle>,
+    f: impl std::future::Future<Output = T> + 'static,
+) -> Task<T> {
+    match queue {
+        // Only fails for a queue of another executor, never for ours.
+        Some(q) => glommio::spawn_local_into(f, q).expect("a task queue of this executor"),
+        None => glommio::spawn_local(f),
+    }
 }
 
 async fn fail(

@@ -100,6 +100,7 @@ pub struct RawServer {
 pub struct RawCores {
     pub cpus: Option<String>,
     pub spin_before_park_us: Option<u64>,
+    pub inbound_latency_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +156,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub cores: CoreSpec,
     pub spin_before_park: Duration,
+    /// Sessions and the spool committer run in a latency-sensitive task
+    /// queue with this bound, delivery in another; `None`: one queue.
+    pub inbound_latency: Option<Duration>,
     pub spool_dir: PathBuf,
     pub segment_bytes: u64,
     /// How often each core reclaims segments; `None`: never.
@@ -297,6 +301,16 @@ impl Config {
                     return Err(invalid(
                         "cores.spin_before_park_us",
                         format!("{us} is over 10000"),
+                    ))
+                }
+            },
+            inbound_latency: match pick!(u.cores.inbound_latency_us, d.cores.inbound_latency_us) {
+                0 => None,
+                us @ 50..=100_000 => Some(Duration::from_micros(us)),
+                us => {
+                    return Err(invalid(
+                        "cores.inbound_latency_us",
+                        format!("{us} is outside 50..=100000 (or 0 for off)"),
                     ))
                 }
             },
