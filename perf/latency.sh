@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 secs=${1:-4}; shift || true
 rates=("$@"); [ ${#rates[@]} -gt 0 ] || rates=(1000 2000 2750 4000 0)
 out=${OUT:-perf/results/latency-$(date +%Y-%m-%d).csv}
-cargo build --release --quiet
-bin=$PWD/target/release/spate
+# SPATE_BIN: a spate binary to measure instead of this checkout's build.
+if [ -z "${SPATE_BIN:-}" ]; then cargo build --release --quiet; fi
+bin=${SPATE_BIN:-$PWD/target/release/spate}
 work=$(mktemp -d -p "$PWD/target" perf-latency.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 sink=127.0.0.1:25311 spate_addr=127.0.0.1:25312

@@ -175,7 +175,13 @@ impl Spool {
         if let Err(e) = self.copy_states(&book, report).await {
             return Err((book, e));
         }
-        if let Err(e) = std::fs::remove_file(&book.map.path) {
+        // Unlinking a large preallocated file frees its extents and can take
+        // milliseconds: off the core's thread, so no session waits for it.
+        let path = book.map.path.clone();
+        let unlinked = glommio::executor()
+            .spawn_blocking(move || std::fs::remove_file(path))
+            .await;
+        if let Err(e) = unlinked {
             return Err((book, SpoolError::from_io(&e)));
         }
         if let Err(e) = self.dir.sync().await {
@@ -186,6 +192,10 @@ impl Spool {
             .segments_deleted
             .set(self.stats.segments_deleted.get() + 1);
         debug_assert!(self.active.get() != Some(id));
+        // The blocks are freed when the last mapping goes (usually this
+        // one): that too happens off the core's thread.
+        let SegmentBook { map, .. } = book;
+        glommio::executor().spawn_blocking(move || drop(map)).await;
         Ok(())
     }
 
