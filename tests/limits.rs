@@ -414,3 +414,22 @@ fn shell_metacharacters_in_addresses_are_only_data() {
     assert!(!canary.exists(), "something ran an address");
     assert_eq!(spate.stop(), 0);
 }
+
+/// RELIABILITY 9: RFC 5321's limits on local parts and paths.
+#[test]
+fn local_part_over_64_and_path_over_256_octets_get_501() {
+    let spate = Spate::start(&[]);
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send(&format!("MAIL FROM:<{}@a.test>", "s".repeat(65)))
+        .expect(501);
+    smtp.send(&format!("MAIL FROM:<{}@a.test>", "s".repeat(64)))
+        .expect(250);
+    let long_domain = format!("{}.test", vec!["d".repeat(60); 5].join("."));
+    let line = smtp.send(&format!("RCPT TO:<r@{long_domain}>")).expect(501);
+    assert!(line.contains("256"), "{line}");
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    smtp.raw(b"Subject: limits\r\n\r\nx\r\n.\r\n").expect(250);
+    assert_eq!(read_spool(&spate.spool_dir())[0].recipients, ["r@b.test"]);
+}
