@@ -277,3 +277,24 @@ fn disk_use_levels_off_under_load_with_five_percent_deferred_for_hours() {
         assert_eq!(pending(&dir), expected);
     });
 }
+
+/// A move forward cut short by a crash leaves the same record in two
+/// segments: recovery keeps one, and a state record applies to it.
+#[test]
+fn a_record_found_twice_is_recovered_once() {
+    run(|dir| async move {
+        let (a, b) = two_cores(&dir, SEGMENT).await;
+        let m = accept(&a, 2_000, 1).await;
+        delivered(&m, 1, &b);
+        // The copy a compaction would write, without the delete after it.
+        let copy = m.record().unwrap().to_vec();
+        a.append(copy).await.unwrap();
+        a.close(Duration::from_secs(5)).await;
+        b.close(Duration::from_secs(5)).await;
+        let r = recover(&dir).unwrap();
+        assert_eq!(r.report.duplicates, 1);
+        assert_eq!(r.messages.len(), 1);
+        let indexes: Vec<u32> = r.messages[0].recipients.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, [0], "r1's outcome applies to the one copy kept");
+    });
+}
