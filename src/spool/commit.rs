@@ -40,7 +40,7 @@ fn take_batch(spool: &Spool) -> Vec<Request> {
     batch
 }
 
-async fn commit(spool: &Spool, active: &mut Option<ActiveSegment>, batch: Vec<Request>) {
+async fn commit(spool: &Rc<Spool>, active: &mut Option<ActiveSegment>, batch: Vec<Request>) {
     let mut buf = Vec::with_capacity(batch.iter().map(|r| r.record.len()).sum());
     let mut placed: Vec<(Request, u64)> = Vec::with_capacity(batch.len());
     for req in batch {
@@ -80,7 +80,7 @@ async fn commit(spool: &Spool, active: &mut Option<ActiveSegment>, batch: Vec<Re
 
 /// Writes `buf` where its first record was placed, syncs, and answers.
 async fn flush(
-    spool: &Spool,
+    spool: &Rc<Spool>,
     active: &mut Option<ActiveSegment>,
     buf: Vec<u8>,
     placed: Vec<(Request, u64)>,
@@ -104,6 +104,7 @@ async fn flush(
     .await;
     match result {
         Ok(()) => {
+            prepare_spare(spool, seg);
             spool
                 .stats
                 .syncs
@@ -146,14 +147,54 @@ async fn flush(
     }
 }
 
-async fn roll(spool: &Spool) -> Result<ActiveSegment, SpoolError> {
+/// Makes the next segment active: the spare prepared in the background if
+/// there is one (waiting for it if it is not ready yet), else one created
+/// now, preallocated but not zero-filled, to be quick.
+async fn roll(spool: &Rc<Spool>) -> Result<ActiveSegment, SpoolError> {
+    let spare = spool.spare.borrow_mut().take();
+    let ready = match spare {
+        Some(task) => task.await,
+        None => None,
+    };
+    let seg = match ready {
+        Some(Ok(seg)) => seg,
+        // No spare, or it failed (a full disk, say): try once more now, and
+        // let the appenders hear why if that fails too.
+        _ => create(spool, false).await?,
+    };
+    let id = seg.map.segment_id;
+    spool.stats.segments.set(spool.stats.segments.get() + 1);
+    spool
+        .books
+        .borrow_mut()
+        .insert(id, SegmentBook::new(seg.map.clone()));
+    spool.active.set(Some(id));
+    Ok(seg)
+}
+
+/// Once the active segment is half full, starts preparing the next one in
+/// the background (created, preallocated, zero-filled, synced), so that a
+/// roll under load waits for none of that. A spool that never fills half a
+/// segment (a test, a quiet day) never makes one.
+fn prepare_spare(spool: &Rc<Spool>, active: &ActiveSegment) {
+    let half_full = active.tail > active.segment_bytes / 2;
+    if !half_full || spool.closed.get() || spool.spare.borrow().is_some() {
+        return;
+    }
+    let next = spool.clone();
+    let task = glommio::spawn_local(async move { create(&next, true).await }).detach();
+    *spool.spare.borrow_mut() = Some(task);
+}
+
+async fn create(spool: &Spool, zero: bool) -> Result<ActiveSegment, SpoolError> {
     let id = spool.ids.borrow_mut().take();
-    let seg = segment::create(
+    segment::create(
         &spool.dir,
         &spool.dir_path,
         id,
         spool.core,
         spool.segment_bytes,
+        zero,
     )
     .await
     .map_err(|e| {
@@ -162,12 +203,5 @@ async fn roll(spool: &Spool) -> Result<ActiveSegment, SpoolError> {
             spool.core
         );
         SpoolError::from_io(&e)
-    })?;
-    spool.stats.segments.set(spool.stats.segments.get() + 1);
-    spool
-        .books
-        .borrow_mut()
-        .insert(id, SegmentBook::new(seg.map.clone()));
-    spool.active.set(Some(id));
-    Ok(seg)
+    })
 }

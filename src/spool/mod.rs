@@ -175,6 +175,8 @@ pub struct Spool {
     books: RefCell<std::collections::BTreeMap<u64, SegmentBook>>,
     /// The segment the committer appends to now; never reclaimed.
     active: Cell<Option<u64>>,
+    /// The next segment, being prepared in the background.
+    spare: RefCell<Option<glommio::task::JoinHandle<Result<segment::ActiveSegment, SpoolError>>>>,
     reclaim: Reclaim,
     kick: Notify,
     closed: Cell<bool>,
@@ -211,6 +213,7 @@ impl Spool {
             requests: RefCell::new(VecDeque::new()),
             books: RefCell::new(books.into_iter().map(|b| (b.id(), b)).collect()),
             active: Cell::new(None),
+            spare: RefCell::new(None),
             reclaim: settings.reclaim,
             kick: Notify::default(),
             closed: Cell::new(false),

@@ -156,3 +156,29 @@ fn id_spaces_of_cores_never_overlap() {
     assert!(xs.iter().all(|x| !ys.contains(x)));
     assert_eq!(xs[0], 10);
 }
+
+#[test]
+fn the_next_segment_is_prepared_once_the_active_one_is_half_full() {
+    run(|dir| async move {
+        let spool = open(dir.clone(), Faults::default()).await;
+        let body = vec![b'x'; 300 * 1024];
+        let first = spool.append(record(1, &body)).await.unwrap();
+        let segments = || recovery::list_segments(&dir).unwrap();
+        sleep(Duration::from_millis(200)).await;
+        assert_eq!(segments().len(), 1, "no spare while under half full");
+        spool.append(record(2, &body)).await.unwrap();
+        let mut waited = 0;
+        while segments().len() < 2 && waited < 100 {
+            sleep(Duration::from_millis(20)).await;
+            waited += 1;
+        }
+        let spare = segments()
+            .into_iter()
+            .map(|(id, _)| id)
+            .find(|&id| id != first.segment.segment_id)
+            .expect("a spare was made once the segment was half full");
+        spool.append(record(3, &body)).await.unwrap();
+        let rolled = spool.append(record(4, &body)).await.unwrap();
+        assert_eq!(rolled.segment.segment_id, spare, "the roll took the spare");
+    });
+}
