@@ -14,6 +14,27 @@ fn config(spate_dir: &std::path::Path, toml: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// A spate relaying everything to `addr`, retrying deferred mail every
+/// second.
+fn retrying_through(addr: &str) -> Spate {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let cfg = config(
+        &dir,
+        "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n",
+    );
+    Spate::start(&["--smarthost", addr, "--config", &cfg])
+}
+
+/// Starts a well-behaved smtp-sink on `addr` and waits for spate's retry
+/// to deliver the one message there.
+fn delivered_on_retry(spate: &Spate, addr: &str) -> Sink {
+    let sink = Sink::start(addr, &[]);
+    wait_until(LONG, "delivery on retry", || {
+        log_of(&spate.log_dir(), "Delivery").len() == 1
+    });
+    sink
+}
+
 #[test]
 fn smarthost_relays_smtp_source_traffic_to_smtp_sink() {
     require("smtp-source");
@@ -282,12 +303,7 @@ fn smtputf8_message_bounces_at_a_server_without_smtputf8() {
 fn drop_after_the_final_dot_is_never_a_delivery() {
     let addr = free_addr();
     let dropping = Sink::start(&addr, &["-q", "."]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n",
-    );
-    let mut spate = Spate::start(&["--smarthost", &addr, "--config", &cfg]);
+    let mut spate = retrying_through(&addr);
     spate
         .connect()
         .transaction("s@a.test", &["r@b.test"], b"Subject: drop\r\n\r\nx\r\n");
@@ -304,10 +320,7 @@ fn drop_after_the_final_dot_is_never_a_delivery() {
         "{failure}"
     );
     drop(dropping);
-    let sink = Sink::start(&addr, &[]);
-    wait_until(LONG, "delivery on retry", || {
-        log_of(&spate.log_dir(), "Delivery").len() == 1
-    });
+    let sink = delivered_on_retry(&spate, &addr);
     assert!(sink.count() >= 1);
     assert_eq!(spate.stop(), 0);
 }
@@ -368,12 +381,7 @@ fn a_slow_destination_does_not_hold_up_another_domain_on_the_same_core() {
 fn a_tempfail_after_the_final_dot_stays_queued_and_is_retried() {
     let addr = free_addr();
     let refusing = Sink::start(&addr, &["-r", "."]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n",
-    );
-    let mut spate = Spate::start(&["--smarthost", &addr, "--config", &cfg]);
+    let mut spate = retrying_through(&addr);
     spate
         .connect()
         .transaction("s@a.test", &["r@b.test"], b"Subject: 4xx\r\n\r\nx\r\n");
@@ -387,10 +395,7 @@ fn a_tempfail_after_the_final_dot_stays_queued_and_is_retried() {
     assert!(log_of(&spate.log_dir(), "Delivery").is_empty());
     assert!(log_of(&spate.log_dir(), "Bounce").is_empty());
     drop(refusing);
-    let sink = Sink::start(&addr, &[]);
-    wait_until(LONG, "delivery on retry", || {
-        log_of(&spate.log_dir(), "Delivery").len() == 1
-    });
+    let sink = delivered_on_retry(&spate, &addr);
     assert_eq!(sink.count(), 1);
     assert_eq!(spate.stop(), 0);
 }
@@ -495,12 +500,7 @@ fn mx_that_resets_mid_data() -> String {
 #[test]
 fn a_connection_reset_in_the_middle_of_data_defers_then_delivers() {
     let addr = mx_that_resets_mid_data();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        "[delivery]\nretry_initial_secs = 1\nretry_max_secs = 1\n",
-    );
-    let mut spate = Spate::start(&["--smarthost", &addr, "--config", &cfg]);
+    let mut spate = retrying_through(&addr);
     // 2 MiB: large bodies are written straight from the spool mapping.
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     while body.len() < 2 << 20 {
@@ -525,10 +525,7 @@ fn a_connection_reset_in_the_middle_of_data_defers_then_delivers() {
         "{failure}"
     );
     assert!(log_of(&spate.log_dir(), "Delivery").is_empty());
-    let sink = Sink::start(&addr, &[]);
-    wait_until(LONG, "delivery on retry", || {
-        log_of(&spate.log_dir(), "Delivery").len() == 1
-    });
+    let sink = delivered_on_retry(&spate, &addr);
     assert_eq!(sink.count(), 1);
     let got = &sink.messages()[0];
     let line = "a line of a large message body";

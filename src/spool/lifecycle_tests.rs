@@ -5,26 +5,14 @@
 //! the recipients it owns to its own segments, as in the engine.
 
 use super::recovery::recover;
+use super::tests::run;
 use super::*;
-use glommio::LocalExecutorBuilder;
 use spool_format::{encode_state, MessageBuilder, StateRecord};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
 const SEGMENT: u64 = 64 * 1024;
-
-fn run<F: std::future::Future<Output = ()> + 'static>(
-    f: impl FnOnce(PathBuf) -> F + Send + 'static,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    LocalExecutorBuilder::default()
-        .spawn(move || f(path))
-        .unwrap()
-        .join()
-        .unwrap();
-}
 
 /// Cores A (index 0) and B (index 1) of two, sharing one spool directory.
 async fn two_cores(dir: &Path, segment_bytes: u64) -> (Rc<Spool>, Rc<Spool>) {

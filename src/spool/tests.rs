@@ -14,7 +14,8 @@ fn record(id: u64, body: &[u8]) -> Vec<u8> {
     b.finish(id)
 }
 
-fn run<F: std::future::Future<Output = ()> + 'static>(
+/// Runs `f` on a fresh executor with a fresh spool directory.
+pub(super) fn run<F: std::future::Future<Output = ()> + 'static>(
     f: impl FnOnce(PathBuf) -> F + Send + 'static,
 ) {
     let dir = tempfile::tempdir().unwrap();
