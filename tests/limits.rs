@@ -433,3 +433,46 @@ fn local_part_over_64_and_path_over_256_octets_get_501() {
     smtp.raw(b"Subject: limits\r\n\r\nx\r\n.\r\n").expect(250);
     assert_eq!(read_spool(&spate.spool_dir())[0].recipients, ["r@b.test"]);
 }
+
+/// Resident memory of a running spate, in KiB.
+fn rss_kib(spate: &Spate) -> u64 {
+    let pid = spate.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// "Memory stays bounded": 64 MiB of one endless command line, then 64 MiB
+/// of DATA over a 1 MB size limit, grow spate by a few MiB at most.
+#[test]
+fn floods_of_bytes_leave_memory_bounded() {
+    let spate = Spate::start(&["--max-message-size", "1000000", "--cores", "1"]);
+    let before = rss_kib(&spate);
+    let chunk = vec![b'A'; 1 << 20];
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    for _ in 0..64 {
+        if smtp.stream.write_all(&chunk).is_err() {
+            break; // spate may hang up on an endless line
+        }
+    }
+    drop(smtp);
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    smtp.send("MAIL FROM:<s@a.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    let line = [vec![b'b'; 998], b"\r\n".to_vec()].concat();
+    let block: Vec<u8> = line.repeat(1024);
+    for _ in 0..64 {
+        smtp.raw(&block);
+    }
+    smtp.raw(b".\r\n").expect(552);
+    let grown = rss_kib(&spate).saturating_sub(before);
+    eprintln!("spate grew by {grown} KiB (from {before} KiB)");
+    assert!(grown < 16 * 1024, "spate grew by {grown} KiB");
+    assert!(read_spool(&spate.spool_dir()).is_empty());
+}
