@@ -181,8 +181,13 @@ impl Spool {
         let unlinked = glommio::executor()
             .spawn_blocking(move || std::fs::remove_file(path))
             .await;
-        if let Err(e) = unlinked {
-            return Err((book, SpoolError::from_io(&e)));
+        match unlinked {
+            // Gone already: an earlier pass unlinked it and then failed to
+            // sync the directory.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err((book, SpoolError::from_io(&e)));
+            }
+            _ => {}
         }
         if let Err(e) = self.dir.sync().await {
             return Err((book, SpoolError::from_io(&e.into())));
