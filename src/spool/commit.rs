@@ -1,5 +1,8 @@
 //! The committer: one task per core that turns queued records into durable
-//! ones, many per `fdatasync` (group commit).
+//! ones, many per `fdatasync` (group commit). It also rolls to the next
+//! segment, which a background task prepares (zero-filled) once the active
+//! one is half full, and enters what each durable record is about in its
+//! segment's book for the reclaimer.
 //!
 //! It must never answer `Ok` for a record before the sync that covers it has
 //! returned success, and never write to a segment after a failed write or
