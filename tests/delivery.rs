@@ -14,6 +14,12 @@ fn config(spate_dir: &std::path::Path, toml: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// Waits for the first delivery-log record of `kind` and returns it.
+fn first_record(spate: &Spate, kind: &str) -> serde_json::Value {
+    wait_until(LONG, kind, || !log_of(&spate.log_dir(), kind).is_empty());
+    log_of(&spate.log_dir(), kind).swap_remove(0)
+}
+
 /// A spate relaying everything to `addr`, retrying deferred mail every
 /// second.
 fn retrying_through(addr: &str) -> Spate {
@@ -114,14 +120,11 @@ fn tempfail_then_accept_delivers_on_retry() {
     spate
         .connect()
         .transaction("s@a.test", &["r@b.test"], b"Subject: retry\r\n\r\nx\r\n");
-    wait_until(LONG, "a transient failure", || {
-        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
-    });
+    let failure = first_record(&spate, "TransientFailure");
     drop(sink);
     let sink = Sink::start(&addr, &[]);
     wait_until(LONG, "delivery after the retry", || sink.count() == 1);
     assert_eq!(spate.stop(), 0);
-    let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
     assert!(
         failure["response"].as_str().unwrap().starts_with("450"),
         "{failure}"
@@ -307,11 +310,8 @@ fn drop_after_the_final_dot_is_never_a_delivery() {
     spate
         .connect()
         .transaction("s@a.test", &["r@b.test"], b"Subject: drop\r\n\r\nx\r\n");
-    wait_until(LONG, "a deferral", || {
-        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
-    });
+    let failure = first_record(&spate, "TransientFailure");
     assert!(log_of(&spate.log_dir(), "Delivery").is_empty());
-    let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
     assert!(
         failure["response"]
             .as_str()
@@ -332,10 +332,7 @@ fn greeting_421_defers() {
     spate
         .connect()
         .transaction("s@a.test", &["r@b.test"], b"Subject: 421\r\n\r\nx\r\n");
-    wait_until(LONG, "a deferral", || {
-        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
-    });
-    let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
+    let failure = first_record(&spate, "TransientFailure");
     assert!(
         failure["response"].as_str().unwrap().contains("421"),
         "{failure}"
@@ -423,10 +420,7 @@ fn the_final_reply_gets_the_configured_time_and_no_more() {
     spate
         .connect()
         .transaction("s@a.test", &["r@b.test"], b"Subject: slow\r\n\r\nx\r\n");
-    wait_until(LONG, "a deferral", || {
-        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
-    });
-    let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
+    let failure = first_record(&spate, "TransientFailure");
     assert!(
         failure["response"]
             .as_str()
@@ -511,14 +505,11 @@ fn a_connection_reset_in_the_middle_of_data_defers_then_delivers() {
     spate
         .connect()
         .transaction("s@a.test", &["r@b.test"], &body);
-    wait_until(LONG, "a deferral", || {
-        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
-    });
+    let failure = first_record(&spate, "TransientFailure");
     // Whether the reset hits spate's writes ("during DATA") or, once the
     // kernel has taken the whole body, its wait for the final reply ("after
     // the final dot") depends on socket buffer sizes; either way it is a
     // deferral and never a delivery.
-    let failure = &log_of(&spate.log_dir(), "TransientFailure")[0];
     let response = failure["response"].as_str().unwrap();
     assert!(
         response.contains("during DATA") || response.contains("after the final dot"),

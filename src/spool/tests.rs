@@ -40,18 +40,20 @@ async fn open(dir: PathBuf, faults: Faults) -> Rc<Spool> {
     .unwrap()
 }
 
+/// A spool whose syncs each wait for a permit of the returned gate.
+async fn gated(dir: PathBuf) -> (Rc<Spool>, Rc<Semaphore>) {
+    let gate = Rc::new(Semaphore::new(0));
+    let faults = Faults {
+        sync_gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    (open(dir, faults).await, gate)
+}
+
 #[test]
 fn no_acknowledgement_before_the_sync_returns() {
     run(|dir| async move {
-        let gate = Rc::new(Semaphore::new(0));
-        let spool = open(
-            dir,
-            Faults {
-                sync_gate: Some(gate.clone()),
-                ..Default::default()
-            },
-        )
-        .await;
+        let (spool, gate) = gated(dir).await;
         let acked = Rc::new(Cell::new(false));
         let (s, a) = (spool.clone(), acked.clone());
         let id = spool.next_message_id();
@@ -78,15 +80,7 @@ fn no_acknowledgement_before_the_sync_returns() {
 #[test]
 fn appends_queued_during_a_sync_share_the_next_one() {
     run(|dir| async move {
-        let gate = Rc::new(Semaphore::new(0));
-        let spool = open(
-            dir,
-            Faults {
-                sync_gate: Some(gate.clone()),
-                ..Default::default()
-            },
-        )
-        .await;
+        let (spool, gate) = gated(dir).await;
         let mut tasks = Vec::new();
         for i in 0..10u64 {
             let s = spool.clone();
