@@ -28,6 +28,7 @@ pub fn start_connect(ip: IpAddr, port: u16, source: Option<IpAddr>) -> io::Resul
     socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
     if let Some(src) = source {
+        defer_port_choice_to_connect(&socket)?;
         socket.bind(&SocketAddr::new(src, 0).into())?;
     }
     match socket.connect(&addr.into()) {
@@ -41,6 +42,30 @@ pub fn start_connect(ip: IpAddr, port: u16, source: Option<IpAddr>) -> io::Resul
     // only owner and closes it exactly once. glommio's `From<Socket>` would
     // do the same, but for another socket2 version.
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+/// Sets IP_BIND_ADDRESS_NO_PORT (honoured by IPv6 sockets too), so that binding to a source address leaves
+/// the port to be chosen at connect time, per destination. Without it each
+/// bind reserves a port on the source address for every destination at
+/// once, and a busy source runs out after ~28,000 connections (EADDRINUSE).
+fn defer_port_choice_to_connect(socket: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is open (owned by `socket`), and the option value is a
+    // live c_int whose exact size is passed, as setsockopt(2) requires.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A delivery connection before or after STARTTLS.

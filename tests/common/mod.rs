@@ -13,21 +13,32 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A distinct loopback address and port per test process and call, so
-/// tests can run in parallel.
+/// The port every test server listens on. Each server gets an address of
+/// its own instead, so the port can be fixed, and it lies below the kernel's
+/// ephemeral range: no outgoing connection or `bind(:0)` anywhere on the
+/// machine can take it between this check and the server's own bind (a
+/// probed ephemeral port could be, and once was, in CI).
+const TEST_PORT: u16 = 10025;
+
+/// A distinct loopback address per test process and call, so tests can run
+/// in parallel. An address whose port is already taken (a stray server from
+/// an earlier run) is passed over.
 pub fn free_addr() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
     let pid = std::process::id();
-    let ip = format!(
-        "127.{}.{}.{}",
-        10 + (pid % 200),
-        (pid / 200) % 250,
-        1 + n % 250
-    );
-    let probe = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind probe");
-    let port = probe.local_addr().unwrap().port();
-    format!("{ip}:{port}")
+    for _ in 0..250 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let addr = format!(
+            "127.{}.{}.{}:{TEST_PORT}",
+            10 + (pid % 200),
+            (pid / 200) % 250,
+            1 + n % 250
+        );
+        if std::net::TcpListener::bind(&addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback address for pid {pid}");
 }
 
 /// Fails the test loudly if a peer program is missing: never skip silently.
