@@ -15,7 +15,9 @@ out=${OUT:-perf/results/latency-$(date +%Y-%m-%d).csv}
 # SPATE_BIN: a spate binary to measure instead of this checkout's build.
 if [ -z "${SPATE_BIN:-}" ]; then cargo build --release --quiet; fi
 bin=${SPATE_BIN:-$PWD/target/release/spate}
-work=$(mktemp -d -p "$PWD/target" perf-latency.XXXXXX)
+# SPOOL_ON: a directory on the filesystem whose spool latency to measure
+# (default: target/, on the checkout's filesystem).
+work=$(mktemp -d -p "${SPOOL_ON:-$PWD/target}" perf-latency.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 sink=127.0.0.1:25311 spate_addr=127.0.0.1:25312
 
