@@ -1,0 +1,223 @@
+//! The engine: one glommio executor per configured CPU, pinned to it, each
+//! running a whole [`Core`]: listeners, spool, queues and its end of the
+//! mesh. The main thread only recovers the spool, starts the cores, waits for
+//! them to report ready, relays SIGTERM/SIGINT and joins them.
+//!
+//! No state is shared between cores except read-only values (the config,
+//! the TLS config, segment mappings) and the mesh channels.
+
+mod per_core;
+
+pub use self::per_core::{Accepted, Core};
+
+use self::per_core::{run_core, CoreStart};
+use crate::config::Config;
+use crate::delivery::TlsClients;
+use crate::mesh;
+use crate::message::MessageHandle;
+use crate::router::split_by_owner;
+use crate::spool::recovery::{self, Recovered};
+use crate::spool::SegmentBook;
+use crate::tls;
+use futures_rustls::TlsAcceptor;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a core looks at the process-wide stop flag.
+pub(crate) const STOP_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cores: {0}")]
+    Cores(String),
+    #[error("spool: {0}")]
+    Recovery(#[from] recovery::RecoveryError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("log dir {0}: {1}")]
+    LogDir(String, std::io::Error),
+    #[error("core {0}: {1}")]
+    Start(usize, String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs the engine until SIGTERM/SIGINT. Returns once every core has
+/// finished its open transactions (or the grace time ran out).
+pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
+    let online: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let cpus = cfg.cores.resolve(&online).map_err(EngineError::Cores)?;
+    std::fs::create_dir_all(&cfg.log_dir)
+        .map_err(|e| EngineError::LogDir(cfg.log_dir.display().to_string(), e))?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()?
+        .map(TlsAcceptor::from);
+    let tls_clients = Arc::new(
+        TlsClients::new(cfg.delivery.tls_ca_file.as_deref()).map_err(EngineError::Failed)?,
+    );
+    // Held until the engine returns: one engine per spool.
+    let _lock = lock_spool(&cfg.spool_dir)?;
+    let Recovered {
+        next_segment_id,
+        messages,
+        books,
+        report,
+    } = recovery::recover(&cfg.spool_dir)?;
+    // Absolute from here on: glommio opens the directory by path.
+    cfg.spool_dir =
+        std::fs::canonicalize(&cfg.spool_dir).map_err(|source| recovery::RecoveryError::Io {
+            path: cfg.spool_dir.clone(),
+            source,
+        })?;
+    eprintln!(
+        "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments",
+        cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len()
+    );
+    let n = cpus.len();
+    let mut per_core: Vec<Vec<MessageHandle>> = (0..n).map(|_| Vec::new()).collect();
+    for m in messages {
+        for (owner, part) in split_by_owner(m, n) {
+            per_core[owner].push(part);
+        }
+    }
+    // A segment stays with the core that wrote it; those of cores that no
+    // longer run go round the others.
+    let mut per_core_books: Vec<Vec<SegmentBook>> = (0..n).map(|_| Vec::new()).collect();
+    for (core, book) in books {
+        per_core_books[core as usize % n].push(book);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone());
+    let cfg = Arc::new(cfg);
+    let mesh = mesh::builder(n);
+    let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
+    let mut joins = Vec::new();
+    let mut per_core_books = per_core_books.into_iter();
+    for (index, (cpu, recovered)) in cpus.iter().zip(per_core).enumerate() {
+        let start = CoreStart {
+            index,
+            cores: n,
+            cfg: cfg.clone(),
+            tls: tls.clone(),
+            tls_clients: tls_clients.clone(),
+            recovered,
+            books: per_core_books.next().unwrap_or_default(),
+            next_segment_id,
+            mesh: mesh.clone(),
+            stop: stop.clone(),
+            ready: ready_tx.clone(),
+        };
+        let join = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
+            .name(&format!("spate-core-{index}"))
+            .spin_before_park(cfg.spin_before_park)
+            .spawn(move || run_core(start))
+            .map_err(|e| EngineError::Start(index, e.to_string()))?;
+        joins.push(join);
+    }
+    drop(ready_tx);
+    let failure = wait_ready(&ready_rx, n, &stop);
+    if failure.is_none() {
+        let addrs: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
+        eprintln!(
+            "spate: ready: {n} cores on CPUs {cpus:?}, listening on {}",
+            addrs.join(", ")
+        );
+    } else {
+        stop.store(true, Ordering::SeqCst);
+    }
+    for j in joins {
+        let _ = j.join();
+    }
+    match failure {
+        Some(e) => Err(EngineError::Failed(e)),
+        None => {
+            eprintln!("spate: stopped");
+            Ok(())
+        }
+    }
+}
+
+/// How long the cores may take to report ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits for every core's ready report; the first failure, if any. A core
+/// that never reports (its thread died, or it hangs) must not hang the
+/// start: past the timeout, or on a signal, the process exits.
+fn wait_ready(
+    ready: &crossbeam::channel::Receiver<Result<(), String>>,
+    n: usize,
+    stop: &AtomicBool,
+) -> Option<String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut failure = None;
+    let mut reported = 0;
+    while reported < n {
+        match ready.recv_timeout(STOP_POLL) {
+            Ok(Ok(())) => reported += 1,
+            Ok(Err(e)) => {
+                reported += 1;
+                failure.get_or_insert(e);
+            }
+            Err(crossbeam::channel::RecvTimeoutError::Timeout)
+                if Instant::now() < deadline && !stop.load(Ordering::SeqCst) => {}
+            Err(_) => {
+                eprintln!(
+                    "spate: {} of {n} cores did not start; exiting",
+                    n - reported
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    failure
+}
+
+/// Takes the spool's lock file, so that two engines never share a spool.
+fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
+    let io = |source| recovery::RecoveryError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Failed(format!(
+            "spool {} is in use by another spate (lock {} held)",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e).into()),
+    }
+}
+
+/// SIGTERM or SIGINT asks every core to stop; a second one exits at once.
+fn watch_signals(stop: Arc<AtomicBool>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("spate: second signal {sig}: exiting now");
+                std::process::exit(1);
+            }
+            eprintln!("spate: signal {sig}: stopping (finishing open transactions)");
+        }
+    });
+}
