@@ -4,7 +4,7 @@
 //! What is measured: SMTP command parsing, the DATA receiver (end-of-data
 //! search and dot-unstuffing) on a 4 KiB message, outbound dot-stuffing,
 //! queue memory per message, spool record encode and
-//! decode of a 4 KiB message, domain → core hashing, and group commit on the
+//! decode of a 4 KiB message, DKIM signing (RSA-2048 and Ed25519), domain → core hashing, and group commit on the
 //! real disk (records per fdatasync with 1 and 20 concurrent appenders).
 
 use spate::listener::command;
@@ -108,6 +108,23 @@ fn main() {
         }),
     );
 
+    for (name, genpkey) in [
+        ("RSA-2048", "-algorithm RSA -pkeyopt rsa_keygen_bits:2048"),
+        ("Ed25519", "-algorithm ed25519"),
+    ] {
+        let signers = dkim_signers(genpkey);
+        let message = String::from_utf8(body.clone())
+            .unwrap()
+            .replace("From: a@b.test", "From: news@shop.example")
+            .into_bytes();
+        report(
+            &format!("DKIM sign ({name}), 4 KiB"),
+            median_ns(if name == "Ed25519" { 2_000 } else { 50 }, || {
+                black_box(signers.sign(black_box(&message)).unwrap().unwrap());
+            }),
+        );
+    }
+
     let domains: Vec<String> = (0..1000)
         .map(|i| format!("mailbox-provider-{i}.example"))
         .collect();
@@ -131,6 +148,31 @@ fn main() {
         let (per_record, per_sync) = group_commit(appenders, 2000);
         println!("group commit, {appenders:>2} appenders, 4 KiB records     {:>10.1} us/record  {per_sync:>6.1} records/fdatasync", per_record.as_nanos() as f64 / 1000.0);
     }
+}
+
+/// Signers for `shop.example` with a key that openssl makes now.
+fn dkim_signers(genpkey: &str) -> spate::dkim::Signers {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("key.pem");
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl genpkey {genpkey} -out {} 2>/dev/null",
+            pem.display()
+        ))
+        .status()
+        .expect("openssl");
+    assert!(made.success(), "openssl genpkey {genpkey}");
+    let domain = spate::config::DkimDomain {
+        domain: "shop.example".into(),
+        selector: "s1".into(),
+        private_key: pem,
+        headers: spate::config::DEFAULT_SIGNED_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect(),
+    };
+    spate::dkim::Signers::load(&[domain]).unwrap()
 }
 
 /// Appends `total` 4 KiB records from `appenders` concurrent tasks to a real

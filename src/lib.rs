@@ -6,7 +6,7 @@
 //! ```text
 //!  SMTP client ──▶ listener ──▶ spool ──▶ router ──▶ mesh ──▶ queue ──▶ delivery ──▶ MX
 //!                 (session,    (append,   (domain →  (handle   (per-domain,  (dns, smtp client,
-//!                  DATA)        fdatasync) core)      to owner) per core)     retries, bounces, log)
+//!                  DATA, dkim)  fdatasync) core)      to owner) per core)     retries, bounces, log)
 //! ```
 //!
 //! Every core runs one glommio executor pinned to its CPU (`engine`). A core
@@ -27,6 +27,7 @@ pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod delivery_log;
+pub mod dkim;
 pub mod dns;
 pub mod dot;
 pub mod engine;

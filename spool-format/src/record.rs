@@ -150,6 +150,19 @@ impl MessageBuilder {
         &mut self.buf
     }
 
+    /// The body appended so far.
+    pub fn body(&self) -> &[u8] {
+        &self.buf[self.body_start()..]
+    }
+
+    /// Puts `bytes` in front of the body appended so far (a header field
+    /// that can only be made once the whole message is known, such as a
+    /// DKIM-Signature).
+    pub fn prepend_to_body(&mut self, bytes: &[u8]) {
+        let start = self.body_start();
+        self.buf.splice(start..start, bytes.iter().copied());
+    }
+
     /// Bytes of body appended so far.
     pub fn body_len(&self) -> usize {
         self.buf.len() - self.body_start()
@@ -413,6 +426,26 @@ mod tests {
             &payload[m.body_offset..m.body_offset + m.body.len()],
             m.body
         );
+    }
+
+    #[test]
+    fn a_prepended_header_field_lands_before_the_body_and_is_sealed_with_it() {
+        let mut b = MessageBuilder::new(Vec::new(), 5, 0, b"a@x", &[b"b@y"]);
+        b.body_mut()
+            .extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n");
+        b.prepend_to_body(b"DKIM-Signature: v=1\r\n");
+        assert_eq!(
+            b.body(),
+            b"DKIM-Signature: v=1\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+        let rec = b.finish(7);
+        let (_, payload) = decode_record(&rec).unwrap();
+        let m = MessageView::decode(payload).unwrap();
+        assert_eq!(
+            m.body,
+            b"DKIM-Signature: v=1\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+        assert_eq!(m.recipients().collect::<Vec<_>>(), vec![&b"b@y"[..]]);
     }
 
     #[test]

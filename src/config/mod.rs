@@ -17,9 +17,11 @@ macro_rules! pick {
 
 mod cores;
 mod delivery;
+mod dkim;
 
 pub use cores::CoreSpec;
 pub use delivery::{Delivery, Dns, NextHop, RawDelivery, RawDns, Route, TlsPolicy};
+pub use dkim::{DkimDomain, RawDkim, DEFAULT_SIGNED_HEADERS};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -33,7 +35,8 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 /// Smallest message size limit that can be configured.
 pub const MAX_MESSAGE_BYTES_MIN: u64 = 1024;
 /// Room a segment needs beyond the largest body and its envelope: header
-/// block, record header and fields, spate's Received header.
+/// block, record header and fields, spate's Received and DKIM-Signature
+/// header fields.
 pub const SEGMENT_OVERHEAD_BYTES: u64 = 4096 + 4096;
 /// Room one recipient takes in a record at most: a 256-octet path and its length.
 pub const RECIPIENT_RECORD_BYTES_MAX: u64 = 258;
@@ -73,6 +76,8 @@ pub struct RawConfig {
     pub delivery: RawDelivery,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub dkim: Vec<RawDkim>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +175,8 @@ pub struct Config {
     pub dns: Dns,
     pub delivery: Delivery,
     pub log_dir: PathBuf,
+    /// Domains to DKIM-sign for; empty: nothing is signed.
+    pub dkim: Vec<DkimDomain>,
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +349,7 @@ impl Config {
             dns,
             delivery,
             log_dir,
+            dkim: dkim::build_dkim(std::mem::take(&mut u.dkim))?,
         };
         cfg.check_segment_size()?;
         Ok(cfg)

@@ -41,6 +41,8 @@ pub enum EngineError {
     #[error("core {0}: {1}")]
     Start(usize, String),
     #[error("{0}")]
+    Dkim(#[from] crate::dkim::DkimError),
+    #[error("{0}")]
     Failed(String),
 }
 
@@ -64,6 +66,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     let tls_clients = Arc::new(
         TlsClients::new(cfg.delivery.tls_ca_file.as_deref()).map_err(EngineError::Failed)?,
     );
+    let dkim = Arc::new(crate::dkim::Signers::load(&cfg.dkim)?);
     // Held until the engine returns: one engine per spool.
     let _lock = lock_spool(&cfg.spool_dir)?;
     let Recovered {
@@ -109,6 +112,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             cfg: cfg.clone(),
             tls: tls.clone(),
             tls_clients: tls_clients.clone(),
+            dkim: dkim.clone(),
             recovered,
             books: per_core_books.next().unwrap_or_default(),
             next_segment_id,

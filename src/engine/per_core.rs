@@ -11,6 +11,7 @@ use crate::bounce::{self, Failure};
 use crate::config::Config;
 use crate::delivery::TlsClients;
 use crate::delivery_log::{self, DeliveryLog, Kind, Record};
+use crate::dkim::Signers;
 use crate::dns::Resolver;
 use crate::local::StopSignal;
 use crate::mesh::{self, Mesh};
@@ -47,6 +48,8 @@ pub struct Core {
     pub connections_made: Cell<u64>,
     pub log: Rc<DeliveryLog>,
     pub tls_clients: Arc<TlsClients>,
+    /// DKIM keys, shared read-only by every core.
+    pub dkim: Arc<Signers>,
 }
 
 /// A message whose record is sealed and about to be appended.
@@ -148,6 +151,10 @@ impl Core {
         );
         b.body_mut().extend_from_slice(received.as_bytes());
         b.body_mut().extend_from_slice(&dsn);
+        if let Err(why) = self.dkim.sign_record(&mut b) {
+            // A DSN goes out unsigned rather than not at all.
+            eprintln!("spate: core {}: DSN {id:016x}: {why}", self.index);
+        }
         let (body_start, body_len) = (b.body_start(), b.body_len());
         let accepted = Accepted {
             id,
@@ -186,6 +193,7 @@ pub(super) struct CoreStart {
     pub(super) cfg: Arc<Config>,
     pub(super) tls: Option<TlsAcceptor>,
     pub(super) tls_clients: Arc<TlsClients>,
+    pub(super) dkim: Arc<Signers>,
     pub(super) recovered: Vec<MessageHandle>,
     /// The books of the segments this core wrote (or inherits).
     pub(super) books: Vec<SegmentBook>,
@@ -269,6 +277,7 @@ pub(super) async fn run_core(s: CoreStart) {
         resolver: Resolver::new(servers, dns.timeout, dns.attempts, dns.cache_entries_max),
         log,
         tls_clients: s.tls_clients,
+        dkim: s.dkim,
     });
     work.outbound(delivery::run(core.clone())).detach();
     for l in listeners {

@@ -323,6 +323,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Err(e) = self.receive(&mut builder).await? {
             return Ok(data_error_reply(e));
         }
+        if let Err(why) = self.core.dkim.sign_record(&mut builder) {
+            eprintln!("spate: core {}: {why}", self.core.index);
+            return Ok(Reply::new(
+                451,
+                "4.7.0 Local error signing the message; try again later",
+            ));
+        }
         let accepted = Accepted {
             id,
             received_ms,

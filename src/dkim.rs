@@ -1,0 +1,186 @@
+//! DKIM signing (RFC 6376; Ed25519 per RFC 8463) of what spate spools: a
+//! message whose From: domain has a `[[dkim]]` table gets one
+//! DKIM-Signature header field, prepended before the record is sealed, so
+//! that the signature is as durable as the message and every delivery
+//! attempt sends the same bytes.
+//!
+//! Owns the signing keys: read once at start, then shared read-only by all
+//! cores. Never does DNS, never verifies, and never changes a message except
+//! by prepending its own header field. The cryptography, header selection
+//! and canonicalization (relaxed/relaxed) are mail-auth's.
+
+use crate::config::DkimDomain;
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use rustls::pki_types::PrivateKeyDer;
+use spool_format::MessageBuilder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    #[error("dkim key {path} (for {domain}): {reason}")]
+    Key {
+        path: String,
+        domain: String,
+        reason: String,
+    },
+}
+
+/// The configured signing domains with their keys, most specific first.
+pub struct Signers {
+    signers: Vec<Signer>,
+}
+
+struct Signer {
+    domain: String,
+    key: Key,
+}
+
+enum Key {
+    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Ed25519(DkimSigner<Ed25519Key, Done>),
+}
+
+impl Signers {
+    /// Reads every key; a missing or unreadable one stops the start.
+    pub fn load(domains: &[DkimDomain]) -> Result<Signers, DkimError> {
+        let mut signers = domains
+            .iter()
+            .map(|d| {
+                Ok(Signer {
+                    domain: d.domain.clone(),
+                    key: load_key(d)?,
+                })
+            })
+            .collect::<Result<Vec<_>, DkimError>>()?;
+        // Longest domain first: the closest parent of a From: domain wins.
+        signers.sort_by_key(|s| std::cmp::Reverse(s.domain.len()));
+        Ok(Signers { signers })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signers.is_empty()
+    }
+
+    /// The DKIM-Signature header field (CRLF-terminated) to prepend to
+    /// `message`, or `None` when no signing domain covers its From: domain.
+    pub fn sign(&self, message: &[u8]) -> Result<Option<String>, String> {
+        if self.signers.is_empty() {
+            return Ok(None);
+        }
+        let Some(from) = from_domain(message) else {
+            return Ok(None);
+        };
+        let Some(signer) = self.signer_for(&from) else {
+            return Ok(None);
+        };
+        let signature = match &signer.key {
+            Key::Rsa(s) => s.sign(message),
+            Key::Ed25519(s) => s.sign(message),
+        };
+        signature
+            .map(|s| Some(s.to_header()))
+            .map_err(|e| format!("DKIM signing for {} failed: {e}", signer.domain))
+    }
+
+    /// Signs the message being built in `record` and puts the signature in
+    /// front of it; a message no domain covers is left as it is.
+    pub fn sign_record(&self, record: &mut MessageBuilder) -> Result<(), String> {
+        if let Some(header) = self.sign(record.body())? {
+            record.prepend_to_body(header.as_bytes());
+        }
+        Ok(())
+    }
+
+    fn signer_for(&self, from: &str) -> Option<&Signer> {
+        self.signers.iter().find(|s| covers(&s.domain, from))
+    }
+}
+
+/// Whether signing domain `d` covers From: domain `from`: the same
+/// domain or one below it (relaxed DMARC alignment), never a mere suffix.
+fn covers(d: &str, from: &str) -> bool {
+    from == d || from.strip_suffix(d).is_some_and(|rest| rest.ends_with('.'))
+}
+
+fn load_key(d: &DkimDomain) -> Result<Key, DkimError> {
+    let fail = |reason: String| DkimError::Key {
+        path: d.private_key.display().to_string(),
+        domain: d.domain.clone(),
+        reason,
+    };
+    let pem = std::fs::read(&d.private_key).map_err(|e| fail(e.to_string()))?;
+    let der = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("no private key in the file".into()))?;
+    let rsa = RsaKey::<Sha256>::from_key_der(der.clone_key());
+    if let Ok(key) = rsa {
+        return Ok(Key::Rsa(ready(DkimSigner::from_key(key), d)));
+    }
+    match &der {
+        PrivateKeyDer::Pkcs8(p8) => {
+            Ed25519Key::from_pkcs8_maybe_unchecked_der(p8.secret_pkcs8_der())
+                .map(|key| Key::Ed25519(ready(DkimSigner::from_key(key), d)))
+                .map_err(|_| fail("PKCS#8 key that is neither RSA nor Ed25519".into()))
+        }
+        _ => Err(fail(
+            "not an RSA key, and an Ed25519 key must be PKCS#8 (\"BEGIN PRIVATE KEY\")".into(),
+        )),
+    }
+}
+
+fn ready<T: mail_auth::common::crypto::SigningKey>(
+    signer: DkimSigner<T>,
+    d: &DkimDomain,
+) -> DkimSigner<T, Done> {
+    signer
+        .domain(d.domain.clone())
+        .selector(d.selector.clone())
+        .headers(d.headers.iter().cloned())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+}
+
+/// The lower-case domain of the first From: address (RFC 5322.From, what
+/// DMARC aligns with).
+fn from_domain(message: &[u8]) -> Option<String> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let address = parsed.from()?.first()?.address()?;
+    let (_, domain) = address.rsplit_once('@')?;
+    Some(domain.trim_end_matches('.').to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signing_domain_covers_itself_and_below_never_a_suffix() {
+        assert!(covers("shop.test", "shop.test"));
+        assert!(covers("shop.test", "mail.shop.test"));
+        assert!(!covers("shop.test", "evilshop.test"));
+        assert!(!covers("mail.shop.test", "shop.test"));
+    }
+
+    #[test]
+    fn from_domain_reads_display_names_and_groups() {
+        let cases: [(&[u8], Option<&str>); 4] = [
+            (
+                b"From: \"Shop, Inc\" <News@Mail.Shop.Example>\r\n\r\nx",
+                Some("mail.shop.example"),
+            ),
+            (
+                b"Subject: x\r\nFrom: a@b.example (c@d.example)\r\n\r\n",
+                Some("b.example"),
+            ),
+            (
+                b"From: list: one@g.example, two@h.example;\r\n\r\n",
+                Some("g.example"),
+            ),
+            (b"Subject: no from\r\n\r\nFrom: x@y.example\r\n", None),
+        ];
+        for (message, want) in cases {
+            assert_eq!(from_domain(message).as_deref(), want, "{message:?}");
+        }
+    }
+}
