@@ -1,6 +1,6 @@
 //! DKIM signing (RFC 6376; Ed25519 per RFC 8463) of what spate spools: a
-//! message whose From: domain has a `[[dkim]]` table gets one
-//! DKIM-Signature header field, prepended before the record is sealed, so
+//! message whose From: domain has `[[dkim]]` tables gets a DKIM-Signature
+//! header field per table (key), prepended before the record is sealed, so
 //! that the signature is as durable as the message and every delivery
 //! attempt sends the same bytes.
 //!
@@ -53,7 +53,8 @@ impl Signers {
                 })
             })
             .collect::<Result<Vec<_>, DkimError>>()?;
-        // Longest domain first: the closest parent of a From: domain wins.
+        // Longest domain first, so the closest parent of a From: domain
+        // wins; the sort is stable, so one domain's keys keep config order.
         signers.sort_by_key(|s| std::cmp::Reverse(s.domain.len()));
         Ok(Signers { signers })
     }
@@ -62,8 +63,9 @@ impl Signers {
         self.signers.is_empty()
     }
 
-    /// The DKIM-Signature header field (CRLF-terminated) to prepend to
-    /// `message`, or `None` when no signing domain covers its From: domain.
+    /// The DKIM-Signature header fields (CRLF-terminated), one per key of
+    /// the domain, to prepend to `message`; `None` when no signing domain
+    /// covers its From: domain.
     pub fn sign(&self, message: &[u8]) -> Result<Option<String>, String> {
         if self.signers.is_empty() {
             return Ok(None);
@@ -71,16 +73,22 @@ impl Signers {
         let Some(from) = from_domain(message) else {
             return Ok(None);
         };
-        let Some(signer) = self.signer_for(&from) else {
+        let Some(domain) = self.domain_for(&from) else {
             return Ok(None);
         };
-        let signature = match &signer.key {
-            Key::Rsa(s) => s.sign(message),
-            Key::Ed25519(s) => s.sign(message),
-        };
-        signature
-            .map(|s| Some(s.to_header()))
-            .map_err(|e| format!("DKIM signing for {} failed: {e}", signer.domain))
+        // Every key of the domain, in config order: RFC 8463 dual signing
+        // (RSA for receivers that do not know Ed25519 yet).
+        let mut fields = String::new();
+        for signer in self.signers.iter().filter(|s| s.domain == domain) {
+            let signature = match &signer.key {
+                Key::Rsa(s) => s.sign(message),
+                Key::Ed25519(s) => s.sign(message),
+            };
+            let signature =
+                signature.map_err(|e| format!("DKIM signing for {domain} failed: {e}"))?;
+            fields.push_str(&signature.to_header());
+        }
+        Ok(Some(fields))
     }
 
     /// Signs the message being built in `record` and puts the signature in
@@ -92,8 +100,12 @@ impl Signers {
         Ok(())
     }
 
-    fn signer_for(&self, from: &str) -> Option<&Signer> {
-        self.signers.iter().find(|s| covers(&s.domain, from))
+    /// The signing domain closest to `from`: itself, else its nearest parent.
+    fn domain_for(&self, from: &str) -> Option<&str> {
+        self.signers
+            .iter()
+            .find(|s| covers(&s.domain, from))
+            .map(|s| s.domain.as_str())
     }
 }
 

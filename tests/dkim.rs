@@ -101,6 +101,10 @@ fn rsa_and_ed25519_signatures_verify_and_a_malformed_one_is_left_alone() {
         "e1._domainkey.ed.test.",
         &format!("v=DKIM1; k=ed25519; p={ed_p}"),
     );
+    zone += &txt_record(
+        "r1._domainkey.ed.test.",
+        &format!("v=DKIM1; k=rsa; p={rsa_p}"),
+    );
     let dns = Unbound::start(&zone);
 
     let sink = Sink::start(&free_addr(), &[]);
@@ -109,7 +113,8 @@ fn rsa_and_ed25519_signatures_verify_and_a_malformed_one_is_left_alone() {
         &cfg,
         format!(
             "[[dkim]]\ndomain = \"shop.test\"\nselector = \"s1\"\nprivate_key = \"{rsa_pem}\"\n\n\
-             [[dkim]]\ndomain = \"ed.test\"\nselector = \"e1\"\nprivate_key = \"{ed_pem}\"\n"
+             [[dkim]]\ndomain = \"ed.test\"\nselector = \"e1\"\nprivate_key = \"{ed_pem}\"\n\n\
+             [[dkim]]\ndomain = \"ed.test\"\nselector = \"r1\"\nprivate_key = \"{rsa_pem}\"\n"
         ),
     )
     .unwrap();
@@ -148,11 +153,16 @@ fn rsa_and_ed25519_signatures_verify_and_a_malformed_one_is_left_alone() {
     assert!(rsa.contains("a=rsa-sha256"), "{rsa}");
 
     let ed = sink_message_containing(&messages, "marker-ed");
-    // spate's own signature comes first and verifies; the client's
-    // malformed one is relayed byte for byte and fails, nothing crashes.
+    // spate's own signatures (dual: Ed25519 and RSA, in config order)
+    // come first and verify; the client's malformed one is relayed byte
+    // for byte and fails, and nothing crashes.
     assert_eq!(
         verify(ed, &dns.addr),
-        ["d=ed.test s=e1 pass", "d=a.test s=x fail"],
+        [
+            "d=ed.test s=e1 pass",
+            "d=ed.test s=r1 pass",
+            "d=a.test s=x fail"
+        ],
         "{ed}"
     );
     assert!(ed.contains("a=ed25519-sha256"), "{ed}");

@@ -1,5 +1,6 @@
 //! The `[[dkim]]` tables: the domains spate signs for, each with its
-//! selector, key file and the header fields to sign. Names and paths only:
+//! selector, key file and the header fields to sign. A domain may have
+//! several tables (selectors), e.g. an RSA and an Ed25519 key. Names and paths only:
 //! `crate::dkim` reads the keys at start.
 
 use super::{invalid, ConfigError};
@@ -62,8 +63,14 @@ pub fn build_dkim(raw: Vec<RawDkim>) -> Result<Vec<DkimDomain>, ConfigError> {
                 ),
             ));
         }
-        if out.iter().any(|d| d.domain == domain) {
-            return Err(invalid("dkim.domain", format!("{domain} is listed twice")));
+        if out
+            .iter()
+            .any(|d| d.domain == domain && d.selector == r.selector)
+        {
+            return Err(invalid(
+                "dkim.selector",
+                format!("{} is listed twice for {domain}", r.selector),
+            ));
         }
         if !is_dns_name(&r.selector) {
             return Err(invalid(
@@ -147,12 +154,18 @@ mod tests {
     }
 
     #[test]
+    fn one_domain_may_have_several_selectors() {
+        let d = build_dkim(vec![raw("a.com", "rsa", None), raw("a.com", "ed", None)]).unwrap();
+        assert_eq!(d.len(), 2);
+    }
+
+    #[test]
     fn bad_tables_are_refused_with_the_key_named() {
         let cases = [
             (vec![raw("exa mple.com", "s1", None)], "dkim.domain"),
             (
-                vec![raw("a.com", "s1", None), raw("A.com", "s2", None)],
-                "dkim.domain",
+                vec![raw("a.com", "s1", None), raw("A.com", "s1", None)],
+                "dkim.selector",
             ),
             (vec![raw("a.com", "", None)], "dkim.selector"),
             (
