@@ -16,6 +16,21 @@ use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls::pki_types::PrivateKeyDer;
 use spool_format::MessageBuilder;
 
+/// Room the DKIM-Signature fields of one message may take. The list of
+/// signed fields (`h=`) names every copy of a signed field, so a header
+/// section repeating one thousands of times would make a signature of its
+/// own size; such a message is refused instead.
+pub const SIGNATURE_FIELDS_MAX: usize = 16 * 1024;
+
+/// Why a message could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("its DKIM signatures would take over {SIGNATURE_FIELDS_MAX} bytes (signed header fields repeated)")]
+    TooBig,
+    #[error("DKIM signing for {domain} failed: {reason}")]
+    Failed { domain: String, reason: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DkimError {
     #[error("dkim key {path} (for {domain}): {reason}")]
@@ -59,14 +74,10 @@ impl Signers {
         Ok(Signers { signers })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.signers.is_empty()
-    }
-
     /// The DKIM-Signature header fields (CRLF-terminated), one per key of
     /// the domain, to prepend to `message`; `None` when no signing domain
     /// covers its From: domain.
-    pub fn sign(&self, message: &[u8]) -> Result<Option<String>, String> {
+    pub fn sign(&self, message: &[u8]) -> Result<Option<String>, SignError> {
         if self.signers.is_empty() {
             return Ok(None);
         }
@@ -84,16 +95,21 @@ impl Signers {
                 Key::Rsa(s) => s.sign(message),
                 Key::Ed25519(s) => s.sign(message),
             };
-            let signature =
-                signature.map_err(|e| format!("DKIM signing for {domain} failed: {e}"))?;
+            let signature = signature.map_err(|e| SignError::Failed {
+                domain: domain.to_string(),
+                reason: e.to_string(),
+            })?;
             fields.push_str(&signature.to_header());
+        }
+        if fields.len() > SIGNATURE_FIELDS_MAX {
+            return Err(SignError::TooBig);
         }
         Ok(Some(fields))
     }
 
     /// Signs the message being built in `record` and puts the signature in
     /// front of it; a message no domain covers is left as it is.
-    pub fn sign_record(&self, record: &mut MessageBuilder) -> Result<(), String> {
+    pub fn sign_record(&self, record: &mut MessageBuilder) -> Result<(), SignError> {
         if let Some(header) = self.sign(record.body())? {
             record.prepend_to_body(header.as_bytes());
         }
@@ -125,19 +141,23 @@ fn load_key(d: &DkimDomain) -> Result<Key, DkimError> {
     let der = rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| fail(e.to_string()))?
         .ok_or_else(|| fail("no private key in the file".into()))?;
-    let rsa = RsaKey::<Sha256>::from_key_der(der.clone_key());
-    if let Ok(key) = rsa {
-        return Ok(Key::Rsa(ready(DkimSigner::from_key(key), d)));
-    }
+    let rsa_error = match RsaKey::<Sha256>::from_key_der(der.clone_key()) {
+        Ok(key) => return Ok(Key::Rsa(ready(DkimSigner::from_key(key), d))),
+        Err(e) => e.to_string(),
+    };
+    // Not an RSA key ring takes (or one it refuses, e.g. under 2048 bits):
+    // an Ed25519 key, or the RSA error is the one that explains.
     match &der {
         PrivateKeyDer::Pkcs8(p8) => {
             Ed25519Key::from_pkcs8_maybe_unchecked_der(p8.secret_pkcs8_der())
                 .map(|key| Key::Ed25519(ready(DkimSigner::from_key(key), d)))
-                .map_err(|_| fail("PKCS#8 key that is neither RSA nor Ed25519".into()))
+                .map_err(|_| {
+                    fail(format!(
+                        "neither an Ed25519 key nor a usable RSA key ({rsa_error})"
+                    ))
+                })
         }
-        _ => Err(fail(
-            "not an RSA key, and an Ed25519 key must be PKCS#8 (\"BEGIN PRIVATE KEY\")".into(),
-        )),
+        _ => Err(fail(format!("not a usable RSA key ({rsa_error})"))),
     }
 }
 
@@ -153,13 +173,20 @@ fn ready<T: mail_auth::common::crypto::SigningKey>(
         .body_canonicalization(Canonicalization::Relaxed)
 }
 
-/// The lower-case domain of the first From: address (RFC 5322.From, what
-/// DMARC aligns with).
+/// The domain of the From: address (RFC 5322.From, what DMARC aligns
+/// with), lower case, IDNs in their A-label (xn--) form as in the config.
+/// A header section with no From: field or several (RFC 5322 allows one,
+/// and a receiver could show either) has none, so it is not signed.
 fn from_domain(message: &[u8]) -> Option<String> {
     let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
-    let address = parsed.from()?.first()?.address()?;
+    let mut froms = parsed.header_values(mail_parser::HeaderName::From);
+    let (Some(from), None) = (froms.next(), froms.next()) else {
+        return None;
+    };
+    let address = from.as_address()?.first()?.address()?;
     let (_, domain) = address.rsplit_once('@')?;
-    Some(domain.trim_end_matches('.').to_ascii_lowercase())
+    let ascii = idna::domain_to_ascii(domain.trim_end_matches('.')).ok()?;
+    Some(ascii.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -176,7 +203,7 @@ mod tests {
 
     #[test]
     fn from_domain_reads_display_names_and_groups() {
-        let cases: [(&[u8], Option<&str>); 4] = [
+        let cases: [(&[u8], Option<&str>); 6] = [
             (
                 b"From: \"Shop, Inc\" <News@Mail.Shop.Example>\r\n\r\nx",
                 Some("mail.shop.example"),
@@ -190,6 +217,14 @@ mod tests {
                 Some("g.example"),
             ),
             (b"Subject: no from\r\n\r\nFrom: x@y.example\r\n", None),
+            (
+                b"From: a@evil.example\r\nFrom: b@shop.example\r\n\r\n",
+                None,
+            ),
+            (
+                "From: a@b\u{fc}cher.example\r\n\r\n".as_bytes(),
+                Some("xn--bcher-kva.example"),
+            ),
         ];
         for (message, want) in cases {
             assert_eq!(from_domain(message).as_deref(), want, "{message:?}");

@@ -122,37 +122,40 @@ fn rsa_and_ed25519_signatures_verify_and_a_malformed_one_is_left_alone() {
     let mut smtp = spate.connect();
     // A From: in a subdomain of a signing domain; a dot-stuffed line.
     smtp.transaction(
-        "bounces@shop.test",
+        // The signing domain follows the From: field, not the envelope.
+        "bounces@esp.test",
         &["r@b.test"],
-        b"From: \"Shop, Inc\" <News@Mail.Shop.Test>\r\nTo: r@b.test\r\nSubject: marker-rsa\r\n\
-          Message-ID: <1@shop.test>\r\n\r\n..a dotted line\r\nbody  with  spaces \r\n",
+        b"From: \"Shop, Inc\" <News@Mail.Shop.Test>\r\nTo: r@b.test\r\nSubject: rsa\r\n\
+          Message-ID: <1@shop.test>\r\n\r\n..a dotted line\r\nbody  with  spaces \r\nend-rsa\r\n",
     );
     // RELIABILITY 17: a malformed DKIM-Signature from the client.
     let malformed = "DKIM-Signature: v=1; a=rsa-sha256; d=a.test; s=x; bh=AA; b=;\r\n\th=from:from:from:from; l=-5; x=0\r\n";
     smtp.transaction(
         "alerts@ed.test",
         &["r@b.test"],
-        format!("{malformed}From: alerts@ed.test\r\nSubject: marker-ed\r\n\r\nbody\r\n").as_bytes(),
+        format!("{malformed}From: alerts@ed.test\r\nSubject: ed\r\n\r\nbody\r\nend-ed\r\n")
+            .as_bytes(),
     );
     smtp.transaction(
-        "x@other.test",
+        "alerts@ed.test",
         &["r@b.test"],
-        b"From: x@other.test\r\nSubject: marker-none\r\n\r\nbody\r\n",
+        b"From: x@other.test\r\nSubject: none\r\n\r\nbody\r\nend-none\r\n",
     );
-    // smtp-sink creates each file before it writes it: wait for the text.
+    // smtp-sink creates each file before it writes it: wait for the last
+    // line of each message.
     wait_until(LONG, "three messages at the sink", || {
         let all = sink.messages().concat();
-        ["marker-rsa", "marker-ed", "marker-none"]
+        ["end-rsa", "end-ed", "end-none"]
             .iter()
             .all(|m| all.contains(m))
     });
     let messages = sink.messages();
 
-    let rsa = sink_message_containing(&messages, "marker-rsa");
+    let rsa = sink_message_containing(&messages, "end-rsa");
     assert_eq!(verify(rsa, &dns.addr), ["d=shop.test s=s1 pass"], "{rsa}");
     assert!(rsa.contains("a=rsa-sha256"), "{rsa}");
 
-    let ed = sink_message_containing(&messages, "marker-ed");
+    let ed = sink_message_containing(&messages, "end-ed");
     // spate's own signatures (dual: Ed25519 and RSA, in config order)
     // come first and verify; the client's malformed one is relayed byte
     // for byte and fails, and nothing crashes.
@@ -168,12 +171,37 @@ fn rsa_and_ed25519_signatures_verify_and_a_malformed_one_is_left_alone() {
     assert!(ed.contains("a=ed25519-sha256"), "{ed}");
     assert!(ed.contains(&malformed.replace("\r\n", "\n")), "{ed}");
 
-    let unsigned = sink_message_containing(&messages, "marker-none");
+    // An envelope in a signing domain does not make a From: outside it signed.
+    let unsigned = sink_message_containing(&messages, "end-none");
     assert!(!unsigned.contains("DKIM-Signature"), "{unsigned}");
 
-    // The verifier does check: a changed Subject fails.
-    let tampered = rsa.replace("marker-rsa", "marker-rsx");
-    assert_eq!(verify(&tampered, &dns.addr), ["d=shop.test s=s1 fail"]);
+    // The verifier does check: a changed Subject fails, and so does a
+    // second Subject added on top (the fields are oversigned).
+    let changed = rsa.replace("Subject: rsa", "Subject: RSA!");
+    assert_eq!(verify(&changed, &dns.addr), ["d=shop.test s=s1 fail"]);
+    let added = format!("Subject: added in transit\n{rsa}");
+    assert_eq!(verify(&added, &dns.addr), ["d=shop.test s=s1 fail"]);
+    // Thousands of copies of a signed field would make a signature as big
+    // as the header section (h= names each copy): 552, nothing queued.
+    let mut many = String::from("From: a@shop.test\r\n");
+    for _ in 0..6000 {
+        many.push_str("Cc: c@d.test\r\n");
+    }
+    many.push_str("\r\nbody\r\n");
+    smtp.send("MAIL FROM:<a@shop.test>").expect(250);
+    smtp.send("RCPT TO:<r@b.test>").expect(250);
+    smtp.send("DATA").expect(354);
+    let reply = smtp.raw(many.as_bytes()).raw(b".\r\n").expect(552);
+    assert!(reply.contains("5.3.4"), "{reply}");
+    let changed = ed.replace("Subject: ed", "Subject: ED!");
+    assert_eq!(
+        verify(&changed, &dns.addr),
+        [
+            "d=ed.test s=e1 fail",
+            "d=ed.test s=r1 fail",
+            "d=a.test s=x fail"
+        ]
+    );
     assert_eq!(spate.stop(), 0);
 }
 

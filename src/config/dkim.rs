@@ -8,9 +8,10 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 /// Header fields signed when a `[[dkim]]` table lists none: those a
-/// mailbox provider shows or acts on, so that none can be added or changed
-/// in transit. A listed field the message lacks is signed as absent, which
-/// stops it being added later (RFC 6376 5.4 and 8.15).
+/// mailbox provider shows or acts on. Each is listed twice in the
+/// signature (oversigned): every copy the message has is signed, and one
+/// more is signed as absent, so no copy can be added in transit without
+/// breaking the signature (RFC 6376 5.4.2 and 8.15).
 pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
     "From",
     "Reply-To",
@@ -87,7 +88,7 @@ pub fn build_dkim(raw: Vec<RawDkim>) -> Result<Vec<DkimDomain>, ConfigError> {
         let headers = r.headers.unwrap_or_else(|| {
             DEFAULT_SIGNED_HEADERS
                 .iter()
-                .map(|h| h.to_string())
+                .flat_map(|h| [h.to_string(), h.to_string()])
                 .collect()
         });
         check_headers(&domain, &headers)?;
@@ -150,7 +151,7 @@ mod tests {
     fn domain_is_lowercased_and_default_headers_filled_in() {
         let d = build_dkim(vec![raw("Example.COM.", "s1", None)]).unwrap();
         assert_eq!(d[0].domain, "example.com");
-        assert_eq!(d[0].headers.len(), DEFAULT_SIGNED_HEADERS.len());
+        assert_eq!(d[0].headers.len(), 2 * DEFAULT_SIGNED_HEADERS.len());
     }
 
     #[test]

@@ -35,9 +35,9 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 /// Smallest message size limit that can be configured.
 pub const MAX_MESSAGE_BYTES_MIN: u64 = 1024;
 /// Room a segment needs beyond the largest body and its envelope: header
-/// block, record header and fields, spate's Received and DKIM-Signature
-/// header fields.
-pub const SEGMENT_OVERHEAD_BYTES: u64 = 4096 + 4096;
+/// block, record header and fields, spate's Received header field, and
+/// its DKIM-Signature fields.
+pub const SEGMENT_OVERHEAD_BYTES: u64 = 4096 + 4096 + crate::dkim::SIGNATURE_FIELDS_MAX as u64;
 /// Room one recipient takes in a record at most: a 256-octet path and its length.
 pub const RECIPIENT_RECORD_BYTES_MAX: u64 = 258;
 

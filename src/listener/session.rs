@@ -9,6 +9,7 @@ use super::command::{self, Command, MailParams, COMMAND_LINE_BYTES_MAX};
 use super::data::{DataError, DataReceiver};
 use super::reply::Reply;
 use crate::conn::Conn;
+use crate::dkim::SignError;
 use crate::engine::{Accepted, Core};
 use crate::spool::SpoolError;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -323,12 +324,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Err(e) = self.receive(&mut builder).await? {
             return Ok(data_error_reply(e));
         }
-        if let Err(why) = self.core.dkim.sign_record(&mut builder) {
-            eprintln!("spate: core {}: {why}", self.core.index);
-            return Ok(Reply::new(
-                451,
-                "4.7.0 Local error signing the message; try again later",
-            ));
+        match self.core.dkim.sign_record(&mut builder) {
+            Ok(()) => {}
+            Err(SignError::TooBig) => {
+                return Ok(Reply::new(
+                    552,
+                    "5.3.4 Too many copies of signed header fields",
+                ))
+            }
+            Err(e) => {
+                eprintln!("spate: core {}: {e}", self.core.index);
+                return Ok(Reply::new(
+                    451,
+                    "4.7.0 Local error signing the message; try again later",
+                ));
+            }
         }
         let accepted = Accepted {
             id,
