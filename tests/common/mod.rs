@@ -14,15 +14,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The port every test server listens on. Each server gets an address of
-/// its own instead, so the port can be fixed, and it lies below the kernel's
-/// ephemeral range: no outgoing connection or `bind(:0)` anywhere on the
-/// machine can take it between this check and the server's own bind (a
-/// probed ephemeral port could be, and once was, in CI).
+/// its own instead, so the port can be fixed; and it lies below the
+/// kernel's ephemeral range, so no outgoing connection anywhere on the
+/// machine can take it.
 const TEST_PORT: u16 = 10025;
 
 /// A distinct loopback address per test process and call, so tests can run
-/// in parallel. An address whose port is already taken (a stray server from
-/// an earlier run) is passed over.
+/// in parallel. An address where something already listens (a stray server
+/// from an earlier run) is passed over.
+///
+/// The check connects; it never binds. A probe socket bound and closed here
+/// can live on for a moment in a child that another test thread is forking
+/// (until the child's exec closes it), and the caller's own bind then fails
+/// with "address in use": CI hit exactly that.
 pub fn free_addr() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let pid = std::process::id();
@@ -34,7 +38,8 @@ pub fn free_addr() -> String {
             (pid / 200) % 250,
             1 + n % 250
         );
-        if std::net::TcpListener::bind(&addr).is_ok() {
+        let taken = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1));
+        if taken.is_err() {
             return addr;
         }
     }
