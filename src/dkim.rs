@@ -59,12 +59,25 @@ enum Key {
 impl Signers {
     /// Reads every key; a missing or unreadable one stops the start.
     pub fn load(domains: &[DkimDomain]) -> Result<Signers, DkimError> {
-        let mut signers = domains
+        let keys = domains
             .iter()
             .map(|d| {
+                std::fs::read(&d.private_key)
+                    .map(|pem| (d.clone(), pem))
+                    .map_err(|e| key_error(d, e.to_string()))
+            })
+            .collect::<Result<Vec<_>, DkimError>>()?;
+        Signers::from_pems(&keys)
+    }
+
+    /// Signers from keys already read (PEM), one per domain table.
+    pub fn from_pems(keys: &[(DkimDomain, Vec<u8>)]) -> Result<Signers, DkimError> {
+        let mut signers = keys
+            .iter()
+            .map(|(d, pem)| {
                 Ok(Signer {
                     domain: d.domain.clone(),
-                    key: load_key(d)?,
+                    key: key_from_pem(d, pem)?,
                 })
             })
             .collect::<Result<Vec<_>, DkimError>>()?;
@@ -131,14 +144,17 @@ fn covers(d: &str, from: &str) -> bool {
     from == d || from.strip_suffix(d).is_some_and(|rest| rest.ends_with('.'))
 }
 
-fn load_key(d: &DkimDomain) -> Result<Key, DkimError> {
-    let fail = |reason: String| DkimError::Key {
+fn key_error(d: &DkimDomain, reason: String) -> DkimError {
+    DkimError::Key {
         path: d.private_key.display().to_string(),
         domain: d.domain.clone(),
         reason,
-    };
-    let pem = std::fs::read(&d.private_key).map_err(|e| fail(e.to_string()))?;
-    let der = rustls_pemfile::private_key(&mut pem.as_slice())
+    }
+}
+
+fn key_from_pem(d: &DkimDomain, pem: &[u8]) -> Result<Key, DkimError> {
+    let fail = |reason: String| key_error(d, reason);
+    let der = rustls_pemfile::private_key(&mut &pem[..])
         .map_err(|e| fail(e.to_string()))?
         .ok_or_else(|| fail("no private key in the file".into()))?;
     let rsa_error = match RsaKey::<Sha256>::from_key_der(der.clone_key()) {
@@ -192,6 +208,53 @@ fn from_domain(message: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn signers(domain: &str) -> Signers {
+        let table = DkimDomain {
+            domain: domain.into(),
+            selector: "s1".into(),
+            private_key: "test-key.pem".into(),
+            headers: vec!["From".into(), "From".into(), "Subject".into()],
+        };
+        Signers::from_pems(&[(table, crate::fuzzing::TEST_ED25519_PEM.to_vec())]).unwrap()
+    }
+
+    #[test]
+    fn signs_what_its_domain_covers_and_nothing_else() {
+        let s = signers("shop.example");
+        let signed = s
+            .sign(b"From: MAILER-DAEMON@out.shop.example\r\nSubject: x\r\n\r\nbody\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(signed.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=s1; d=shop.example;"));
+        assert!(signed.ends_with("\r\n"), "{signed}");
+        for unsigned in [
+            &b"From: a@other.example\r\n\r\nbody\r\n"[..],
+            b"From: a@shop.example\r\nFrom: b@shop.example\r\n\r\nbody\r\n",
+            b"Subject: no from\r\n\r\nbody\r\n",
+            b"",
+        ] {
+            assert_eq!(s.sign(unsigned).unwrap(), None, "{unsigned:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_is_no_key_is_refused_with_its_path() {
+        let table = DkimDomain {
+            domain: "shop.example".into(),
+            selector: "s1".into(),
+            private_key: "/keys/shop.pem".into(),
+            headers: vec!["From".into()],
+        };
+        let err = Signers::from_pems(&[(table, b"hello".to_vec())])
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("dkim key /keys/shop.pem (for shop.example)"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_signing_domain_covers_itself_and_below_never_a_suffix() {
