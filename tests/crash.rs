@@ -141,11 +141,35 @@ fn kill_9_at_random_moments_under_load_loses_no_acknowledged_message() {
             })
             .collect()
     };
-    wait_until(
-        Duration::from_secs(120),
-        "every acknowledged message at the sink",
-        || acked.is_subset(&delivered(&sink)),
-    );
+    let start = std::time::Instant::now();
+    loop {
+        let missing: Vec<u64> = acked.difference(&delivered(&sink)).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let files = std::fs::read_dir(sink.dump.path()).unwrap().count();
+            let raw: String = std::fs::read_dir(sink.dump.path())
+                .unwrap()
+                .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+                .collect();
+            let in_raw = missing
+                .iter()
+                .filter(|n| raw.contains(&format!("Subject: crash-{n}\n")))
+                .count();
+            panic!(
+                "after 120 s, {} of {} acknowledged messages are not at the sink, e.g. {:?}; \
+                 {} dump files, {} whole, {in_raw} of the missing in any dump file; spate log:\n{}",
+                missing.len(),
+                acked.len(),
+                &missing[..missing.len().min(10)],
+                files,
+                sink.count(),
+                spate.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Every launch made at least one segment per core; once all is
     // delivered the reclaimer leaves only the active ones (and any it is
     // still working through).

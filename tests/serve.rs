@@ -12,14 +12,22 @@ use std::time::Duration;
 #[test]
 fn defaults_start_accept_from_swaks_and_stop_on_sigterm() {
     require("swaks");
+    // spate listens with SO_REUSEPORT: a second one on the same address
+    // would share its connections, not fail to start.
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:2525").is_err(),
+        "something already listens on 127.0.0.1:2525, spate's default"
+    );
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
-        .arg("serve")
-        .current_dir(cwd.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_spate"))
+            .arg("serve")
+            .current_dir(cwd.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -49,13 +57,24 @@ fn defaults_start_accept_from_swaks_and_stop_on_sigterm() {
     assert!(ok, "{out}");
     Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(read_spool(&cwd.path().join("spool")).len(), 1);
     assert!(cwd.path().join("log").is_dir());
+}
+
+/// Kills the process when the test ends, failed or not: a spate left
+/// running on the fixed default address would spoil the next run.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

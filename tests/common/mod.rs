@@ -64,7 +64,11 @@ pub struct Spate {
     pub child: Option<Child>,
     pub addr: String,
     pub dir: tempfile::TempDir,
+    /// The stderr lines of the current run (a fresh buffer per launch).
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads the current run's stderr into `log`; it ends
+    /// at EOF, once the process has exited.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     spool: Option<PathBuf>,
@@ -111,6 +115,7 @@ impl Spate {
             addr: free_addr(),
             dir,
             log: Arc::new(Mutex::new(Vec::new())),
+            log_reader: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
@@ -124,10 +129,13 @@ impl Spate {
         s
     }
 
-    /// (Re)starts the process on the same spool and address.
+    /// (Re)starts the process on the same spool and address, and returns
+    /// once it has logged "spate: ready" (it listens on every core then).
     pub fn launch(&mut self) {
         assert!(self.child.is_none());
-        self.log.lock().unwrap().clear();
+        // A buffer of its own for this run: nothing of an earlier run can
+        // land in it, even from a reader thread that had not finished.
+        self.log = Arc::new(Mutex::new(Vec::new()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
         cmd.arg("serve")
             .arg("--listen")
@@ -154,11 +162,11 @@ impl Spate {
         let mut child = cmd.spawn().expect("spawn spate");
         let stderr = child.stderr.take().unwrap();
         let log = self.log.clone();
-        std::thread::spawn(move || {
+        self.log_reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 log.lock().unwrap().push(line);
             }
-        });
+        }));
         self.child = Some(child);
         let start = Instant::now();
         while !self
@@ -169,15 +177,21 @@ impl Spate {
             .any(|l| l.contains("spate: ready"))
         {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
+                self.child = None;
+                self.join_log_reader();
                 panic!(
                     "spate exited with {status} before it was ready; log:\n{}",
                     self.log_text()
                 );
             }
+            // Generous: every test of a binary starts its own spate at once,
+            // each core creates and syncs a 64 MiB segment, and the machine
+            // may be busy with more than this suite.
+            let pid = self.child.as_ref().unwrap().id();
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "spate not ready after 20s; log:\n{}",
+                start.elapsed() < Duration::from_secs(60),
+                "spate not ready after 60s; its threads:\n{}\nlog:\n{}",
+                threads_of(pid),
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -204,19 +218,43 @@ impl Spate {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// SIGTERM, then wait; returns the exit status code.
+    /// SIGTERM, then wait; returns the exit status code. Returns with the
+    /// whole stderr of the run in `log`, its shutdown report included.
     pub fn stop(&mut self) -> i32 {
         let mut child = self.child.take().expect("running");
         signal(child.id(), 15);
-        let status = wait_timeout(&mut child, Duration::from_secs(30));
+        // spate may take its whole shutdown grace (30 s by default) to let
+        // open transactions finish, then closes the spool (up to 10 s).
+        let status = wait_timeout(&mut child, Duration::from_secs(60));
+        self.join_log_reader();
         status.code().unwrap_or(-1)
     }
 
-    /// kill -9.
+    /// kill -9, then wait; returns with the whole stderr of the run in `log`.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+        self.join_log_reader();
+    }
+
+    /// Waits for the stderr reader of the run that just ended: the process
+    /// has exited, but the lines it wrote last may still be on their way
+    /// through the pipe into `log`. The pipe's write end lives only in the
+    /// child (std opens it close-on-exec), so EOF comes at once.
+    fn join_log_reader(&mut self) {
+        let Some(reader) = self.log_reader.take() else {
+            return;
+        };
+        let start = Instant::now();
+        while !reader.is_finished() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "spate's stderr still open 10 s after it exited"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        reader.join().unwrap();
     }
 
     pub fn connect(&self) -> Smtp {
@@ -231,6 +269,30 @@ impl Drop for Spate {
             let _ = c.wait();
         }
     }
+}
+
+/// Each thread of a process with its state and what it waits in, for the
+/// message when a process seems stuck.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(process {pid} is gone)");
+    };
+    let mut lines: Vec<String> = tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            let state = stat.rsplit_once(") ").map_or("?", |(_, rest)| &rest[..1]);
+            Some(format!(
+                "  {} {} {state} wchan={}",
+                dir.file_name()?.to_string_lossy(),
+                read("comm").trim(),
+                read("wchan")
+            ))
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -265,14 +327,22 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn connect(addr: &str) -> Smtp {
+        Smtp::try_connect(addr).unwrap_or_else(|line| panic!("expected 220, got {line:?}"))
+    }
+
+    /// Connects and reads the greeting: the session if it is 220, else the
+    /// greeting's last line.
+    pub fn try_connect(addr: &str) -> Result<Smtp, String> {
         let stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut s = Smtp { stream, reader };
-        s.expect(220);
-        s
+        match s.reply() {
+            (220, _) => Ok(s),
+            (_, lines) => Err(lines.last().unwrap().clone()),
+        }
     }
 
     /// Sends one command line (CRLF added).
@@ -363,9 +433,23 @@ impl Stored {
     }
 }
 
-/// Every `Message` record in the spool, decoded.
+/// Every message in the spool, decoded: one per message id, in the order
+/// of the segment files and of the records in them.
+///
+/// Safe to call while spate runs on the spool:
+/// - a segment the reclaimer deletes between the listing and the read is
+///   passed over;
+/// - a segment being created is empty, then all zeros (preallocated) until
+///   its header is written: passed over;
+/// - a record being appended is not yet whole and fails its checksum: the
+///   scanner reports it as damage, and only whole records count;
+/// - compaction copies a message's record into the active segment before it
+///   deletes the old segment (and a crash or stop in between leaves both):
+///   a message may be in the spool twice, as recovery knows. Copies are
+///   counted once, and must be the same message.
 pub fn read_spool(dir: &Path) -> Vec<Stored> {
-    let mut out = Vec::new();
+    let mut out: Vec<Stored> = Vec::new();
+    let mut seen = std::collections::HashMap::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -376,14 +460,9 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
         if !name.starts_with("seg-") {
             continue;
         }
-        // The reclaimer may delete a segment between the listing and here.
-        let Ok(bytes) = std::fs::read(&path) else {
+        let Some(bytes) = read_segment(&path) else {
             continue;
         };
-        if bytes.len() < 48 || bytes[..48].iter().all(|&b| b == 0) {
-            continue; // a segment spate is creating right now
-        }
-        SegmentHeader::decode(&bytes).expect("segment header");
         for item in Scanner::new(&bytes) {
             if let ScanItem::Record {
                 header, payload, ..
@@ -391,7 +470,7 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
             {
                 if header.kind == RecordKind::Message {
                     let m = MessageView::decode(payload).unwrap();
-                    out.push(Stored {
+                    let stored = Stored {
                         id: header.message_id,
                         sender: String::from_utf8(m.sender.to_vec()).unwrap(),
                         recipients: m
@@ -400,12 +479,48 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
                             .collect(),
                         flags: m.flags,
                         body: m.body.to_vec(),
-                    });
+                    };
+                    if let Some(&i) = seen.get(&stored.id) {
+                        let first: &Stored = &out[i];
+                        assert!(
+                            first.sender == stored.sender
+                                && first.recipients == stored.recipients
+                                && first.flags == stored.flags
+                                && first.body == stored.body,
+                            "two different messages with id {:016x} in {}",
+                            stored.id,
+                            dir.display()
+                        );
+                        continue;
+                    }
+                    seen.insert(stored.id, out.len());
+                    out.push(stored);
                 }
             }
         }
     }
     out
+}
+
+/// A segment file's bytes, or `None` if it is gone or not written yet.
+fn read_segment(path: &Path) -> Option<Vec<u8>> {
+    // The header is written with one write into a zeroed block; a read
+    // racing with that write may, in principle, see part of it. Read again
+    // before calling the header broken.
+    let mut attempts = 0;
+    loop {
+        // The reclaimer may delete a segment between the listing and here.
+        let bytes = std::fs::read(path).ok()?;
+        if bytes.len() < 48 || bytes[..48].iter().all(|&b| b == 0) {
+            return None; // a segment spate is creating right now
+        }
+        match SegmentHeader::decode(&bytes) {
+            Ok(_) => return Some(bytes),
+            Err(e) if attempts == 10 => panic!("segment header of {}: {e:?}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+        attempts += 1;
+    }
 }
 
 /// Runs a program to completion, returning (success, stdout+stderr).
@@ -428,63 +543,160 @@ pub fn spate_cmd(args: &[&str]) -> (bool, String) {
 
 /// Postfix's smtp-sink on `addr`, dumping every message into its own file
 /// under `dump` (one file per transaction). Killed on drop.
+///
+/// A dump file is written while its transaction goes on: smtp-sink creates
+/// it (O_CREAT|O_EXCL) when it has accepted MAIL FROM, writes the headers
+/// and the body through a buffer of its own as they arrive, and closes it
+/// at the final dot, before it replies to the dot. A transaction that ends
+/// any other way (RSET, HELO/EHLO, a lost connection) unlinks its file,
+/// then closes it. So a file in `dump` may be half written, or about to go;
+/// [`Sink::count`] and [`Sink::messages`] see only whole messages (see
+/// [`Sink::whole_files`] for how).
 pub struct Sink {
     pub child: Child,
     pub addr: String,
     pub dump: tempfile::TempDir,
+    /// smtp-sink's stderr, for the message when it fails to start.
+    log: tempfile::NamedTempFile,
 }
 
 impl Sink {
     /// `flags` are extra smtp-sink options, e.g. `["-r", "RCPT"]` to tempfail.
+    /// Returns once smtp-sink accepts connections on `addr`.
     pub fn start(addr: &str, flags: &[&str]) -> Sink {
         require("smtp-sink");
+        // Else the wait below would find that listener, not this sink.
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "something already listens on {addr}"
+        );
         let dump = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(
-            dump.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let template = format!("{}/%H%M%S.", dump.path().display());
-        let child = Command::new("smtp-sink")
-            .args(["-u", "nobody", "-d", &template])
+        // smtp-sink runs as the test's own user: it must be told a user when
+        // it starts as root, and a process that changed its uid is not
+        // dumpable, so without CAP_SYS_PTRACE (a container's usual lot) its
+        // /proc/<pid>/fd, which `whole_files` reads, could not be read.
+        let euid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+        let user: &[&str] = if euid == 0 { &["-u", "root"] } else { &[] };
+        let mut child = Command::new("smtp-sink")
+            .args(user)
+            .args(["-d", &template])
             .args(flags)
             .arg(addr)
             .arg("256")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("spawn smtp-sink");
+        // Connecting is a session to smtp-sink, but no transaction: it
+        // greets, sees EOF and hangs up ("lost connection" on its stderr).
+        // No dump file is made before MAIL FROM, and it ignores SIGPIPE.
         let start = Instant::now();
         while TcpStream::connect(addr).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "smtp-sink on {addr} exited with {status}: {}",
+                    std::fs::read_to_string(log.path()).unwrap_or_default()
+                );
+            }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < Duration::from_secs(30),
                 "smtp-sink did not listen on {addr}"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // `whole_files` needs to see what smtp-sink has open: its stderr, for one.
+        let stderr = format!("/proc/{}/fd/2", child.id());
+        if let Err(e) = std::fs::metadata(&stderr) {
+            panic!("cannot see smtp-sink's open files ({stderr}): {e}");
         }
         Sink {
             child,
             addr: addr.to_string(),
             dump,
+            log,
         }
     }
 
-    /// The messages received so far, as smtp-sink wrote them (LF line ends,
-    /// its own X- and Received headers first).
+    /// The whole messages received so far, as smtp-sink wrote them (LF line
+    /// ends, its own X- and Received headers first), in the order of their
+    /// file names (the second each transaction began, then at random).
     pub fn messages(&self) -> Vec<String> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dump.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        files
+        self.whole_files()
             .iter()
-            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .map(|path| {
+                // Whole files never change and are never unlinked.
+                let bytes =
+                    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
             .collect()
     }
 
+    /// How many whole messages smtp-sink has received.
     pub fn count(&self) -> usize {
-        std::fs::read_dir(self.dump.path()).unwrap().count()
+        self.whole_files().len()
+    }
+
+    /// The dump files that hold a whole message, in name order.
+    ///
+    /// smtp-sink is one process. A file is whole once that process has
+    /// closed it and has not unlinked it, and closed files never change.
+    /// The checks, in this order:
+    /// 1. list `dump` and keep the files that are not empty. A file is
+    ///    empty until smtp-sink writes through its descriptor, and in
+    ///    particular during the instant inside open(2) when the file exists
+    ///    but its descriptor is not installed yet (and so not in step 2);
+    /// 2. then read what smtp-sink has open (/proc/<pid>/fd) and drop the
+    ///    files still open. A file not empty in step 1 had its descriptor
+    ///    by then, so if it is not open now it was closed in between;
+    /// 3. then look each file left up again: one whose transaction was
+    ///    aborted was unlinked before it was closed, so it is gone now. (The
+    ///    name must still lead to the inode listed.)
+    ///
+    /// No file is kept open: there may be more of them than descriptors.
+    fn whole_files(&self) -> Vec<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let mut listed: Vec<(PathBuf, (u64, u64))> = std::fs::read_dir(self.dump.path())
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                // Gone already: an aborted transaction.
+                let meta = std::fs::metadata(&path).ok()?;
+                (meta.len() > 0).then(|| (path, (meta.dev(), meta.ino())))
+            })
+            .collect();
+        listed.sort();
+        let pid = self.child.id();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap_or_else(|e| panic!("smtp-sink on {} is gone: {e}", self.addr));
+        // An entry can go while we read (smtp-sink closed that descriptor).
+        let open: std::collections::HashSet<(u64, u64)> = fds
+            .filter_map(|e| match std::fs::metadata(e.ok()?.path()) {
+                Ok(meta) => Some((meta.dev(), meta.ino())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("smtp-sink's open files: {e}"),
+            })
+            .collect();
+        // A process that has exited has no descriptors: nothing would look
+        // open, half-written files included.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        assert!(
+            matches!(state, Some(s) if s != "Z" && s != "X"),
+            "smtp-sink on {} has exited: {}",
+            self.addr,
+            std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        );
+        listed
+            .into_iter()
+            .filter(|(path, id)| {
+                !open.contains(id)
+                    && std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id)
+            })
+            .map(|(path, _)| path)
+            .collect()
     }
 }
 
@@ -495,18 +707,40 @@ impl Drop for Sink {
     }
 }
 
-/// The delivery log records of every core, parsed.
+/// The delivery log records of every core, parsed: the whole lines only.
+///
+/// spate buffers records and appends the buffer to its core's file every
+/// 100 ms; a read racing with that write can end anywhere in it, even in
+/// the middle of a UTF-8 sequence. What ends in '\n' was written whole (a
+/// reader never sees a byte past the file size before the bytes below it
+/// are written), and every such line must be a JSON record. (A kill -9 in
+/// the middle of a write can leave a line torn for good, with the next
+/// run's records appended to it: tests read the log only of runs that were
+/// not killed.)
 pub fn delivery_log(log_dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(log_dir) else {
         return out;
     };
-    for e in entries {
-        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-        out.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("log line is JSON")),
-        );
+    let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    for path in paths {
+        let bytes = std::fs::read(&path).unwrap();
+        let whole = match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(last) => &bytes[..last],
+            None => continue,
+        };
+        for (n, line) in whole.split(|&b| b == b'\n').enumerate() {
+            let record = serde_json::from_slice(line).unwrap_or_else(|e| {
+                panic!(
+                    "{} line {}: not a JSON record ({e}): {:?}",
+                    path.display(),
+                    n + 1,
+                    String::from_utf8_lossy(line)
+                )
+            });
+            out.push(record);
+        }
     }
     out
 }
@@ -570,7 +804,7 @@ impl Unbound {
             addr,
             _dir: dir,
         };
-        wait_until(Duration::from_secs(10), "unbound to answer", || {
+        wait_until(Duration::from_secs(30), "unbound to answer", || {
             unbound.answers()
         });
         unbound
