@@ -2,10 +2,14 @@
 //! (`<log dir>/delivery-core<N>.jsonl`), one record per event.
 //!
 //! Records are buffered in memory and written by a flusher task every
-//! `FLUSH_INTERVAL` (or when the buffer passes `BUFFER_BYTES_MAX`), so the
-//! hot path never waits for the disk. The log is not fsync'd: the spool is
-//! the record of truth, the log is for people and tools.
+//! `FLUSH_INTERVAL`, or at once when the buffer passes `BUFFER_BYTES_MAX`,
+//! so the hot path never waits for the disk. Only if the disk falls so far
+//! behind that the buffer reaches `PENDING_BYTES_MAX` are records dropped,
+//! and then they are counted and the count is reported. The log is not
+//! fsync'd: the spool is the record of truth, the log is for people and
+//! tools.
 
+use crate::local::Notify;
 use glommio::io::{BufferedFile, OpenOptions};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -15,7 +19,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Past this many buffered bytes the flusher is woken at once.
 pub const BUFFER_BYTES_MAX: usize = 1 << 20;
+/// Past this many buffered bytes records are dropped (and counted): a burst
+/// of outcomes (a whole queue deferred at once) fits; a dead disk does not
+/// take the core's memory.
+pub const PENDING_BYTES_MAX: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Kind {
@@ -55,6 +64,10 @@ pub struct DeliveryLog {
     flushing: glommio::sync::Semaphore,
     position: Cell<u64>,
     pending: RefCell<Vec<u8>>,
+    /// Wakes the flusher before its interval when the buffer is large.
+    kick: Notify,
+    /// Records dropped since the last report.
+    dropped: Cell<u64>,
     core: usize,
 }
 
@@ -63,22 +76,32 @@ impl DeliveryLog {
     pub async fn open(dir: &Path, core: usize) -> std::io::Result<Rc<DeliveryLog>> {
         let path = dir.join(format!("delivery-core{core}.jsonl"));
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .buffered_open(&path)
             .await?;
         let position = file.file_size().await?;
+        // A crash can leave half a line at the end: start on a line of our
+        // own, so the next record is not glued to it.
+        let mut pending = Vec::new();
+        if position > 0 && *file.read_at(position - 1, 1).await? != [b'\n'] {
+            pending.push(b'\n');
+        }
         let log = Rc::new(DeliveryLog {
             file,
             flushing: glommio::sync::Semaphore::new(1),
             position: Cell::new(position),
-            pending: RefCell::new(Vec::new()),
+            pending: RefCell::new(pending),
+            kick: Notify::default(),
+            dropped: Cell::new(0),
             core,
         });
         let flusher = log.clone();
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(FLUSH_INTERVAL).await;
+                let tick = glommio::timer::sleep(FLUSH_INTERVAL);
+                futures_lite::future::or(tick, flusher.kick.notified()).await;
                 flusher.flush().await;
             }
         })
@@ -93,12 +116,16 @@ impl DeliveryLog {
     /// Adds one record; never waits.
     pub fn write(&self, record: &Record<'_>) {
         let mut pending = self.pending.borrow_mut();
-        if pending.len() > BUFFER_BYTES_MAX {
+        if pending.len() > PENDING_BYTES_MAX {
             // The disk is far behind: drop rather than grow without bound.
+            self.dropped.set(self.dropped.get() + 1);
             return;
         }
         serde_json::to_writer(&mut *pending, record).expect("records serialize");
         pending.push(b'\n');
+        if pending.len() > BUFFER_BYTES_MAX {
+            self.kick.notify();
+        }
     }
 
     /// Writes what is buffered.
@@ -106,6 +133,13 @@ impl DeliveryLog {
         let Ok(_permit) = self.flushing.acquire_permit(1).await else {
             return;
         };
+        let dropped = self.dropped.replace(0);
+        if dropped > 0 {
+            eprintln!(
+                "spate: core {}: the delivery log fell behind the disk; {dropped} records were dropped",
+                self.core
+            );
+        }
         let buf = std::mem::take(&mut *self.pending.borrow_mut());
         if buf.is_empty() {
             return;
