@@ -51,6 +51,7 @@ pub fn build(
     reporting_mta: &str,
     dsn_id: &str,
     original: &MessageHandle,
+    sender: &str,
     failures: &[Failure],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<u8> {
@@ -61,7 +62,7 @@ pub fn build(
         .to_rfc2822();
     let mut m = String::with_capacity(2048);
     m += &format!("From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n");
-    m += &format!("To: <{}>\r\n", clean(&original.sender));
+    m += &format!("To: <{}>\r\n", clean(sender));
     m += "Subject: Undelivered Mail Returned to Sender\r\n";
     m += &format!("Date: {date}\r\n");
     m += &format!("Message-ID: <{dsn_id}@{reporting_mta}>\r\n");

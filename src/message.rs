@@ -8,6 +8,9 @@
 
 pub use crate::spool::{Body, SegmentLife, Stored};
 use memmap2::Mmap;
+use smallvec::SmallVec;
+use spool_format::EnvelopeView;
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,23 +48,16 @@ impl std::fmt::Debug for SegmentMap {
     }
 }
 
-/// One recipient of a message, with its index in the spool record (state
-/// records name recipients by this index).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One recipient of a message on the core that owns it: its index in the
+/// spool record (state records name recipients by this index; the address
+/// itself is read from the record, see [`Envelope`]) and its retry state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recipient {
     pub index: u32,
-    pub address: Box<str>,
     /// Delivery attempts already made (from `Attempt` records at recovery).
     pub attempts: u32,
     /// When the next attempt is due, ms since the epoch; 0: now.
     pub next_attempt_ms: u64,
-}
-
-impl Recipient {
-    /// The domain part, as written (routing lower-cases it).
-    pub fn domain(&self) -> &str {
-        domain_of(&self.address)
-    }
 }
 
 /// The domain of an address: everything after the last `@`.
@@ -69,7 +65,14 @@ pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
+/// A message's recipients on one core; most messages have one, held inline.
+pub type Recipients = SmallVec<[Recipient; 1]>;
+
 /// A durable message, or the part of it (some recipients) that one core owns.
+///
+/// It holds no addresses: the sender and recipients are read from the spool
+/// record through [`MessageHandle::envelope`], like the body, so a queued
+/// message costs a few dozen bytes of memory whatever its envelope.
 #[derive(Debug, Clone)]
 pub struct MessageHandle {
     pub id: u64,
@@ -77,9 +80,7 @@ pub struct MessageHandle {
     pub flags: u32,
     /// Where the record lives now, and how many recipients are unfinished.
     pub stored: Arc<Stored>,
-    pub body_len: usize,
-    pub sender: Arc<str>,
-    pub recipients: Vec<Recipient>,
+    pub recipients: Recipients,
 }
 
 impl MessageHandle {
@@ -92,8 +93,125 @@ impl MessageHandle {
             .expect("a message with unfinished recipients has a mapped record")
     }
 
+    pub fn body_len(&self) -> usize {
+        self.stored.body_len()
+    }
+
+    /// The sender and recipient addresses, read from the mapped record.
+    pub fn envelope(&self) -> Envelope {
+        self.stored
+            .envelope()
+            .expect("a message with unfinished recipients has a mapped record")
+    }
+
     /// The id as it appears in logs and Received headers.
     pub fn id_text(&self) -> String {
         format!("{:016x}", self.id)
+    }
+}
+
+/// Addresses are UTF-8 (the listener takes them as strings), so the lossy
+/// path is only for a record damaged in a way its checksum missed.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// A message's envelope as its spool record holds it: a slice of the
+/// segment mapping that it keeps alive, decoded when asked. The record's
+/// checksum was verified when it was sealed or recovered, so decoding it
+/// again cannot fail.
+pub struct Envelope {
+    record: Body,
+}
+
+impl Envelope {
+    pub(crate) fn new(record: Body) -> Envelope {
+        Envelope { record }
+    }
+
+    fn view(&self) -> EnvelopeView<'_> {
+        let payload = &self.record[spool_format::RECORD_HEADER_BYTES..];
+        EnvelopeView::decode(payload).expect("a sealed record's envelope decodes")
+    }
+
+    /// The envelope sender; empty for the null sender `<>`.
+    pub fn sender(&self) -> Cow<'_, str> {
+        text(self.view().sender)
+    }
+
+    /// The address of recipient `index` of the record.
+    pub fn address(&self, index: u32) -> Cow<'_, str> {
+        let bytes = self
+            .view()
+            .recipient(index)
+            .expect("recipient indexes come from the record");
+        text(bytes)
+    }
+
+    /// The domain of recipient `index`, as written (routing lower-cases it).
+    pub fn domain(&self, index: u32) -> String {
+        domain_of(&self.address(index)).to_string()
+    }
+}
+
+impl MessageHandle {
+    /// A handle whose record (built with `sender`, `recipients` and `body`)
+    /// lives in an anonymous mapping, for tests and benchmarks.
+    #[doc(hidden)]
+    pub fn in_memory(id: u64, sender: &str, recipients: &[&str], body: &[u8]) -> MessageHandle {
+        let rcpts: Vec<&[u8]> = recipients.iter().map(|r| r.as_bytes()).collect();
+        let mut b = spool_format::MessageBuilder::new(Vec::new(), 0, 0, sender.as_bytes(), &rcpts);
+        b.body_mut().extend_from_slice(body);
+        let (body_start, body_len) = (b.body_start(), b.body_len());
+        let record = b.finish(id);
+        let map = Arc::new(SegmentMap::anonymous(1, &record).expect("anonymous mapping"));
+        let stored = Stored::new(
+            id,
+            record.len(),
+            body_start,
+            body_len,
+            recipients.len() as u32,
+        );
+        stored.place(&map, 0);
+        MessageHandle {
+            id,
+            received_ms: 0,
+            flags: 0,
+            stored,
+            recipients: (0..recipients.len() as u32)
+                .map(|index| Recipient {
+                    index,
+                    attempts: 0,
+                    next_attempt_ms: 0,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_is_read_from_the_record() {
+        let m = MessageHandle::in_memory(7, "bounce@s.test", &["a@X.test", "b@y.test"], b"hi\r\n");
+        let e = m.envelope();
+        assert_eq!(e.sender(), "bounce@s.test");
+        assert_eq!(e.address(1), "b@y.test");
+        assert_eq!(e.domain(0), "X.test");
+        assert_eq!(&*m.body(), b"hi\r\n");
+        assert_eq!(m.body_len(), 4);
+    }
+
+    #[test]
+    fn a_queued_one_recipient_message_is_small() {
+        // The handle is one allocation of at most 80 bytes with the Rc's
+        // counts (perf/results/2026-12-04-queue-memory.md has the layout).
+        assert!(std::mem::size_of::<MessageHandle>() <= 64);
+        assert!(std::mem::size_of::<Recipient>() <= 16);
     }
 }

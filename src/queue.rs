@@ -9,32 +9,25 @@
 
 use crate::local::{Event, Notify};
 use crate::message::MessageHandle;
+use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
+/// Recipient indexes (into the spool record) of one entry; most entries
+/// have one or two, held inline.
+pub type Indexes = SmallVec<[u32; 2]>;
+
 /// One message's recipients that go to one domain.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub message: Rc<MessageHandle>,
-    /// Indexes into `message.recipients`.
-    pub recipients: Vec<u32>,
+    /// Indexes of the record's recipients (as in `message.recipients`).
+    pub recipients: Indexes,
     /// Delivery attempts made so far.
     pub attempts: u32,
-}
-
-impl Entry {
-    pub fn address(&self, index: u32) -> &str {
-        let r = self
-            .message
-            .recipients
-            .iter()
-            .find(|r| r.index == index)
-            .expect("entry names the message's recipients");
-        &r.address
-    }
 }
 
 /// A domain's ready work and the connections serving it.
@@ -47,10 +40,13 @@ pub struct DomainQueue {
     pub work: Rc<Event>,
 }
 
+/// An entry waiting for its retry. The domain is named by its number in
+/// [`DomainNames`], not by a string of its own: a queue of a million
+/// deferred messages holds a million of these.
 struct Scheduled {
     due: Instant,
-    seq: u64,
-    domain: Box<str>,
+    seq: u32,
+    domain: u32,
     entry: Entry,
 }
 
@@ -81,12 +77,39 @@ pub struct QueueSummary {
     pub scheduled: usize,
 }
 
+/// The names of the domains this core has queued for, each held once and
+/// numbered. Names are kept until the process ends: one per distinct
+/// domain this core has scheduled a retry for, not one per message.
+#[derive(Default)]
+struct DomainNames {
+    numbers: HashMap<Rc<str>, u32>,
+    names: Vec<Rc<str>>,
+}
+
+impl DomainNames {
+    fn number(&mut self, domain: &str) -> u32 {
+        if let Some(&n) = self.numbers.get(domain) {
+            return n;
+        }
+        let n = u32::try_from(self.names.len()).expect("fewer than 2^32 domains");
+        let name: Rc<str> = domain.into();
+        self.names.push(name.clone());
+        self.numbers.insert(name, n);
+        n
+    }
+
+    fn name(&self, number: u32) -> Rc<str> {
+        self.names[number as usize].clone()
+    }
+}
+
 #[derive(Default)]
 pub struct Queues {
     core: usize,
     domains: RefCell<HashMap<Box<str>, DomainQueue>>,
     scheduled: RefCell<BinaryHeap<Reverse<Scheduled>>>,
-    seq: Cell<u64>,
+    names: RefCell<DomainNames>,
+    seq: Cell<u32>,
     /// Domains that got ready work since the delivery driver last looked.
     dirty: RefCell<Vec<Box<str>>>,
     /// Wakes the delivery driver.
@@ -112,9 +135,10 @@ impl Queues {
     pub fn enqueue(&self, handle: MessageHandle) {
         let message = Rc::new(handle);
         // (domain, entry, latest next-attempt time of its recipients)
-        let mut by_domain: Vec<(String, Entry, u64)> = Vec::new();
+        let mut by_domain: SmallVec<[(String, Entry, u64); 1]> = SmallVec::new();
+        let envelope = message.envelope();
         for r in &message.recipients {
-            let domain = r.domain().to_ascii_lowercase();
+            let domain = envelope.domain(r.index).to_ascii_lowercase();
             match by_domain.iter_mut().find(|(d, _, _)| *d == domain) {
                 Some((_, e, next)) => {
                     e.recipients.push(r.index);
@@ -124,13 +148,14 @@ impl Queues {
                 None => {
                     let entry = Entry {
                         message: message.clone(),
-                        recipients: vec![r.index],
+                        recipients: smallvec::smallvec![r.index],
                         attempts: r.attempts,
                     };
                     by_domain.push((domain, entry, r.next_attempt_ms));
                 }
             }
         }
+        drop(envelope);
         self.messages.set(self.messages.get() + 1);
         self.recipients
             .set(self.recipients.get() + message.recipients.len() as u64);
@@ -164,23 +189,17 @@ impl Queues {
         self.domains.borrow_mut().get_mut(domain)?.ready.pop_front()
     }
 
-    /// Takes all of a domain's ready work (when its destination is down).
-    pub fn drain_ready(&self, domain: &str) -> Vec<Entry> {
-        self.domains
-            .borrow_mut()
-            .get_mut(domain)
-            .map(|q| q.ready.drain(..).collect())
-            .unwrap_or_default()
-    }
-
     /// Parks `entry` until `due`.
     pub fn schedule(&self, domain: &str, entry: Entry, due: Instant) {
+        // Ties in `due` go in the order scheduled; the sequence wraps after
+        // 2^32 entries, which only reorders equal deadlines.
         let seq = self.seq.get();
-        self.seq.set(seq + 1);
+        self.seq.set(seq.wrapping_add(1));
+        let domain = self.names.borrow_mut().number(domain);
         self.scheduled.borrow_mut().push(Reverse(Scheduled {
             due,
             seq,
-            domain: domain.into(),
+            domain,
             entry,
         }));
         self.wake.notify();
@@ -198,7 +217,8 @@ impl Queues {
                 }
             };
             let Some(s) = next else { return moved };
-            self.push_ready(&s.domain, s.entry, false);
+            let domain = self.names.borrow().name(s.domain);
+            self.push_ready(&domain, s.entry, false);
             moved += 1;
         }
     }
@@ -274,32 +294,10 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Recipient, SegmentMap, Stored};
-    use std::sync::Arc;
     use std::time::Duration;
 
     pub fn handle(recipients: &[&str]) -> MessageHandle {
-        let map = Arc::new(SegmentMap::anonymous(1, &[b'x'; 10]).unwrap());
-        let stored = Stored::new(1, 10, 0, 10, recipients.len() as u32);
-        stored.place(&map, 0);
-        MessageHandle {
-            id: 1,
-            received_ms: 0,
-            flags: 0,
-            stored,
-            body_len: 10,
-            sender: "s@a.test".into(),
-            recipients: recipients
-                .iter()
-                .enumerate()
-                .map(|(i, a)| Recipient {
-                    index: i as u32,
-                    address: (*a).into(),
-                    attempts: 0,
-                    next_attempt_ms: 0,
-                })
-                .collect(),
-        }
+        MessageHandle::in_memory(1, "s@a.test", recipients, b"x")
     }
 
     #[test]
@@ -310,8 +308,8 @@ mod tests {
             q.take_dirty(),
             vec![Box::from("x.test"), Box::from("y.test")]
         );
-        assert_eq!(q.pop_ready("x.test").unwrap().recipients, vec![0, 1]);
-        assert_eq!(q.pop_ready("y.test").unwrap().recipients, vec![2]);
+        assert_eq!(q.pop_ready("x.test").unwrap().recipients.as_slice(), [0, 1]);
+        assert_eq!(q.pop_ready("y.test").unwrap().recipients.as_slice(), [2]);
         assert!(q.pop_ready("x.test").is_none());
     }
 

@@ -7,7 +7,7 @@
 //! 1/(n+1) of the domains. It must stay stable across releases: queues are
 //! rebuilt from the spool at start with it.
 
-use crate::message::{MessageHandle, Recipient};
+use crate::message::{MessageHandle, Recipients};
 
 /// FNV-1a, 64-bit, of the ASCII-lower-cased bytes.
 fn fnv1a_lower(bytes: &[u8]) -> u64 {
@@ -39,14 +39,19 @@ pub fn owner_of(domain: &str, cores: usize) -> usize {
 /// Splits a handle into one handle per owning core, each with only the
 /// recipients that core owns. The body is shared, never copied.
 pub fn split_by_owner(handle: MessageHandle, cores: usize) -> Vec<(usize, MessageHandle)> {
-    let mut by_core: Vec<(usize, Vec<Recipient>)> = Vec::new();
+    if cores == 1 {
+        return vec![(0, handle)];
+    }
+    let mut by_core: Vec<(usize, Recipients)> = Vec::new();
+    let envelope = handle.envelope();
     for r in &handle.recipients {
-        let core = owner_of(r.domain(), cores);
+        let core = owner_of(&envelope.domain(r.index), cores);
         match by_core.iter_mut().find(|(c, _)| *c == core) {
-            Some((_, list)) => list.push(r.clone()),
-            None => by_core.push((core, vec![r.clone()])),
+            Some((_, list)) => list.push(*r),
+            None => by_core.push((core, smallvec::smallvec![*r])),
         }
     }
+    drop(envelope);
     if by_core.len() == 1 {
         return vec![(by_core[0].0, handle)];
     }

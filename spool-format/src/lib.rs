@@ -14,8 +14,8 @@ mod scan;
 mod segment;
 
 pub use record::{
-    decode_record, encode_state, MessageBuilder, MessageView, RecordHeader, RecordKind,
-    StateRecord, StateView, FLAG_8BITMIME, FLAG_SMTPUTF8,
+    decode_record, encode_state, EnvelopeView, MessageBuilder, MessageView, RecordHeader,
+    RecordKind, StateRecord, StateView, FLAG_8BITMIME, FLAG_SMTPUTF8,
 };
 pub use scan::{Damage, ScanItem, Scanner};
 pub use segment::{parse_segment_file_name, segment_file_name, SegmentHeader};

@@ -219,6 +219,53 @@ pub struct MessageView<'a> {
 
 impl<'a> MessageView<'a> {
     pub fn decode(payload: &'a [u8]) -> Result<MessageView<'a>, FormatError> {
+        let (envelope, mut c) = EnvelopeView::decode_prefix(payload)?;
+        let body_len = c.u32()? as usize;
+        let body_offset = c.position();
+        let body = c.take(body_len)?;
+        if !c.is_empty() {
+            return Err(FormatError::Invalid("message length"));
+        }
+        Ok(MessageView {
+            received_ms: envelope.received_ms,
+            flags: envelope.flags,
+            sender: envelope.sender,
+            recipients: envelope.recipients,
+            recipient_count: envelope.recipient_count,
+            body,
+            body_offset,
+        })
+    }
+
+    /// The recipients in index order.
+    pub fn recipients(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        recipients_of(self.recipients, self.recipient_count)
+    }
+}
+
+/// The envelope at the start of a `Message` payload (reception time, flags,
+/// sender, recipients), read without the body and without the checksum.
+///
+/// For a record whose checksum was already verified (sealed by this process
+/// or checked by recovery) and whose envelope is read again from a mapping:
+/// the engine keeps no copy of addresses in memory, only their place.
+#[derive(Debug, Clone)]
+pub struct EnvelopeView<'a> {
+    pub received_ms: u64,
+    pub flags: u32,
+    pub sender: &'a [u8],
+    recipients: &'a [u8],
+    pub recipient_count: u32,
+}
+
+impl<'a> EnvelopeView<'a> {
+    /// Decodes the envelope from the first bytes of a payload; whatever
+    /// follows the recipients (the body) is not looked at.
+    pub fn decode(payload: &'a [u8]) -> Result<EnvelopeView<'a>, FormatError> {
+        Ok(EnvelopeView::decode_prefix(payload)?.0)
+    }
+
+    fn decode_prefix(payload: &'a [u8]) -> Result<(EnvelopeView<'a>, Cursor<'a>), FormatError> {
         let mut c = Cursor::new(payload);
         let received_ms = c.u64()?;
         let flags = c.u32()?;
@@ -235,28 +282,30 @@ impl<'a> MessageView<'a> {
             c.short_bytes()?;
         }
         let recipients = &payload[recipients_start..c.position()];
-        let body_len = c.u32()? as usize;
-        let body_offset = c.position();
-        let body = c.take(body_len)?;
-        if !c.is_empty() {
-            return Err(FormatError::Invalid("message length"));
-        }
-        Ok(MessageView {
+        let envelope = EnvelopeView {
             received_ms,
             flags,
             sender,
             recipients,
             recipient_count,
-            body,
-            body_offset,
-        })
+        };
+        Ok((envelope, c))
     }
 
     /// The recipients in index order.
     pub fn recipients(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let mut c = Cursor::new(self.recipients);
-        (0..self.recipient_count).map(move |_| c.short_bytes().expect("checked in decode"))
+        recipients_of(self.recipients, self.recipient_count)
     }
+
+    /// The recipient at `index`, if there is one.
+    pub fn recipient(&self, index: u32) -> Option<&'a [u8]> {
+        self.recipients().nth(index as usize)
+    }
+}
+
+fn recipients_of(bytes: &[u8], count: u32) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut c = Cursor::new(bytes);
+    (0..count).map(move |_| c.short_bytes().expect("checked in decode"))
 }
 
 /// A state record to append (kinds 2 to 5).
@@ -401,6 +450,26 @@ mod tests {
         b.body_mut()
             .extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n");
         b.finish(42)
+    }
+
+    #[test]
+    fn the_envelope_reads_without_the_body() {
+        let rec = message();
+        let (_, payload) = decode_record(&rec).unwrap();
+        let body_offset = MessageView::decode(payload).unwrap().body_offset;
+        // Only the bytes before the body: no body, no checksum needed.
+        let e = EnvelopeView::decode(&payload[..body_offset]).unwrap();
+        assert_eq!(
+            (e.received_ms, e.flags, e.sender),
+            (5, FLAG_8BITMIME, &b"a@x"[..])
+        );
+        assert_eq!(e.recipient_count, 2);
+        assert_eq!(e.recipient(1), Some(&b"c@z"[..]));
+        assert_eq!(e.recipient(2), None);
+        assert!(
+            EnvelopeView::decode(&payload[..20]).is_err(),
+            "cut inside the recipients"
+        );
     }
 
     #[test]

@@ -265,6 +265,7 @@ impl Client {
     pub async fn send(
         &mut self,
         msg: &MessageHandle,
+        sender: &str,
         rcpts: &[(u32, &str)],
     ) -> (Vec<(u32, Outcome)>, bool) {
         if let Some(refusal) = self.refuse_before_sending(msg) {
@@ -274,7 +275,7 @@ impl Client {
             );
         }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; rcpts.len()];
-        let result = self.transaction(msg, rcpts, &mut outcomes).await;
+        let result = self.transaction(msg, sender, rcpts, &mut outcomes).await;
         let broken = result.is_err() || self.closing;
         let lost = result.err().map(|(stage, e)| connection_lost(stage, &e));
         let decided = rcpts.iter().zip(outcomes).map(|((i, _), o)| {
@@ -296,18 +297,19 @@ impl Client {
             )));
         }
         match self.caps.size {
-            Some(max) if max > 0 && msg.body_len as u64 > max => Some(Outcome::Bounced(format!(
+            Some(max) if max > 0 && msg.body_len() as u64 > max => Some(Outcome::Bounced(format!(
                 "552 5.3.4 message of {} bytes exceeds the {max}-byte limit of {}",
-                msg.body_len, self.host
+                msg.body_len(),
+                self.host
             ))),
             _ => None,
         }
     }
 
-    fn mail_command(&self, msg: &MessageHandle) -> String {
-        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+    fn mail_command(&self, msg: &MessageHandle, sender: &str) -> String {
+        let mut mail = format!("MAIL FROM:<{sender}>");
         if self.caps.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", msg.body_len));
+            mail.push_str(&format!(" SIZE={}", msg.body_len()));
         }
         if msg.flags & FLAG_8BITMIME != 0 && self.caps.eightbit {
             mail.push_str(" BODY=8BITMIME");
@@ -322,10 +324,11 @@ impl Client {
     async fn transaction(
         &mut self,
         msg: &MessageHandle,
+        sender: &str,
         rcpts: &[(u32, &str)],
         out: &mut [Option<Outcome>],
     ) -> Result<(), (&'static str, io::Error)> {
-        let (mail, rcpt_replies, data) = self.envelope(msg, rcpts).await?;
+        let (mail, rcpt_replies, data) = self.envelope(msg, sender, rcpts).await?;
         if mail.code / 100 != 2 {
             out.iter_mut().for_each(|o| *o = Some(classify(&mail)));
             return self.reset().await;
@@ -387,10 +390,11 @@ impl Client {
     async fn envelope(
         &mut self,
         msg: &MessageHandle,
+        sender: &str,
         rcpts: &[(u32, &str)],
     ) -> Result<(SmtpReply, Vec<SmtpReply>, Option<SmtpReply>), (&'static str, io::Error)> {
         let t = self.timeouts.command;
-        self.conn.queue_line(&self.mail_command(msg));
+        self.conn.queue_line(&self.mail_command(msg, sender));
         if self.caps.pipelining {
             for (_, addr) in rcpts {
                 self.conn.queue_line(&format!("RCPT TO:<{addr}>"));

@@ -176,12 +176,7 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) {
     let mut sent = 0;
     let mut broken = false;
     while let Some(entry) = next_entry(core, domain).await {
-        let rcpts: Vec<(u32, &str)> = entry
-            .recipients
-            .iter()
-            .map(|&i| (i, entry.address(i)))
-            .collect();
-        let (outcomes, lost) = client.send(&entry.message, &rcpts).await;
+        let (outcomes, lost) = send(&mut client, &entry).await;
         settle::settle(core, domain, entry, outcomes, Some(&remote)).await;
         sent += 1;
         if lost || sent >= core.cfg.delivery.max_messages_per_connection {
@@ -195,6 +190,19 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) {
 }
 
 /// The next entry for `domain`, waiting up to the idle timeout for one.
+/// One transaction for `entry`, its addresses read from the spool record.
+async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool) {
+    let envelope = entry.message.envelope();
+    let sender = envelope.sender();
+    let addresses: Vec<_> = entry
+        .recipients
+        .iter()
+        .map(|&i| (i, envelope.address(i)))
+        .collect();
+    let rcpts: Vec<(u32, &str)> = addresses.iter().map(|(i, a)| (*i, a.as_ref())).collect();
+    client.send(&entry.message, &sender, &rcpts).await
+}
+
 async fn next_entry(core: &Core, domain: &str) -> Option<Entry> {
     let deadline = Instant::now() + core.cfg.delivery.idle_timeout;
     loop {

@@ -11,7 +11,7 @@ use super::Remote;
 use crate::bounce::Failure;
 use crate::delivery_log::{now_ms, Kind, Record};
 use crate::engine::Core;
-use crate::queue::Entry;
+use crate::queue::{Entry, Indexes};
 use spool_format::{encode_state, StateRecord};
 use std::rc::Rc;
 use std::time::Instant;
@@ -60,7 +60,7 @@ pub async fn settle(
     let next_ms = now + next_in.as_millis() as u64;
     let (mut records, mut about) = (Vec::new(), Vec::new());
     let mut finished = 0;
-    let (mut retry_now, mut later) = (Vec::new(), Vec::new());
+    let (mut retry_now, mut later) = (Indexes::new(), Indexes::new());
     for (index, fate, reason) in &fates {
         let (recipient, time_ms, reason) = (*index, now, reason.as_str());
         let (state, kind) = match fate {
@@ -145,19 +145,21 @@ async fn dsn_first(
     fates: &mut [(u32, Fate, String)],
     remote: Option<&Remote>,
 ) {
+    let envelope = entry.message.envelope();
     let failures: Vec<Failure> = fates
         .iter()
         .filter(|(_, f, _)| matches!(f, Fate::Bounced | Fate::Expired))
         .map(|(i, f, r)| Failure {
-            recipient: entry.address(*i).to_string(),
+            recipient: envelope.address(*i).into_owned(),
             diagnostic: r.clone(),
             expired: matches!(f, Fate::Expired),
             remote_mta: remote.map(|r| r.host.clone()),
         })
         .collect();
-    if failures.is_empty() || entry.message.sender.is_empty() {
+    if failures.is_empty() || envelope.sender().is_empty() {
         return;
     }
+    drop(envelope);
     if let Err(e) = core.send_dsn(&entry.message, &failures).await {
         for (_, fate, reason) in fates
             .iter_mut()
@@ -171,14 +173,24 @@ async fn dsn_first(
 
 /// Gives every ready entry of `domain` the same outcome (DNS said no, or no
 /// host could be reached).
+///
+/// A domain may have a million entries ready when its destination goes
+/// down: they are settled one at a time, letting other tasks of the core
+/// run whenever this one has had its share of time, and the taken entries
+/// are never copied into a list of their own.
 pub async fn fail_domain(core: &Rc<Core>, domain: &str, outcome: Outcome, remote: Option<&Remote>) {
-    for entry in core.queues.drain_ready(domain) {
+    let ready = core.queues.load(domain).0;
+    for _ in 0..ready {
+        let Some(entry) = core.queues.pop_ready(domain) else {
+            return;
+        };
         let outcomes = entry
             .recipients
             .iter()
             .map(|&i| (i, outcome.clone()))
             .collect();
         settle(core, domain, entry, outcomes, remote).await;
+        glommio::yield_if_needed().await;
     }
 }
 
@@ -194,19 +206,20 @@ fn log(
     remote: Option<&Remote>,
     now: u64,
 ) {
+    let envelope = entry.message.envelope();
     core.log.write(&Record {
         kind,
         time_ms: now,
         id: entry.message.id_text(),
-        sender: &entry.message.sender,
-        recipient: entry.address(index),
+        sender: &envelope.sender(),
+        recipient: &envelope.address(index),
         domain,
         mx_host: remote.map(|r| r.host.as_str()),
         mx_ip: remote.map(|r| r.ip),
         connection: remote.map(|r| r.connection),
         response,
         attempt,
-        size: entry.message.body_len,
+        size: entry.message.body_len(),
         queue_time_ms: now.saturating_sub(entry.message.received_ms),
         core: core.index,
     });

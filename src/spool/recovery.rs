@@ -8,12 +8,11 @@
 
 use super::segment::map_segment;
 use super::{SegmentBook, Stored};
-use crate::message::{MessageHandle, Recipient, SegmentMap};
+use crate::message::{MessageHandle, Recipient, Recipients, SegmentMap};
 use spool_format::{
     parse_segment_file_name, Damage, FormatError, MessageView, RecordKind, ScanItem, Scanner,
     SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,15 +61,26 @@ struct Scan {
     messages: Vec<(usize, usize, u64, Found)>,
     /// State records: book index, offset, record length, message id.
     states: Vec<(usize, usize, usize, u64)>,
-    finished: HashSet<(u64, u32)>,
-    attempts: HashMap<(u64, u32), (u32, u64)>,
+    /// What each state record says of its recipient: (message id,
+    /// recipient, note).
+    notes: Vec<(u64, u32, Note)>,
 }
 
+/// What a state record says of one recipient.
+#[derive(Debug, Clone, Copy)]
+enum Note {
+    /// Delivered, bounced or expired.
+    Final,
+    /// Attempt number `.0` failed; the next is due at `.1` (ms).
+    Attempt(u32, u64),
+}
+
+/// What recovery keeps of a message record while it scans: no addresses
+/// (the engine reads those from the mapping), only counts and places.
 struct Found {
     received_ms: u64,
     flags: u32,
-    sender: Arc<str>,
-    recipients: Vec<Box<str>>,
+    recipient_count: u32,
     record_len: usize,
     body_start: usize,
     body_len: usize,
@@ -125,32 +135,42 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
 
 /// Gives every message one [`Stored`] place (the first copy found: a
 /// compaction cut short leaves two), enters messages and state records in
-/// their segments' books, and returns handles for the unfinished.
+/// their segments' books, and returns handles for the unfinished, in the
+/// order their records were found.
+///
+/// Records are matched by message id with sorted lists, not hash tables: at
+/// a million queued messages, random probes into tables that size were
+/// most of the time to ready.
 fn resolve(scan: &mut Scan, report: &mut RecoveryReport) -> Vec<MessageHandle> {
-    let mut by_id: HashMap<u64, Arc<Stored>> = HashMap::new();
-    let mut handles = Vec::new();
-    for (book, offset, id, found) in std::mem::take(&mut scan.messages) {
-        if by_id.contains_key(&id) {
+    let messages = std::mem::take(&mut scan.messages);
+    let mut notes = std::mem::take(&mut scan.notes);
+    notes.sort_unstable_by_key(|&(id, recipient, _)| (id, recipient));
+    let mut by_id: Vec<(u64, u32)> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.2, i as u32))
+        .collect();
+    // Stable: of two copies of one record, the one found first is kept.
+    by_id.sort_by_key(|&(id, _)| id);
+    // Per message in scan order: its place, if it is the copy kept.
+    let mut kept: Vec<Option<Arc<Stored>>> = vec![None; messages.len()];
+    let mut handles: Vec<Option<MessageHandle>> = vec![None; messages.len()];
+    let mut stored_by_id: Vec<(u64, Arc<Stored>)> = Vec::with_capacity(messages.len());
+    let mut cursor = 0;
+    for &(id, i) in &by_id {
+        if stored_by_id.last().is_some_and(|(last, _)| *last == id) {
             report.duplicates += 1;
             continue;
         }
-        let recipients: Vec<Recipient> = found
-            .recipients
-            .into_iter()
-            .enumerate()
-            .map(|(i, address)| (i as u32, address))
-            .filter(|(i, _)| !scan.finished.contains(&(id, *i)))
-            .map(|(index, address)| {
-                let (attempts, next_attempt_ms) =
-                    scan.attempts.get(&(id, index)).copied().unwrap_or((0, 0));
-                Recipient {
-                    index,
-                    address,
-                    attempts,
-                    next_attempt_ms,
-                }
-            })
-            .collect();
+        while notes.get(cursor).is_some_and(|n| n.0 < id) {
+            cursor += 1;
+        }
+        let start = cursor;
+        while notes.get(cursor).is_some_and(|n| n.0 == id) {
+            cursor += 1;
+        }
+        let (_, _, _, found) = &messages[i as usize];
+        let recipients = unfinished(found.recipient_count, &notes[start..cursor]);
         let stored = Stored::new(
             id,
             found.record_len,
@@ -158,31 +178,91 @@ fn resolve(scan: &mut Scan, report: &mut RecoveryReport) -> Vec<MessageHandle> {
             found.body_len,
             recipients.len() as u32,
         );
-        let book = &mut scan.books[book].1;
-        stored.place(&book.map, offset as u64);
-        book.add_homed(stored.clone());
-        by_id.insert(id, stored.clone());
         report.pending_recipients += recipients.len();
         if !recipients.is_empty() {
-            handles.push(MessageHandle {
+            handles[i as usize] = Some(MessageHandle {
                 id,
                 received_ms: found.received_ms,
                 flags: found.flags,
-                stored,
-                body_len: found.body_len,
-                sender: found.sender,
+                stored: stored.clone(),
                 recipients,
             });
         }
+        kept[i as usize] = Some(stored.clone());
+        stored_by_id.push((id, stored));
     }
-    for (book, offset, len, id) in std::mem::take(&mut scan.states) {
-        // A state record naming no message is left over from a message
-        // whose segment was reclaimed: it matters no more.
-        if let Some(stored) = by_id.get(&id) {
-            scan.books[book].1.add_state(offset, len, stored.clone());
+    drop((notes, by_id));
+    for ((book, offset, _, _), stored) in messages.iter().zip(kept) {
+        if let Some(stored) = stored {
+            let book = &mut scan.books[*book].1;
+            stored.place(&book.map, *offset as u64);
+            book.add_homed(stored);
         }
     }
-    handles
+    attach_states(scan, &stored_by_id);
+    handles.into_iter().flatten().collect()
+}
+
+/// The recipients of a message with `count` recipients that no final state
+/// record names, each with its latest attempt; `notes` are the message's
+/// own, sorted by recipient.
+fn unfinished(count: u32, notes: &[(u64, u32, Note)]) -> Recipients {
+    let mut out = Recipients::new();
+    let mut at = 0;
+    for index in 0..count {
+        let (mut finished, mut attempts, mut next_attempt_ms) = (false, 0, 0);
+        while notes.get(at).is_some_and(|n| n.1 < index) {
+            at += 1;
+        }
+        while let Some(&(_, r, note)) = notes.get(at).filter(|n| n.1 == index) {
+            debug_assert_eq!(r, index);
+            match note {
+                Note::Final => finished = true,
+                Note::Attempt(attempt, next_ms) if attempt >= attempts => {
+                    (attempts, next_attempt_ms) = (attempt, next_ms);
+                }
+                Note::Attempt(..) => {}
+            }
+            at += 1;
+        }
+        if !finished {
+            out.push(Recipient {
+                index,
+                attempts,
+                next_attempt_ms,
+            });
+        }
+    }
+    out
+}
+
+/// Enters each state record in its segment's book, in the order found,
+/// with the place of the message it names. A state record naming no
+/// message is left over from a message whose segment was reclaimed: it
+/// matters no more. `stored_by_id` is sorted by id.
+fn attach_states(scan: &mut Scan, stored_by_id: &[(u64, Arc<Stored>)]) {
+    let states = std::mem::take(&mut scan.states);
+    let mut by_id: Vec<(u64, u32)> = states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.3, i as u32))
+        .collect();
+    by_id.sort_unstable_by_key(|&(id, _)| id);
+    let mut named: Vec<Option<Arc<Stored>>> = vec![None; states.len()];
+    let mut cursor = 0;
+    for (id, i) in by_id {
+        while stored_by_id.get(cursor).is_some_and(|s| s.0 < id) {
+            cursor += 1;
+        }
+        if let Some((_, stored)) = stored_by_id.get(cursor).filter(|s| s.0 == id) {
+            named[i as usize] = Some(stored.clone());
+        }
+    }
+    for ((book, offset, len, _), stored) in states.into_iter().zip(named) {
+        if let Some(stored) = stored {
+            scan.books[book].1.add_state(offset, len, stored);
+        }
+    }
 }
 
 /// Maps a segment and checks its header. A file whose header was never
@@ -247,19 +327,17 @@ fn scan_segment(scan: &mut Scan, report: &mut RecoveryReport) -> Result<(), Reco
                     })
                 } else {
                     StateRecord::decode(header.kind, payload).map(|state| {
-                        let key = (header.message_id, state.recipient());
-                        scan.states
-                            .push((book, offset, header.record_bytes(), header.message_id));
-                        if state.is_final() {
-                            scan.finished.insert(key);
-                        } else if let StateRecord::Attempt {
-                            attempt, next_ms, ..
-                        } = state
-                        {
-                            let seen = scan.attempts.entry(key).or_default();
-                            if attempt >= seen.0 {
-                                *seen = (attempt, next_ms);
-                            }
+                        let id = header.message_id;
+                        scan.states.push((book, offset, header.record_bytes(), id));
+                        let note = match state {
+                            _ if state.is_final() => Some(Note::Final),
+                            StateRecord::Attempt {
+                                attempt, next_ms, ..
+                            } => Some(Note::Attempt(attempt, next_ms)),
+                            _ => None,
+                        };
+                        if let Some(note) = note {
+                            scan.notes.push((id, state.recipient(), note));
                         }
                     })
                 };
@@ -290,12 +368,10 @@ fn scan_segment(scan: &mut Scan, report: &mut RecoveryReport) -> Result<(), Reco
 }
 
 fn found(view: &MessageView<'_>, record_len: usize) -> Found {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Found {
         received_ms: view.received_ms,
         flags: view.flags,
-        sender: text(view.sender).into(),
-        recipients: view.recipients().map(|r| text(r).into()).collect(),
+        recipient_count: view.recipient_count,
         record_len,
         body_start: RECORD_HEADER_BYTES + view.body_offset,
         body_len: view.body.len(),

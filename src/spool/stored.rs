@@ -66,10 +66,11 @@ impl SegmentLife {
 #[derive(Debug)]
 pub struct Stored {
     pub id: u64,
-    record_len: u64,
+    /// Record lengths are below a segment's size, which is below 4 GiB.
+    record_len: u32,
     /// Where the body starts, counted from the start of the record.
-    body_start: usize,
-    body_len: usize,
+    body_start: u32,
+    body_len: u32,
     place: Mutex<Place>,
 }
 
@@ -79,7 +80,8 @@ struct Place {
     home: Option<Arc<SegmentLife>>,
     /// Its mapping, while the message still has recipients to deliver.
     map: Option<Arc<SegmentMap>>,
-    record_offset: u64,
+    /// Below a segment's size, which is below 4 GiB.
+    record_offset: u32,
     unfinished: u32,
 }
 
@@ -108,9 +110,9 @@ impl Stored {
     ) -> Arc<Stored> {
         Arc::new(Stored {
             id,
-            record_len: record_len as u64,
-            body_start,
-            body_len,
+            record_len: u32::try_from(record_len).expect("a record fits in a segment"),
+            body_start: u32::try_from(body_start).expect("a record fits in a segment"),
+            body_len: u32::try_from(body_len).expect("a record fits in a segment"),
             place: Mutex::new(Place {
                 home: None,
                 map: None,
@@ -132,13 +134,13 @@ impl Stored {
         let mut p = self.lock();
         if p.unfinished > 0 {
             if let Some(old) = &p.home {
-                old.remove(self.record_len);
+                old.remove(self.record_len.into());
             }
-            map.life.add(self.record_len);
+            map.life.add(self.record_len.into());
             p.map = Some(map.clone());
         }
         p.home = Some(map.life.clone());
-        p.record_offset = record_offset;
+        p.record_offset = u32::try_from(record_offset).expect("segments are below 4 GiB");
     }
 
     /// Marks `n` recipients finished (a final state record was appended for
@@ -151,7 +153,7 @@ impl Stored {
         p.unfinished = p.unfinished.saturating_sub(n);
         if p.unfinished == 0 {
             if let Some(home) = &p.home {
-                home.remove(self.record_len);
+                home.remove(self.record_len.into());
             }
             p.map = None;
         }
@@ -165,16 +167,16 @@ impl Stored {
     pub fn body(&self) -> Option<Body> {
         let p = self.lock();
         let map = p.map.clone()?;
-        let start = p.record_offset as usize + self.body_start;
+        let start = p.record_offset as usize + self.body_start as usize;
         Some(Body {
             map,
             start,
-            len: self.body_len,
+            len: self.body_len as usize,
         })
     }
 
     pub fn body_len(&self) -> usize {
-        self.body_len
+        self.body_len as usize
     }
 
     /// The id of the segment holding the record.
@@ -186,6 +188,18 @@ impl Stored {
     /// name it are needed until then.
     pub fn record_exists(&self) -> bool {
         self.lock().home.as_ref().is_some_and(|h| !h.is_deleted())
+    }
+
+    /// The record up to its body (header, envelope), while the message has
+    /// recipients to deliver.
+    pub fn envelope(&self) -> Option<crate::message::Envelope> {
+        let p = self.lock();
+        let map = p.map.clone()?;
+        Some(crate::message::Envelope::new(Body {
+            map,
+            start: p.record_offset as usize,
+            len: self.body_start as usize,
+        }))
     }
 
     /// The whole record, for compaction: `None` once finished.
