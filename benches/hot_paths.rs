@@ -282,8 +282,6 @@ fn queued_bytes_per_message(recipients: usize) -> f64 {
         stored.place(&segment, offset as u64);
         queues.enqueue(MessageHandle {
             id: i as u64,
-            received_ms: 0,
-            flags: 0,
             stored,
             recipients: (0..recipients as u32)
                 .map(|index| Recipient {

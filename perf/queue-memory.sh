@@ -60,8 +60,14 @@ for r in $(seq "$runs"); do
     --size "$size" --domains 1 --recipients 1 | sed -n 1p)
   rate=$(sed -n 's/.*: \([0-9]*\) msgs\/s$/\1/p' <<<"$inject")
   wait_all_deferred
+  # The last deferrals' log lines and state records are still being
+  # written: let those buffers go before taking the figure.
+  sleep 2
   live=$(rss_anon_kib "$pid")
   kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+  # Warm: the spool is in the page cache and the disk is idle (not still
+  # writing back what the killed process wrote).
+  sync
 
   start; warm=$ready_secs
   recovered=$(rss_anon_kib "$pid")

@@ -57,7 +57,7 @@ pub fn build(
 ) -> Vec<u8> {
     let boundary = format!("{dsn_id}/{reporting_mta}");
     let date = now.to_rfc2822();
-    let arrival = chrono::DateTime::from_timestamp_millis(original.received_ms as i64)
+    let arrival = chrono::DateTime::from_timestamp_millis(original.envelope().received_ms() as i64)
         .unwrap_or(now)
         .to_rfc2822();
     let mut m = String::with_capacity(2048);

@@ -44,7 +44,8 @@ pub struct DomainQueue {
 /// [`DomainNames`], not by a string of its own: a queue of a million
 /// deferred messages holds a million of these.
 struct Scheduled {
-    due: Instant,
+    /// Milliseconds after the queues' epoch, rounded up: never early.
+    due_ms: u64,
     seq: u32,
     domain: u32,
     entry: Entry,
@@ -52,7 +53,7 @@ struct Scheduled {
 
 impl PartialEq for Scheduled {
     fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
+        (self.due_ms, self.seq) == (other.due_ms, other.seq)
     }
 }
 impl Eq for Scheduled {}
@@ -63,7 +64,7 @@ impl PartialOrd for Scheduled {
 }
 impl Ord for Scheduled {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
+        (self.due_ms, self.seq).cmp(&(other.due_ms, other.seq))
     }
 }
 
@@ -103,9 +104,10 @@ impl DomainNames {
     }
 }
 
-#[derive(Default)]
 pub struct Queues {
     core: usize,
+    /// Retry times are kept as milliseconds after this instant.
+    epoch: Instant,
     domains: RefCell<HashMap<Box<str>, DomainQueue>>,
     scheduled: RefCell<BinaryHeap<Reverse<Scheduled>>>,
     names: RefCell<DomainNames>,
@@ -122,7 +124,15 @@ impl Queues {
     pub fn new(core: usize) -> Queues {
         Queues {
             core,
-            ..Default::default()
+            epoch: Instant::now(),
+            domains: Default::default(),
+            scheduled: Default::default(),
+            names: Default::default(),
+            seq: Default::default(),
+            dirty: Default::default(),
+            wake: Default::default(),
+            messages: Default::default(),
+            recipients: Default::default(),
         }
     }
 
@@ -196,8 +206,10 @@ impl Queues {
         let seq = self.seq.get();
         self.seq.set(seq.wrapping_add(1));
         let domain = self.names.borrow_mut().number(domain);
+        let after = due.saturating_duration_since(self.epoch);
+        let due_ms = after.as_millis() as u64 + u64::from(after.subsec_nanos() % 1_000_000 > 0);
         self.scheduled.borrow_mut().push(Reverse(Scheduled {
-            due,
+            due_ms,
             seq,
             domain,
             entry,
@@ -207,12 +219,13 @@ impl Queues {
 
     /// Moves every entry due by `now` to its ready queue; returns how many.
     pub fn release_due(&self, now: Instant) -> usize {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let mut moved = 0;
         loop {
             let next = {
                 let mut heap = self.scheduled.borrow_mut();
                 match heap.peek() {
-                    Some(Reverse(s)) if s.due <= now => heap.pop().map(|Reverse(s)| s),
+                    Some(Reverse(s)) if s.due_ms <= now_ms => heap.pop().map(|Reverse(s)| s),
                     _ => None,
                 }
             };
@@ -224,7 +237,9 @@ impl Queues {
     }
 
     pub fn next_due(&self) -> Option<Instant> {
-        self.scheduled.borrow().peek().map(|Reverse(s)| s.due)
+        let heap = self.scheduled.borrow();
+        let Reverse(s) = heap.peek()?;
+        Some(self.epoch + std::time::Duration::from_millis(s.due_ms))
     }
 
     /// Asks the driver to look at `domain` again.
@@ -301,6 +316,13 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_entry_is_small() {
+        // A million deferred messages hold a million of these in the heap.
+        assert!(std::mem::size_of::<Scheduled>() <= 56);
+        assert!(std::mem::size_of::<Entry>() <= 40);
+    }
+
+    #[test]
     fn recipients_are_grouped_by_lower_cased_domain() {
         let q = Queues::new(0);
         q.enqueue(handle(&["a@X.test", "b@x.test", "c@y.test"]));
@@ -332,7 +354,9 @@ mod tests {
             Entry { attempts: 1, ..e },
             now + Duration::from_secs(10),
         );
-        assert_eq!(q.next_due(), Some(now + Duration::from_secs(10)));
+        let next = q.next_due().unwrap();
+        assert!(next >= now + Duration::from_secs(10), "never early");
+        assert!(next <= now + Duration::from_millis(10_001), "at most 1 ms late");
         assert_eq!(q.release_due(now), 0);
         assert_eq!(q.release_due(now + Duration::from_secs(15)), 1);
         assert_eq!(q.pop_ready("x.test").unwrap().attempts, 1);

@@ -8,7 +8,7 @@
 use super::connect::{server_name, start_connect, ClientStream};
 use super::outcome::{classify, classify_rcpt, connection_lost, Outcome, SmtpReply};
 use crate::conn::{with_timeout, Conn};
-use crate::message::MessageHandle;
+use crate::message::{Envelope, MessageHandle};
 use rustls::ClientConfig;
 use spool_format::{FLAG_8BITMIME, FLAG_SMTPUTF8};
 use std::io;
@@ -265,17 +265,17 @@ impl Client {
     pub async fn send(
         &mut self,
         msg: &MessageHandle,
-        sender: &str,
+        envelope: &Envelope,
         rcpts: &[(u32, &str)],
     ) -> (Vec<(u32, Outcome)>, bool) {
-        if let Some(refusal) = self.refuse_before_sending(msg) {
+        if let Some(refusal) = self.refuse_before_sending(msg, envelope) {
             return (
                 rcpts.iter().map(|(i, _)| (*i, refusal.clone())).collect(),
                 false,
             );
         }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; rcpts.len()];
-        let result = self.transaction(msg, sender, rcpts, &mut outcomes).await;
+        let result = self.transaction(msg, envelope, rcpts, &mut outcomes).await;
         let broken = result.is_err() || self.closing;
         let lost = result.err().map(|(stage, e)| connection_lost(stage, &e));
         let decided = rcpts.iter().zip(outcomes).map(|((i, _), o)| {
@@ -289,8 +289,8 @@ impl Client {
     }
 
     /// A message this server cannot take as it is bounces without a try.
-    fn refuse_before_sending(&self, msg: &MessageHandle) -> Option<Outcome> {
-        if msg.flags & FLAG_SMTPUTF8 != 0 && !self.caps.smtputf8 {
+    fn refuse_before_sending(&self, msg: &MessageHandle, envelope: &Envelope) -> Option<Outcome> {
+        if envelope.flags() & FLAG_SMTPUTF8 != 0 && !self.caps.smtputf8 {
             return Some(Outcome::Bounced(format!(
                 "553 5.6.7 {} does not support SMTPUTF8, which this message needs",
                 self.host
@@ -306,15 +306,16 @@ impl Client {
         }
     }
 
-    fn mail_command(&self, msg: &MessageHandle, sender: &str) -> String {
-        let mut mail = format!("MAIL FROM:<{sender}>");
+    fn mail_command(&self, msg: &MessageHandle, envelope: &Envelope) -> String {
+        let flags = envelope.flags();
+        let mut mail = format!("MAIL FROM:<{}>", envelope.sender());
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", msg.body_len()));
         }
-        if msg.flags & FLAG_8BITMIME != 0 && self.caps.eightbit {
+        if flags & FLAG_8BITMIME != 0 && self.caps.eightbit {
             mail.push_str(" BODY=8BITMIME");
         }
-        if msg.flags & FLAG_SMTPUTF8 != 0 {
+        if flags & FLAG_SMTPUTF8 != 0 {
             mail.push_str(" SMTPUTF8");
         }
         mail
@@ -324,11 +325,11 @@ impl Client {
     async fn transaction(
         &mut self,
         msg: &MessageHandle,
-        sender: &str,
+        envelope: &Envelope,
         rcpts: &[(u32, &str)],
         out: &mut [Option<Outcome>],
     ) -> Result<(), (&'static str, io::Error)> {
-        let (mail, rcpt_replies, data) = self.envelope(msg, sender, rcpts).await?;
+        let (mail, rcpt_replies, data) = self.envelope(msg, envelope, rcpts).await?;
         if mail.code / 100 != 2 {
             out.iter_mut().for_each(|o| *o = Some(classify(&mail)));
             return self.reset().await;
@@ -390,11 +391,11 @@ impl Client {
     async fn envelope(
         &mut self,
         msg: &MessageHandle,
-        sender: &str,
+        envelope: &Envelope,
         rcpts: &[(u32, &str)],
     ) -> Result<(SmtpReply, Vec<SmtpReply>, Option<SmtpReply>), (&'static str, io::Error)> {
         let t = self.timeouts.command;
-        self.conn.queue_line(&self.mail_command(msg, sender));
+        self.conn.queue_line(&self.mail_command(msg, envelope));
         if self.caps.pipelining {
             for (_, addr) in rcpts {
                 self.conn.queue_line(&format!("RCPT TO:<{addr}>"));

@@ -193,14 +193,13 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) {
 /// One transaction for `entry`, its addresses read from the spool record.
 async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool) {
     let envelope = entry.message.envelope();
-    let sender = envelope.sender();
     let addresses: Vec<_> = entry
         .recipients
         .iter()
         .map(|&i| (i, envelope.address(i)))
         .collect();
     let rcpts: Vec<(u32, &str)> = addresses.iter().map(|(i, a)| (*i, a.as_ref())).collect();
-    client.send(&entry.message, &sender, &rcpts).await
+    client.send(&entry.message, &envelope, &rcpts).await
 }
 
 async fn next_entry(core: &Core, domain: &str) -> Option<Entry> {

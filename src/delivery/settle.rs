@@ -36,11 +36,8 @@ pub async fn settle(
     let now = now_ms();
     let attempt = entry.attempts + 1;
     let d = &core.cfg.delivery;
-    let expired = now
-        >= entry
-            .message
-            .received_ms
-            .saturating_add(d.expire.as_millis() as u64);
+    let received_ms = entry.message.envelope().received_ms();
+    let expired = now >= received_ms.saturating_add(d.expire.as_millis() as u64);
     let mut fates: Vec<(u32, Fate, String)> = outcomes
         .into_iter()
         .map(|(i, o)| match o {
@@ -220,7 +217,7 @@ fn log(
         response,
         attempt,
         size: entry.message.body_len(),
-        queue_time_ms: now.saturating_sub(entry.message.received_ms),
+        queue_time_ms: now.saturating_sub(envelope.received_ms()),
         core: core.index,
     });
 }

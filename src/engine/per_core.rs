@@ -78,8 +78,6 @@ impl Core {
         self.spool.append_message(record, stored.clone()).await?;
         let handle = MessageHandle {
             id: a.id,
-            received_ms: a.received_ms,
-            flags: a.flags,
             stored,
             recipients: (0..a.recipients.len() as u32)
                 .map(|index| Recipient {

@@ -78,8 +78,6 @@ enum Note {
 /// What recovery keeps of a message record while it scans: no addresses
 /// (the engine reads those from the mapping), only counts and places.
 struct Found {
-    received_ms: u64,
-    flags: u32,
     recipient_count: u32,
     record_len: usize,
     body_start: usize,
@@ -182,8 +180,6 @@ fn resolve(scan: &mut Scan, report: &mut RecoveryReport) -> Vec<MessageHandle> {
         if !recipients.is_empty() {
             handles[i as usize] = Some(MessageHandle {
                 id,
-                received_ms: found.received_ms,
-                flags: found.flags,
                 stored: stored.clone(),
                 recipients,
             });
@@ -369,8 +365,6 @@ fn scan_segment(scan: &mut Scan, report: &mut RecoveryReport) -> Result<(), Reco
 
 fn found(view: &MessageView<'_>, record_len: usize) -> Found {
     Found {
-        received_ms: view.received_ms,
-        flags: view.flags,
         recipient_count: view.recipient_count,
         record_len,
         body_start: RECORD_HEADER_BYTES + view.body_offset,
