@@ -356,7 +356,10 @@ mod tests {
         );
         let next = q.next_due().unwrap();
         assert!(next >= now + Duration::from_secs(10), "never early");
-        assert!(next <= now + Duration::from_millis(10_001), "at most 1 ms late");
+        assert!(
+            next <= now + Duration::from_millis(10_001),
+            "at most 1 ms late"
+        );
         assert_eq!(q.release_due(now), 0);
         assert_eq!(q.release_due(now + Duration::from_secs(15)), 1);
         assert_eq!(q.pop_ready("x.test").unwrap().attempts, 1);

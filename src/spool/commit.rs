@@ -107,6 +107,7 @@ async fn flush(
     .await;
     match result {
         Ok(()) => {
+            spool.active_room.set(seg.room());
             prepare_spare(spool, seg);
             spool
                 .stats
@@ -191,13 +192,17 @@ fn prepare_spare(spool: &Rc<Spool>, active: &ActiveSegment) {
 
 async fn create(spool: &Spool, zero: bool) -> Result<ActiveSegment, SpoolError> {
     let id = spool.ids.borrow_mut().take();
+    let pace = zero.then_some(segment::Pace {
+        active_room: &spool.active_room,
+        hurry_below: spool.segment_bytes / 4,
+    });
     segment::create(
         &spool.dir,
         &spool.dir_path,
         id,
         spool.core,
         spool.segment_bytes,
-        zero,
+        pace,
     )
     .await
     .map_err(|e| {

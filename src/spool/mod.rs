@@ -177,6 +177,9 @@ pub struct Spool {
     active: Cell<Option<u64>>,
     /// The next segment, being prepared in the background.
     spare: RefCell<Option<glommio::task::JoinHandle<Result<segment::ActiveSegment, SpoolError>>>>,
+    /// Bytes still free in the active segment, as of the last commit: the
+    /// spare's zero-fill paces itself by it.
+    active_room: Cell<u64>,
     reclaim: Reclaim,
     kick: Notify,
     closed: Cell<bool>,
@@ -214,6 +217,7 @@ impl Spool {
             books: RefCell::new(books.into_iter().map(|b| (b.id(), b)).collect()),
             active: Cell::new(None),
             spare: RefCell::new(None),
+            active_room: Cell::new(0),
             reclaim: settings.reclaim,
             kick: Notify::default(),
             closed: Cell::new(false),

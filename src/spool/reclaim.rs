@@ -21,7 +21,7 @@
 //! are durable, and never hold a mapping of a deleted segment past the last
 //! reader.
 
-use super::{About, Spool, SpoolError, Stored};
+use super::{segment, About, Spool, SpoolError, Stored};
 use crate::message::SegmentMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -200,7 +200,9 @@ impl Spool {
         // The blocks are freed when the last mapping goes (usually this
         // one): that too happens off the core's thread.
         let SegmentBook { map, .. } = book;
-        glommio::executor().spawn_blocking(move || drop(map)).await;
+        glommio::executor()
+            .spawn_blocking(move || segment::release(map))
+            .await;
         Ok(())
     }
 

@@ -5,9 +5,11 @@ use crate::message::SegmentMap;
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use memmap2::Mmap;
 use spool_format::{segment_file_name, SegmentHeader, RECORDS_OFFSET, SEGMENT_HEADER_BYTES};
+use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A segment this core appends to.
 pub struct ActiveSegment {
@@ -24,7 +26,17 @@ impl ActiveSegment {
     }
 }
 
-/// Creates, preallocates (with `zero`, also zero-fills) and maps a new
+/// How a spare segment's zero-fill shares the disk with the appends to the
+/// active segment: after each chunk it pauses as long as the chunk took
+/// (half the disk's time, at most, goes to zeros), until the active segment
+/// has less than `hurry_below` bytes free; then it writes at full speed, so
+/// that the roll does not wait for it.
+pub struct Pace<'a> {
+    pub active_room: &'a Cell<u64>,
+    pub hurry_below: u64,
+}
+
+/// Creates, preallocates (with a `pace`, also zero-fills) and maps a new
 /// segment, then makes its directory entry durable. On failure nothing is
 /// left behind.
 pub async fn create(
@@ -33,7 +45,7 @@ pub async fn create(
     segment_id: u64,
     core: u32,
     segment_bytes: u64,
-    zero: bool,
+    zero: Option<Pace<'_>>,
 ) -> io::Result<ActiveSegment> {
     let path = dir_path.join(segment_file_name(segment_id));
     match create_at(dir, &path, segment_id, core, segment_bytes, zero).await {
@@ -51,7 +63,7 @@ async fn create_at(
     segment_id: u64,
     core: u32,
     segment_bytes: u64,
-    zero: bool,
+    zero: Option<Pace<'_>>,
 ) -> io::Result<ActiveSegment> {
     let file = OpenOptions::new()
         .read(true)
@@ -62,8 +74,8 @@ async fn create_at(
     // Preallocate the whole segment: no later write can hit ENOSPC and no
     // read through the mapping can SIGBUS.
     file.pre_allocate(segment_bytes, false).await?;
-    if zero {
-        zero_fill(&file, segment_bytes).await?;
+    if let Some(pace) = zero {
+        zero_fill(&file, segment_bytes, pace).await?;
     }
     let header = SegmentHeader {
         segment_id,
@@ -91,13 +103,23 @@ async fn create_at(
 /// journal. Zeros written once, off the commit path, leave the appends'
 /// syncs with data alone: at 3,500 msgs/s this halved the median final-dot
 /// latency (`perf/results/2026-11-28-latency-experiments.md`).
-async fn zero_fill(file: &BufferedFile, segment_bytes: u64) -> io::Result<()> {
+///
+/// Each chunk is synced before the next, and the fill pauses as `pace`
+/// says: written in one burst and synced at the end, the 64 MiB of a
+/// segment held the appends' syncs behind them, and the final-dot p99.9 at
+/// 3,000 msgs/s was 23 ms instead of 11 (`perf/results/2026-12-04-engine-round-2.md`).
+async fn zero_fill(file: &BufferedFile, segment_bytes: u64, pace: Pace<'_>) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let mut pos = RECORDS_OFFSET as u64;
     while pos < segment_bytes {
+        let started = Instant::now();
         let len = CHUNK.min(segment_bytes - pos) as usize;
         write_all_at(file, vec![0u8; len], pos).await?;
+        file.fdatasync().await?;
         pos += len as u64;
+        if pace.active_room.get() >= pace.hurry_below {
+            glommio::timer::sleep(started.elapsed()).await;
+        }
     }
     Ok(())
 }
@@ -132,6 +154,33 @@ pub fn map_segment(path: PathBuf, segment_id: u64) -> io::Result<SegmentMap> {
         map,
         life: Arc::new(SegmentLife::new(segment_id)),
     })
+}
+
+/// Drops a deleted segment's mapping. When this is the last reference, the
+/// pages are let go a MiB at a time first: `MADV_DONTNEED` takes the
+/// address space's lock shared, so the cores' page faults go on meanwhile,
+/// and the final `munmap`, which takes it exclusively, finds nothing left
+/// to tear down. Unmapped at once, 64 MiB of mapped pages held that lock
+/// for 6 ms, and every core that touched any mapping waited
+/// (`perf/results/2026-12-04-engine-round-2.md`). Runs off the cores.
+pub fn release(map: Arc<SegmentMap>) {
+    const STEP: usize = 1 << 20;
+    let Ok(segment) = Arc::try_unwrap(map) else {
+        return; // another holder drops it later
+    };
+    let len = segment.map.len();
+    for offset in (0..len).step_by(STEP) {
+        // SAFETY: this is the only reference to the mapping, and its file
+        // is unlinked: no reader is left to see the pages go (they would
+        // read back from the file anyway: it is a shared file mapping).
+        let _ = unsafe {
+            segment.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                offset,
+                STEP.min(len - offset),
+            )
+        };
+    }
 }
 
 fn now_secs() -> u32 {
