@@ -158,3 +158,52 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize) -> String {
+        format!("r{i}@example.test")
+    }
+
+    /// Regression: a burst of records between two flushes (a whole queue
+    /// deferred at once) was cut at 1 MiB and the rest silently dropped.
+    #[test]
+    fn a_burst_past_the_flush_threshold_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let lines = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let log = DeliveryLog::open(&path, 0).await.unwrap();
+                // About 10 MiB in one go, with no await in between.
+                for i in 0..40_000 {
+                    let rcpt = record(i);
+                    log.write(&Record {
+                        kind: Kind::TransientFailure,
+                        time_ms: 1,
+                        id: format!("{i:016x}"),
+                        sender: "s@example.test",
+                        recipient: &rcpt,
+                        domain: "example.test",
+                        mx_host: None,
+                        mx_ip: None,
+                        connection: None,
+                        response: "451 4.3.0 try again later, this is a long enough reason",
+                        attempt: 1,
+                        size: 1000,
+                        queue_time_ms: 0,
+                        core: 0,
+                    });
+                }
+                log.flush().await;
+                std::fs::read_to_string(path.join("delivery-core0.jsonl")).unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(lines.len() > 2 * BUFFER_BYTES_MAX);
+        assert_eq!(lines.lines().count(), 40_000);
+        assert!(lines.lines().last().unwrap().contains(&record(39_999)));
+    }
+}

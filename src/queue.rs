@@ -207,7 +207,8 @@ impl Queues {
         self.seq.set(seq.wrapping_add(1));
         let domain = self.names.borrow_mut().number(domain);
         let after = due.saturating_duration_since(self.epoch);
-        let due_ms = after.as_millis() as u64 + u64::from(after.subsec_nanos() % 1_000_000 > 0);
+        let due_ms =
+            after.as_millis() as u64 + u64::from(!after.subsec_nanos().is_multiple_of(1_000_000));
         self.scheduled.borrow_mut().push(Reverse(Scheduled {
             due_ms,
             seq,

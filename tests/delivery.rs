@@ -536,3 +536,33 @@ fn a_connection_reset_in_the_middle_of_data_defers_then_delivers() {
     );
     assert_eq!(spate.stop(), 0);
 }
+
+/// Regression: after a crash mid-write the delivery log can end in half a
+/// line; the next run starts its records on a line of their own.
+#[test]
+fn a_torn_last_log_line_is_not_glued_to_the_next_record() {
+    let sink = Sink::start(&free_addr(), &[]);
+    let mut spate = Spate::unlaunched(&["--cores", "1", "--smarthost", &sink.addr]);
+    let torn = "{\"type\":\"Recep";
+    std::fs::create_dir_all(spate.log_dir()).unwrap();
+    let file = spate.log_dir().join("delivery-core0.jsonl");
+    std::fs::write(&file, torn).unwrap();
+    spate.launch();
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: torn\r\n\r\nx\r\n");
+    wait_until(LONG, "the Delivery line", || {
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("\"type\":\"Delivery\"") && l.ends_with('}'))
+    });
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(torn), "{text}");
+    for line in lines {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("{e}: {line:?} in\n{text}"));
+    }
+    assert_eq!(spate.stop(), 0);
+}

@@ -98,6 +98,12 @@ impl Spate {
         s
     }
 
+    /// Prepares a spate with the extra flags given but does not start it:
+    /// the test sets up its directories first, then calls [`Spate::launch`].
+    pub fn unlaunched(extra: &[&str]) -> Spate {
+        Spate::start_full(extra, &[], None, false)
+    }
+
     /// Starts with the spool in `spool` instead of the test's own directory.
     pub fn start_with_spool(extra: &[&str], spool: &Path) -> Spate {
         Spate::start_full(extra, &[], Some(spool.to_path_buf()), true)
