@@ -286,7 +286,9 @@ fn slowloris_data_is_cut_at_the_total_data_timeout_and_nothing_queued() {
 
 #[test]
 fn a_recipient_flood_ends_at_the_error_limit() {
-    let spate = with_config("[server]\nmax_recipients = 5\nmax_errors = 20\n");
+    let spate = with_config(
+        "[server]\nmax_recipients = 5\nmax_errors = 20\nmax_recipient_overshoot = 30\n",
+    );
     let mut smtp = spate.connect();
     smtp.send("EHLO c.test").expect(250);
     smtp.send("MAIL FROM:<s@a.test>").expect(250);
@@ -309,7 +311,37 @@ fn a_recipient_flood_ends_at_the_error_limit() {
         );
     }
     assert_eq!(codes.iter().filter(|&&c| c == 250).count(), 5);
-    assert_eq!(codes.iter().filter(|&&c| c == 452).count(), 20);
+    // 30 extra recipients are allowed for; past them each 452 is an error.
+    assert_eq!(codes.iter().filter(|&&c| c == 452).count(), 30 + 20);
+}
+
+/// Regression (RFC 5321 4.5.3.1.10): a client that pipelines more RCPTs
+/// than `max_recipients` gets 452 for the extra ones and keeps its
+/// transaction; it used to get 421 at the error limit and lose it all.
+#[test]
+fn pipelined_recipients_past_the_limit_keep_the_transaction() {
+    let spate = with_config("[server]\nmax_recipients = 5\nmax_errors = 20\n");
+    let mut smtp = spate.connect();
+    smtp.send("EHLO c.test").expect(250);
+    let mut batch = b"MAIL FROM:<s@a.test>\r\n".to_vec();
+    for i in 0..30 {
+        batch.extend_from_slice(format!("RCPT TO:<r{i}@b.test>\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"DATA\r\n");
+    smtp.raw(&batch);
+    smtp.expect(250);
+    for _ in 0..5 {
+        smtp.expect(250);
+    }
+    for _ in 0..25 {
+        let line = smtp.expect(452);
+        assert!(line.contains("4.5.3"), "{line}");
+    }
+    smtp.expect(354);
+    smtp.raw(b"Subject: x\r\n\r\nbody\r\n.\r\n").expect(250);
+    let stored = read_spool(&spate.spool_dir());
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].recipients.len(), 5);
 }
 
 /// RELIABILITY 13: a huge header, or thousands of folded lines.

@@ -89,6 +89,7 @@ pub struct RawServer {
     pub max_message_bytes: Option<u64>,
     pub max_header_bytes: Option<u64>,
     pub max_recipients: Option<u32>,
+    pub max_recipient_overshoot: Option<u32>,
     pub max_connections_per_core: Option<u32>,
     pub max_errors: Option<u32>,
     pub command_timeout_secs: Option<u64>,
@@ -151,6 +152,10 @@ pub struct Config {
     /// Largest header section (up to the first empty line) of a message.
     pub max_header_bytes: u64,
     pub max_recipients: u32,
+    /// RCPTs past `max_recipients` in one transaction that get 452 without
+    /// counting as errors (RFC 5321 4.5.3.1.10: the client sends them in
+    /// another transaction); past these, each counts toward `max_errors`.
+    pub max_recipient_overshoot: u32,
     pub max_connections_per_core: u32,
     pub max_errors: u32,
     pub command_timeout: Duration,
@@ -264,6 +269,12 @@ impl Config {
                 pick!(s.0.max_recipients, s.1.max_recipients),
                 1,
                 100_000,
+            )?,
+            max_recipient_overshoot: check_range(
+                "server.max_recipient_overshoot",
+                pick!(s.0.max_recipient_overshoot, s.1.max_recipient_overshoot),
+                0,
+                1_000_000,
             )?,
             max_connections_per_core: check_range(
                 "server.max_connections_per_core",

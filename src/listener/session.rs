@@ -29,6 +29,8 @@ struct Transaction {
     sender: String,
     params: MailParams,
     recipients: Vec<String>,
+    /// RCPTs refused with 452 because `recipients` was full.
+    overshoot: u32,
 }
 
 pub struct Session<S> {
@@ -113,9 +115,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     let _ = self.conn.flush().await;
                     return End::Closed;
                 }
-                // A 452 for too many recipients counts too, so a flood of
-                // RCPTs ends at the error limit.
-                if reply.is_client_error() && reply.code != 552 || reply.code == 452 {
+                // A 452 for too many recipients counts only past the
+                // overshoot allowance, so a flood of RCPTs still ends at the
+                // error limit.
+                if reply.is_client_error() && reply.code != 552
+                    || reply.code == 452 && self.counts_452(&reply)
+                {
                     self.errors += 1;
                     if self.errors >= self.core.cfg.max_errors {
                         self.conn
@@ -126,6 +131,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
+    }
+
+    /// Whether a 452 just sent counts toward `max_errors`: one for a full
+    /// recipient list (4.5.3) does only past `max_recipient_overshoot` of
+    /// them in the transaction; any other 452 (a full disk) always does.
+    fn counts_452(&self, reply: &Reply) -> bool {
+        if !reply.text.starts_with("4.5.3") {
+            return true;
+        }
+        self.tx
+            .as_ref()
+            .is_none_or(|tx| tx.overshoot > self.core.cfg.max_recipient_overshoot)
     }
 
     async fn stop(&mut self, why: Stop) -> End<S> {
@@ -276,6 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             sender: from,
             params,
             recipients: Vec::new(),
+            overshoot: 0,
         });
         Reply::new(250, "2.1.0 Ok")
     }
@@ -293,6 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Reply::new(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
         }
         if tx.recipients.len() >= max {
+            tx.overshoot = tx.overshoot.saturating_add(1);
             return Reply::new(452, "4.5.3 Too many recipients");
         }
         tx.recipients.push(to);
