@@ -283,13 +283,7 @@ fn queued_bytes_per_message(recipients: usize) -> f64 {
         queues.enqueue(MessageHandle {
             id: i as u64,
             stored,
-            recipients: (0..recipients as u32)
-                .map(|index| Recipient {
-                    index,
-                    attempts: 0,
-                    next_attempt_ms: 0,
-                })
-                .collect(),
+            recipients: Recipient::first_attempts(recipients),
         });
     }
     let grown = rss() - before;

@@ -60,6 +60,19 @@ pub struct Recipient {
     pub next_attempt_ms: u64,
 }
 
+impl Recipient {
+    /// Recipients `0..count` of a message just received: none tried yet.
+    pub fn first_attempts(count: usize) -> Recipients {
+        (0..count as u32)
+            .map(|index| Recipient {
+                index,
+                attempts: 0,
+                next_attempt_ms: 0,
+            })
+            .collect()
+    }
+}
+
 /// The domain of an address: everything after the last `@`.
 pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
@@ -187,13 +200,7 @@ impl MessageHandle {
         MessageHandle {
             id,
             stored,
-            recipients: (0..recipients.len() as u32)
-                .map(|index| Recipient {
-                    index,
-                    attempts: 0,
-                    next_attempt_ms: 0,
-                })
-                .collect(),
+            recipients: Recipient::first_attempts(recipients.len()),
         }
     }
 }

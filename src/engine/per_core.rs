@@ -79,13 +79,7 @@ impl Core {
         let handle = MessageHandle {
             id: a.id,
             stored,
-            recipients: (0..a.recipients.len() as u32)
-                .map(|index| Recipient {
-                    index,
-                    attempts: 0,
-                    next_attempt_ms: 0,
-                })
-                .collect(),
+            recipients: Recipient::first_attempts(a.recipients.len()),
         };
         let first = &a.recipients[0];
         self.log.write(&Record {
