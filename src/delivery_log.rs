@@ -33,6 +33,10 @@ pub enum Kind {
     TransientFailure,
     Bounce,
     Expiration,
+    /// A message from the null sender (a bounce notice, spate's or one it
+    /// relays) bounced or expired: no one can be told, so this record is
+    /// the only trace. Written after the message's `Bounce` or `Expiration`.
+    DoubleBounce,
 }
 
 /// One event. Field meanings are documented in the README.

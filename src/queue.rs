@@ -71,8 +71,10 @@ impl Ord for Scheduled {
 /// Counts for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSummary {
-    pub messages: u64,
-    pub recipients: u64,
+    /// Messages and recipients queued on this core since it started
+    /// (recovered ones included), not what is queued now.
+    pub messages_enqueued: u64,
+    pub recipients_enqueued: u64,
     pub domains: usize,
     pub ready: usize,
     pub scheduled: usize,
@@ -298,8 +300,8 @@ impl Queues {
     pub fn summary(&self) -> QueueSummary {
         let domains = self.domains.borrow();
         QueueSummary {
-            messages: self.messages.get(),
-            recipients: self.recipients.get(),
+            messages_enqueued: self.messages.get(),
+            recipients_enqueued: self.recipients.get(),
             domains: domains.len(),
             ready: domains.values().map(|q| q.ready.len()).sum(),
             scheduled: self.scheduled.borrow().len(),

@@ -40,6 +40,7 @@ const ZONES: &str = r#"
   local-data: "nullmx.test. 300 IN MX 0 ."
   local-data: "implicit.test. 300 IN A 127.0.0.21"
   local-data: "noaddr.test. 300 IN MX 10 mx.noaddr.test."
+  local-data: "nomail.test. 300 IN TXT \"v=spf1 -all\""
   local-data: "partial.test. 300 IN MX 5 gone.partial.test."
   local-data: "partial.test. 300 IN MX 10 mx.partial.test."
   local-data: "mx.partial.test. 300 IN A 127.0.0.31"
@@ -253,8 +254,16 @@ fn permanent_answers() {
         let r = resolver(vec![addr]);
         assert_eq!(r.mx_targets("nullmx.test").await, Err(DnsError::NullMx));
         assert_eq!(r.mx_targets("nowhere.test").await, Err(DnsError::NxDomain));
+        // An MX host without an address is a DNS mistake that may be fixed:
+        // mail waits for it rather than bouncing.
         assert_eq!(
             r.mx_targets("noaddr.test").await,
+            Err(DnsError::NoExchangerAddress)
+        );
+        assert!(!DnsError::NoExchangerAddress.is_permanent());
+        // A domain with neither MX nor address takes no mail (RFC 5321 5.1).
+        assert_eq!(
+            r.mx_targets("nomail.test").await,
             Err(DnsError::NoAddresses)
         );
         assert_eq!(r.addresses("nowhere.test").await, Err(DnsError::NxDomain));

@@ -23,6 +23,7 @@ pub struct RawDelivery {
     pub mx_port: Option<u16>,
     pub ehlo_name: Option<String>,
     pub source_address: Option<String>,
+    pub deny_networks: Option<Vec<String>>,
     pub tls: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub max_connections_per_destination: Option<u32>,
@@ -91,6 +92,8 @@ pub struct Delivery {
     pub routes: BTreeMap<String, Route>,
     pub ehlo_name: String,
     pub source_address: Option<IpAddr>,
+    /// Addresses never connected to, whatever DNS or a route says.
+    pub deny_networks: Vec<ipnet::IpNet>,
     pub tls: TlsPolicy,
     pub tls_ca_file: Option<PathBuf>,
     pub max_connections_per_destination: u32,
@@ -202,6 +205,10 @@ pub(super) fn build_delivery(
                 )
             })?),
         },
+        deny_networks: super::parse_cidrs(
+            "delivery.deny_networks",
+            &pick!(u.deny_networks, d.deny_networks),
+        )?,
         tls: parse_tls("delivery.tls", &pick!(u.tls, d.tls))?,
         tls_ca_file: (!ca.as_os_str().is_empty()).then_some(ca),
         max_connections_per_destination: super::check_range(

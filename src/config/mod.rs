@@ -90,6 +90,9 @@ pub struct RawServer {
     pub max_header_bytes: Option<u64>,
     pub max_recipients: Option<u32>,
     pub max_recipient_overshoot: Option<u32>,
+    pub max_received_headers: Option<u32>,
+    pub postmaster: Option<String>,
+    pub max_data_bytes_in_flight_per_core: Option<u64>,
     pub max_connections_per_core: Option<u32>,
     pub max_errors: Option<u32>,
     pub command_timeout_secs: Option<u64>,
@@ -156,6 +159,13 @@ pub struct Config {
     /// counting as errors (RFC 5321 4.5.3.1.10: the client sends them in
     /// another transaction); past these, each counts toward `max_errors`.
     pub max_recipient_overshoot: u32,
+    /// Received header fields at which a message is refused as a loop.
+    pub max_received_headers: u32,
+    /// Where mail to `<Postmaster>` (without a domain) goes.
+    pub postmaster: String,
+    /// Bytes of DATA held in memory by one core's sessions together, past
+    /// the first [`crate::listener::DATA_FREE_BYTES`] of each.
+    pub max_data_bytes_in_flight_per_core: u64,
     pub max_connections_per_core: u32,
     pub max_errors: u32,
     pub command_timeout: Duration,
@@ -250,10 +260,12 @@ impl Config {
             &hostname,
         )?;
         s = (&mut u.server, &mut d.server);
+        let postmaster = postmaster_address(pick!(s.0.postmaster, s.1.postmaster), &hostname)?;
         let cfg = Config {
+            postmaster,
             listen: parse_listen(&listen)?,
             hostname,
-            relay_from: parse_cidrs(&relay_from)?,
+            relay_from: parse_cidrs("server.relay_from", &relay_from)?,
             max_message_bytes: check_min(
                 "server.max_message_bytes",
                 max_message_bytes,
@@ -275,6 +287,20 @@ impl Config {
                 pick!(s.0.max_recipient_overshoot, s.1.max_recipient_overshoot),
                 0,
                 1_000_000,
+            )?,
+            max_received_headers: check_range(
+                "server.max_received_headers",
+                pick!(s.0.max_received_headers, s.1.max_received_headers),
+                1,
+                10_000,
+            )?,
+            max_data_bytes_in_flight_per_core: data_budget(
+                s.0.max_data_bytes_in_flight_per_core.take(),
+                pick!(
+                    s.0.max_data_bytes_in_flight_per_core,
+                    s.1.max_data_bytes_in_flight_per_core
+                ),
+                max_message_bytes,
             )?,
             max_connections_per_core: check_range(
                 "server.max_connections_per_core",
@@ -411,12 +437,12 @@ fn parse_listen(list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
         .collect()
 }
 
-fn parse_cidrs(list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+pub(crate) fn parse_cidrs(key: &'static str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     list.iter()
         .map(|c| {
             c.parse::<IpNet>()
                 .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| invalid("server.relay_from", format!("{c:?} is not a CIDR block")))
+                .map_err(|_| invalid(key, format!("{c:?} is not a CIDR block")))
         })
         .collect()
 }
@@ -467,6 +493,42 @@ fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `server.postmaster`: an address with a domain; empty: postmaster at
+/// the host name.
+fn postmaster_address(set: String, hostname: &str) -> Result<String, ConfigError> {
+    if set.is_empty() {
+        return Ok(format!("postmaster@{hostname}"));
+    }
+    let ok = set.is_ascii()
+        && set.len() <= 254
+        && set
+            .rsplit_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !set.contains(|c: char| c.is_ascii_whitespace() || c == '<' || c == '>');
+    if !ok {
+        return Err(invalid(
+            "server.postmaster",
+            format!("{set:?} is not an address like postmaster@example.com"),
+        ));
+    }
+    Ok(set)
+}
+
+/// The DATA budget must hold at least one message of the largest size:
+/// one set lower is refused, and the default grows to it.
+fn data_budget(set: Option<u64>, default: u64, max_message_bytes: u64) -> Result<u64, ConfigError> {
+    let Some(budget) = set else {
+        return Ok(default.max(max_message_bytes));
+    };
+    if budget < max_message_bytes {
+        return Err(invalid(
+            "server.max_data_bytes_in_flight_per_core",
+            format!("{budget} is below server.max_message_bytes ({max_message_bytes}): no message that large could be received"),
+        ));
+    }
+    Ok(budget)
 }
 
 fn check_min(key: &'static str, v: u64, min: u64) -> Result<u64, ConfigError> {

@@ -222,6 +222,22 @@ impl Client {
                     format!("malformed reply line {line:?}"),
                 ));
             };
+            // Every line of a reply carries the same code (RFC 5321
+            // 4.2.1); a reply whose lines disagree is out of step, and
+            // no line of it may decide a recipient's fate.
+            if lines
+                .first()
+                .and_then(|l: &String| reply_line(l))
+                .is_some_and(|(first, _)| first != code)
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "reply lines carry different codes: {:?} then {line:?}",
+                        lines[0]
+                    ),
+                ));
+            }
             lines.push(line);
             if last {
                 return Ok((code, lines));
@@ -268,7 +284,7 @@ impl Client {
         envelope: &Envelope,
         rcpts: &[(u32, &str)],
     ) -> (Vec<(u32, Outcome)>, bool) {
-        if let Some(refusal) = self.refuse_before_sending(msg, envelope) {
+        if let Some(refusal) = self.refuse_before_sending(msg, envelope, rcpts) {
             return (
                 rcpts.iter().map(|(i, _)| (*i, refusal.clone())).collect(),
                 false,
@@ -289,8 +305,13 @@ impl Client {
     }
 
     /// A message this server cannot take as it is bounces without a try.
-    fn refuse_before_sending(&self, msg: &MessageHandle, envelope: &Envelope) -> Option<Outcome> {
-        if envelope.flags() & FLAG_SMTPUTF8 != 0 && !self.caps.smtputf8 {
+    fn refuse_before_sending(
+        &self,
+        msg: &MessageHandle,
+        envelope: &Envelope,
+        rcpts: &[(u32, &str)],
+    ) -> Option<Outcome> {
+        if !self.caps.smtputf8 && needs_smtputf8(msg, envelope, rcpts) {
             return Some(Outcome::Bounced(format!(
                 "553 5.6.7 {} does not support SMTPUTF8, which this message needs",
                 self.host
@@ -315,7 +336,9 @@ impl Client {
         if flags & FLAG_8BITMIME != 0 && self.caps.eightbit {
             mail.push_str(" BODY=8BITMIME");
         }
-        if flags & FLAG_SMTPUTF8 != 0 {
+        // Passed on where the server takes it; where it does not, the
+        // message went on only because nothing in it needs UTF-8.
+        if flags & FLAG_SMTPUTF8 != 0 && self.caps.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
         mail
@@ -469,6 +492,23 @@ impl Client {
             .read_reply(Duration::from_secs(5).min(self.timeouts.command))
             .await;
     }
+}
+
+/// Whether this transaction needs a server that offers SMTPUTF8: decided
+/// by the content, not by the client's parameter (RFC 6531 3.4). It does
+/// when it was sent with SMTPUTF8 and the sender, a recipient of this
+/// transaction or the header section is not all ASCII. (A body of 8-bit
+/// text needs only 8BITMIME.)
+fn needs_smtputf8(msg: &MessageHandle, envelope: &Envelope, rcpts: &[(u32, &str)]) -> bool {
+    if envelope.flags() & FLAG_SMTPUTF8 == 0 {
+        return false;
+    }
+    if !envelope.sender().is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()) {
+        return true;
+    }
+    let body = msg.body();
+    let header_end = memchr::memmem::find(&body, b"\r\n\r\n").map_or(body.len(), |p| p + 2);
+    !body[..header_end].is_ascii()
 }
 
 /// Reads one reply line: its code (200 to 599) and whether it is the last

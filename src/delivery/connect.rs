@@ -44,6 +44,15 @@ pub fn start_connect(ip: IpAddr, port: u16, source: Option<IpAddr>) -> io::Resul
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
+/// Binds a socket to `source` once, as every delivery connection will: an
+/// address this host does not have fails here, at start, not on each try.
+pub fn check_source(source: IpAddr) -> io::Result<()> {
+    let addr = SocketAddr::new(source, 0);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    defer_port_choice_to_connect(&socket)?;
+    socket.bind(&addr.into())
+}
+
 /// Sets IP_BIND_ADDRESS_NO_PORT (honoured by IPv6 sockets too), so that binding to a source address leaves
 /// the port to be chosen at connect time, per destination. Without it each
 /// bind reserves a port on the source address for every destination at

@@ -11,16 +11,18 @@
 
 pub mod client;
 mod connect;
+pub mod next_hop;
 pub mod outcome;
 mod settle;
 
 pub use connect::TlsClients;
 
-use crate::config::TlsPolicy;
+use crate::config::{Config, TlsPolicy};
 use crate::dns::DnsError;
 use crate::engine::Core;
 use crate::queue::Entry;
 use client::{Client, OpenError, OpenSpec, Timeouts};
+use next_hop::{Hop, Myself, NoHop};
 use outcome::Outcome;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -76,36 +78,84 @@ pub struct Remote {
     pub connection: u64,
 }
 
+/// What every core's delivery shares, read-only: the TLS client settings
+/// and the addresses where this host takes mail itself.
+pub struct Egress {
+    pub tls: TlsClients,
+    pub myself: Myself,
+}
+
+impl Egress {
+    /// Also checks that `delivery.source_address` is one of this host's:
+    /// otherwise every attempt would fail until the mail expires.
+    pub fn new(cfg: &Config) -> Result<Egress, String> {
+        if let Some(source) = cfg.delivery.source_address {
+            connect::check_source(source).map_err(|e| {
+                format!("delivery.source_address {source} cannot be used on this host: {e}")
+            })?;
+        }
+        Ok(Egress {
+            tls: TlsClients::new(cfg.delivery.tls_ca_file.as_deref())?,
+            myself: Myself::new(&cfg.listen),
+        })
+    }
+}
+
 /// Where to connect for a domain, in order, and with which TLS policy.
 struct Plan {
-    hops: Vec<(String, IpAddr, u16)>,
+    hops: Vec<Hop>,
     tls: TlsPolicy,
 }
 
-async fn plan(core: &Core, domain: &str) -> Result<Plan, DnsError> {
+/// The hops to try for `domain`, or what becomes of its mail when there is
+/// none: the DNS said so, every hop is spate itself, or every hop is in
+/// `delivery.deny_networks`.
+async fn plan(core: &Core, domain: &str) -> Result<Plan, Outcome> {
     let d = &core.cfg.delivery;
     let route = d.route(domain);
     let tls = route.and_then(|r| r.tls).unwrap_or(d.tls);
     let hop = route
         .and_then(|r| r.next_hop.as_ref())
         .or(d.smarthost.as_ref());
+    let dns = |e| dns_outcome(domain, &e);
     let mut hops = Vec::new();
     if let Some(hop) = hop {
-        for ip in core.resolver.addresses(&hop.host).await? {
-            hops.push((hop.host.clone(), ip, hop.port));
+        for ip in core.resolver.addresses(&hop.host).await.map_err(dns)? {
+            hops.push(((hop.host.clone(), ip, hop.port), 0));
         }
     } else {
-        for target in core.resolver.mx_targets(domain).await? {
+        for target in core.resolver.mx_targets(domain).await.map_err(dns)? {
             hops.extend(
                 target
                     .addrs
                     .iter()
-                    .map(|ip| (target.host.clone(), *ip, d.mx_port)),
+                    .map(|ip| ((target.host.clone(), *ip, d.mx_port), target.preference)),
             );
         }
     }
+    let mx = hop.is_none();
+    let mut hops = next_hop::permitted(hops, mx, &core.egress.myself, &d.deny_networks)
+        .map_err(|why| no_hop_outcome(domain, mx, why))?;
     hops.truncate(HOPS_TRIED_MAX);
     Ok(Plan { hops, tls })
+}
+
+/// What it means for the domain's mail that no hop may be tried. An MX
+/// that is spate itself is an error to report (RFC 5321 5.1); a route or
+/// smarthost that is spate itself, or a denied network, is the operator's
+/// to fix, so the mail waits.
+fn no_hop_outcome(domain: &str, mx: bool, why: NoHop) -> Outcome {
+    match why {
+        NoHop::Loop { host } if mx => Outcome::Bounced(format!(
+            "554 5.4.6 mail for {domain} loops back to myself: its mail exchanger {host} is this server"
+        )),
+        NoHop::Loop { host } => Outcome::Deferred(format!(
+            "451 4.4.6 mail for {domain} loops back to myself: the next hop {host} is this server (check the route or smarthost)"
+        )),
+        NoHop::Denied => Outcome::Deferred(format!(
+            "451 4.4.4 {domain}: every address of its mail exchangers is in delivery.deny_networks"
+        )),
+    }
 }
 
 /// Tries the plan's hops in order. Opportunistic TLS that fails falls back
@@ -119,7 +169,7 @@ async fn open_client(core: &Core, plan: &Plan) -> Result<Client, String> {
     };
     let mut last = String::from("no address to connect to");
     for (host, ip, port) in &plan.hops {
-        let mut tls = core.tls_clients.for_policy(plan.tls);
+        let mut tls = core.egress.tls.for_policy(plan.tls);
         loop {
             let spec = OpenSpec {
                 host,
@@ -160,7 +210,7 @@ async fn open_client(core: &Core, plan: &Plan) -> Result<Client, String> {
 async fn serve_domain(core: &Rc<Core>, domain: &str) {
     let plan = match plan(core, domain).await {
         Ok(plan) => plan,
-        Err(e) => return settle::fail_domain(core, domain, dns_outcome(domain, &e), None).await,
+        Err(outcome) => return settle::fail_domain(core, domain, outcome, None).await,
     };
     let mut client = match open_client(core, &plan).await {
         Ok(c) => c,
@@ -244,7 +294,10 @@ fn dns_outcome(domain: &str, e: &DnsError) -> Outcome {
             Outcome::Bounced(format!("550 5.1.2 {domain}: domain does not exist"))
         }
         DnsError::NoAddresses => Outcome::Bounced(format!(
-            "550 5.1.2 {domain}: no mail exchanger has an address"
+            "550 5.1.2 {domain}: no MX record and no address, so it takes no mail"
+        )),
+        DnsError::NoExchangerAddress => Outcome::Deferred(format!(
+            "451 4.4.4 {domain}: no mail exchanger has an address (will retry: DNS may be fixed)"
         )),
         DnsError::Temporary(why) => Outcome::Deferred(format!("451 4.4.3 {domain}: {why}")),
     }

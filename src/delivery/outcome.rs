@@ -55,11 +55,15 @@ pub fn classify(reply: &SmtpReply) -> Outcome {
 }
 
 /// Classifies a reply to RCPT: like [`classify`], except that 452 (too
-/// many recipients, RFC 5321 4.5.3.1.10) asks for another transaction now.
+/// many recipients) asks for another transaction now, and so does 552:
+/// RFC 821 used it for too many recipients, and RFC 5321 4.5.3.1.10 asks
+/// clients to treat it at RCPT as temporary. (A 552 meaning "mailbox full"
+/// is then retried until it expires, as Postfix does, rather than bounced
+/// at once.)
 pub fn classify_rcpt(reply: &SmtpReply) -> Outcome {
-    match classify(reply) {
-        Outcome::Deferred(t) if reply.code == 452 => Outcome::Retry(t),
-        other => other,
+    match reply.code {
+        452 | 552 => Outcome::Retry(reply.to_string()),
+        _ => classify(reply),
     }
 }
 
@@ -93,6 +97,9 @@ mod tests {
         assert!(matches!(classify(&r(550)), Outcome::Bounced(_)));
         assert!(matches!(classify(&r(999)), Outcome::Deferred(_)));
         assert!(matches!(classify_rcpt(&r(452)), Outcome::Retry(_)));
+        assert!(matches!(classify_rcpt(&r(552)), Outcome::Retry(_)));
+        assert!(matches!(classify_rcpt(&r(550)), Outcome::Bounced(_)));
+        assert!(matches!(classify(&r(552)), Outcome::Bounced(_)));
         assert!(matches!(classify(&r(452)), Outcome::Deferred(_)));
     }
 

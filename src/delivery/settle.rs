@@ -204,11 +204,15 @@ fn log(
     now: u64,
 ) {
     let envelope = entry.message.envelope();
-    core.log.write(&Record {
+    let sender = envelope.sender();
+    let final_failure = matches!(kind, Kind::Bounce | Kind::Expiration);
+    let double = final_failure && sender.is_empty();
+    let lost;
+    let mut record = Record {
         kind,
         time_ms: now,
         id: entry.message.id_text(),
-        sender: &envelope.sender(),
+        sender: &sender,
         recipient: &envelope.address(index),
         domain,
         mx_host: remote.map(|r| r.host.as_str()),
@@ -219,5 +223,12 @@ fn log(
         size: entry.message.body_len(),
         queue_time_ms: now.saturating_sub(envelope.received_ms()),
         core: core.index,
-    });
+    };
+    core.log.write(&record);
+    if double {
+        lost = format!("no notice can be sent for mail from the null sender: {response}");
+        record.kind = Kind::DoubleBounce;
+        record.response = &lost;
+        core.log.write(&record);
+    }
 }

@@ -55,8 +55,13 @@ pub enum DnsError {
     NxDomain,
     #[error("domain accepts no mail (null MX, RFC 7505)")]
     NullMx,
-    #[error("no MX host has an address")]
+    /// No MX record, and the domain itself has no address either.
+    #[error("no MX record and no address")]
     NoAddresses,
+    /// MX records, but none of their hosts has an address: a mistake in
+    /// DNS that its owner may fix within the hour, so mail waits for it.
+    #[error("no MX host has an address")]
+    NoExchangerAddress,
     #[error("temporary DNS failure: {0}")]
     Temporary(String),
 }
@@ -66,7 +71,7 @@ impl DnsError {
     pub fn is_permanent(&self) -> bool {
         match self {
             DnsError::NxDomain | DnsError::NullMx | DnsError::NoAddresses => true,
-            DnsError::Temporary(_) => false,
+            DnsError::Temporary(_) | DnsError::NoExchangerAddress => false,
         }
     }
 }
@@ -171,7 +176,7 @@ impl Resolver {
             }
         }
         if targets.is_empty() {
-            return Err(temporary.map_or(DnsError::NoAddresses, DnsError::Temporary));
+            return Err(temporary.map_or(DnsError::NoExchangerAddress, DnsError::Temporary));
         }
         Ok(targets)
     }

@@ -106,27 +106,42 @@ pub(crate) async fn exchange(
     if bytes.len() > QUERY_BYTES_MAX {
         return Err(invalid("query too large"));
     }
-    let reply = with_timeout(timeout, udp_exchange(server, &bytes, query)).await?;
-    if !reply.truncation {
-        return Ok(reply);
+    match with_timeout(timeout, udp_exchange(server, &bytes, query)).await? {
+        Some(reply) if !reply.truncation => Ok(reply),
+        // Truncated (TC), or too large for a datagram we accept: TCP.
+        _ => with_timeout(timeout, tcp_exchange(server, &bytes, query)).await,
     }
-    with_timeout(timeout, tcp_exchange(server, &bytes, query)).await
 }
 
-async fn udp_exchange(server: SocketAddr, bytes: &[u8], query: &Message) -> io::Result<Message> {
+/// One UDP exchange: the reply, or `None` when the server sent one larger
+/// than [`UDP_REPLY_BYTES_MAX`] without setting TC (it ignored our EDNS
+/// size): the kernel cut it, so it is asked again over TCP.
+async fn udp_exchange(
+    server: SocketAddr,
+    bytes: &[u8],
+    query: &Message,
+) -> io::Result<Option<Message>> {
     let socket = bind_own_port(server)?;
     // Connecting makes the kernel drop datagrams from anyone but the server
     // and reports ICMP port unreachable as an error instead of a timeout.
     socket.connect(server).await?;
     socket.send(bytes).await?;
-    let mut buf = vec![0u8; UDP_REPLY_BYTES_MAX];
+    // One byte more than accepted: a datagram that fills it was cut.
+    let mut buf = vec![0u8; UDP_REPLY_BYTES_MAX + 1];
     for _ in 0..STRAY_REPLIES_MAX {
         let n = socket.recv(&mut buf).await?;
+        if n > UDP_REPLY_BYTES_MAX {
+            // Only its header can be trusted: our id and a reply.
+            if buf[..2] == query.id.to_be_bytes() && buf[2] & 0x80 != 0 {
+                return Ok(None);
+            }
+            continue;
+        }
         // A datagram that does not decode or does not match is not ours to
         // act on: keep waiting for the real reply until the timer runs out.
         if let Ok(reply) = Message::from_vec(&buf[..n]) {
             if answers(query, &reply) {
-                return Ok(reply);
+                return Ok(Some(reply));
             }
         }
     }

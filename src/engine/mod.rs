@@ -12,7 +12,7 @@ pub use self::per_core::{Accepted, Core};
 
 use self::per_core::{run_core, CoreStart};
 use crate::config::Config;
-use crate::delivery::TlsClients;
+use crate::delivery::Egress;
 use crate::mesh;
 use crate::message::MessageHandle;
 use crate::router::split_by_owner;
@@ -63,9 +63,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         .map(tls::server_config)
         .transpose()?
         .map(TlsAcceptor::from);
-    let tls_clients = Arc::new(
-        TlsClients::new(cfg.delivery.tls_ca_file.as_deref()).map_err(EngineError::Failed)?,
-    );
+    let egress = Arc::new(Egress::new(&cfg).map_err(EngineError::Failed)?);
     let dkim = Arc::new(crate::dkim::Signers::load(&cfg.dkim)?);
     // Held until the engine returns: one engine per spool.
     let _lock = lock_spool(&cfg.spool_dir)?;
@@ -111,7 +109,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             cores: n,
             cfg: cfg.clone(),
             tls: tls.clone(),
-            tls_clients: tls_clients.clone(),
+            egress: egress.clone(),
             dkim: dkim.clone(),
             recovered,
             books: per_core_books.next().unwrap_or_default(),

@@ -9,7 +9,7 @@
 use super::STOP_POLL;
 use crate::bounce::{self, Failure};
 use crate::config::Config;
-use crate::delivery::TlsClients;
+use crate::delivery::Egress;
 use crate::delivery_log::{self, DeliveryLog, Kind, Record};
 use crate::dkim::Signers;
 use crate::dns::Resolver;
@@ -40,14 +40,15 @@ pub struct Core {
     pub mesh: Mesh,
     pub tls: Option<TlsAcceptor>,
     pub stop: StopSignal,
-    pub sessions: Cell<usize>,
-    /// Open sessions per client address on this core.
-    pub sessions_per_ip: std::cell::RefCell<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// The listener's sessions and the memory their DATA holds.
+    pub inbound: Rc<listener::Inbound>,
     pub resolver: Resolver,
     /// Numbers this core's delivery connections, for the log.
     pub connections_made: Cell<u64>,
     pub log: Rc<DeliveryLog>,
-    pub tls_clients: Arc<TlsClients>,
+    /// What delivery needs from outside the core: TLS client settings,
+    /// this host's own addresses.
+    pub egress: Arc<Egress>,
     /// DKIM keys, shared read-only by every core.
     pub dkim: Arc<Signers>,
 }
@@ -179,7 +180,7 @@ pub(super) struct CoreStart {
     pub(super) cores: usize,
     pub(super) cfg: Arc<Config>,
     pub(super) tls: Option<TlsAcceptor>,
-    pub(super) tls_clients: Arc<TlsClients>,
+    pub(super) egress: Arc<Egress>,
     pub(super) dkim: Arc<Signers>,
     pub(super) recovered: Vec<MessageHandle>,
     /// The books of the segments this core wrote (or inherits).
@@ -262,12 +263,13 @@ pub(super) async fn run_core(s: CoreStart) {
         mesh,
         tls: s.tls,
         stop: StopSignal::default(),
-        sessions: Cell::new(0),
-        sessions_per_ip: Default::default(),
+        inbound: Rc::new(listener::Inbound::new(
+            s.cfg.max_data_bytes_in_flight_per_core,
+        )),
         connections_made: Cell::new(0),
         resolver: Resolver::new(servers, dns.timeout, dns.attempts, dns.cache_entries_max),
         log,
-        tls_clients: s.tls_clients,
+        egress: s.egress,
         dkim: s.dkim,
     });
     work.outbound(delivery::run(core.clone())).detach();
@@ -363,7 +365,7 @@ async fn fail(
 async fn shut_down(core: &Rc<Core>) {
     core.stop.stop();
     let deadline = Instant::now() + core.cfg.shutdown_grace;
-    while (core.sessions.get() > 0 || core.queues.open_connections() > 0)
+    while (core.inbound.sessions() > 0 || core.queues.open_connections() > 0)
         && Instant::now() < deadline
     {
         glommio::timer::sleep(STOP_POLL).await;
@@ -374,7 +376,7 @@ async fn shut_down(core: &Rc<Core>) {
     let q = core.queues.summary();
     let st = &core.spool.stats;
     eprintln!(
-        "spate: core {}: {} records in {} syncs; queued {} messages, {} recipients, {} domains ({} ready, {} waiting to retry); {} sessions cut at shutdown",
-        core.index, st.records.get(), st.syncs.get(), q.messages, q.recipients, q.domains, q.ready, q.scheduled, core.sessions.get()
+        "spate: core {}: {} records in {} syncs; {} messages ({} recipients) queued since start; left in the queue: {} domains, {} entries ready and {} waiting to retry; {} sessions cut at shutdown",
+        core.index, st.records.get(), st.syncs.get(), q.messages_enqueued, q.recipients_enqueued, q.domains, q.ready, q.scheduled, core.inbound.sessions()
     );
 }

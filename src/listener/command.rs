@@ -118,9 +118,26 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
     Ok(Command::Mail { from, params: out })
 }
 
+/// The recipient `RCPT TO:<Postmaster>` yields: the only address without a
+/// domain; the session puts `server.postmaster` in its place.
+pub const POSTMASTER: &str = "postmaster";
+
 fn parse_rcpt(arg: &str) -> Result<Command, Reply> {
     let rest = after_keyword(arg, "TO:")
         .ok_or_else(|| Reply::new(501, "5.5.4 Syntax: RCPT TO:<address>"))?;
+    // RFC 5321 4.5.1: "<Postmaster>" without a domain must be accepted.
+    if let Some(params) = rest
+        .get(..12)
+        .filter(|p| p.eq_ignore_ascii_case("<postmaster>"))
+        .map(|_| &rest[12..])
+    {
+        if !params.trim().is_empty() {
+            return Err(Reply::new(555, "5.5.4 Unsupported RCPT parameter"));
+        }
+        return Ok(Command::Rcpt {
+            to: POSTMASTER.to_string(),
+        });
+    }
     let (to, params) = parse_path(rest)?;
     if !params.trim().is_empty() {
         return Err(Reply::new(555, "5.5.4 Unsupported RCPT parameter"));
@@ -248,6 +265,20 @@ mod tests {
 
     fn code(line: &str) -> u16 {
         parse(line.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn postmaster_without_a_domain_is_a_recipient() {
+        for line in ["RCPT TO:<postmaster>", "rcpt to:<PostMaster>"] {
+            assert_eq!(
+                parse(line.as_bytes()),
+                Ok(Command::Rcpt {
+                    to: POSTMASTER.into()
+                })
+            );
+        }
+        assert!(parse(b"RCPT TO:<postmaster> X=1").is_err());
+        assert!(parse(b"RCPT TO:<postmasterx>").is_err());
     }
 
     #[test]

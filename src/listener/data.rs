@@ -6,6 +6,9 @@
 //! message as refused (it is still read to its real end, so the session stays
 //! in step, and what follows a smuggled end-of-data is body text, never a
 //! second message). The receiver never holds more than the size limit.
+//!
+//! It also counts the header's Received fields: a message that has passed
+//! through as many hops as the limit has looped.
 
 /// Longest text line, CRLF included (RFC 5321 4.5.3.1.6).
 pub const TEXT_LINE_BYTES_MAX: usize = 1000;
@@ -18,6 +21,10 @@ pub enum DataError {
     LineTooLong,
     TooBig,
     HeaderTooBig,
+    /// As many Received header fields as the loop limit, or more.
+    MailLoop,
+    /// The core's DATA memory budget is spent (set by the session).
+    NoMemory,
 }
 
 pub struct DataReceiver {
@@ -30,6 +37,9 @@ pub struct DataReceiver {
     prev_crlf: bool,
     /// Inside a line longer than the limit, discarding up to its LF.
     in_long_line: bool,
+    /// Received header fields seen, and how many make a loop.
+    received: usize,
+    received_max: usize,
     error: Option<DataError>,
 }
 
@@ -50,8 +60,33 @@ impl DataReceiver {
             in_header: true,
             prev_crlf: true,
             in_long_line: false,
+            received: 0,
+            received_max: usize::MAX,
             error: None,
         }
+    }
+
+    /// Refuses a message with `max` Received header fields or more as a
+    /// mail loop (RFC 5321 6.3).
+    pub fn loop_limit(mut self, max: usize) -> DataReceiver {
+        self.received_max = max;
+        self
+    }
+
+    /// Refuses the message from here on: the rest is read to its end but
+    /// not kept.
+    pub fn refuse(&mut self, e: DataError) {
+        self.fail(e);
+    }
+
+    /// Whether the message is already refused (nothing more is kept).
+    pub fn is_refused(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The Received header fields counted so far.
+    pub fn received_fields(&self) -> usize {
+        self.received
     }
 
     /// Refuses a message whose header section (up to the first empty line)
@@ -130,6 +165,13 @@ impl DataReceiver {
                 self.fail(DataError::HeaderTooBig);
                 return false;
             }
+            if is_received_field(unstuffed) {
+                self.received += 1;
+                if self.received >= self.received_max {
+                    self.fail(DataError::MailLoop);
+                    return false;
+                }
+            }
         }
         out.extend_from_slice(unstuffed);
         false
@@ -145,9 +187,44 @@ impl DataReceiver {
     }
 }
 
+/// Whether a header line starts a Received field (the name is matched
+/// without regard to case; RFC 5322 allows no space before the colon).
+fn is_received_field(line: &[u8]) -> bool {
+    line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_fields_in_the_header_are_counted_up_to_the_loop_limit() {
+        let mut msg = Vec::new();
+        for i in 0..5 {
+            let name = if i % 2 == 0 { "Received" } else { "RECEIVED" };
+            msg.extend_from_slice(format!("{name}: from h{i}\r\n\tby x; date\r\n").as_bytes());
+        }
+        msg.extend_from_slice(b"Subject: x\r\n\r\nReceived: in the body\r\n.\r\n");
+        let mut rx = DataReceiver::new(10_000).loop_limit(6);
+        assert_eq!(rx.feed(&msg, &mut Vec::new()).done, Some(Ok(())));
+        assert_eq!(rx.received_fields(), 5, "the body's line is no field");
+        let mut rx = DataReceiver::new(10_000).loop_limit(5);
+        let fed = rx.feed(&msg, &mut Vec::new());
+        assert_eq!(fed.done, Some(Err(DataError::MailLoop)));
+        assert_eq!(fed.consumed, msg.len(), "read to the real end");
+    }
+
+    #[test]
+    fn a_refused_message_is_read_to_its_end_and_not_kept() {
+        let mut rx = DataReceiver::new(10_000);
+        let mut out = Vec::new();
+        rx.feed(b"Subject: x\r\n\r\n", &mut out);
+        rx.refuse(DataError::NoMemory);
+        out.clear();
+        let fed = rx.feed(b"more body\r\n.\r\n", &mut out);
+        assert_eq!(fed.done, Some(Err(DataError::NoMemory)));
+        assert!(out.is_empty());
+    }
 
     fn run(input: &[u8], max: usize) -> (Option<Result<(), DataError>>, Vec<u8>, usize) {
         let mut rx = DataReceiver::new(max);

@@ -4,10 +4,13 @@
 //! The listener owns sessions, never messages: a message leaves a session
 //! only as a durable spool record handed to the router.
 
+pub mod admission;
 pub mod command;
 pub mod data;
 pub mod reply;
 pub mod session;
+
+pub use admission::{Inbound, DATA_FREE_BYTES};
 
 use crate::engine::Core;
 use futures_lite::AsyncWriteExt;
@@ -43,26 +46,22 @@ pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
 
 /// Runs one client connection: plaintext, then TLS after STARTTLS.
 async fn serve(mut stream: TcpStream, peer: SocketAddr, core: Rc<Core>) {
-    if core.sessions.get() >= core.cfg.max_connections_per_core as usize {
-        return refuse(&mut stream, &core, "Too many connections, try again later").await;
-    }
-    let from_ip = core
-        .sessions_per_ip
-        .borrow()
-        .get(&peer.ip())
-        .copied()
-        .unwrap_or(0);
-    if from_ip >= core.cfg.max_connections_per_ip {
-        return refuse(&mut stream, &core, "Too many connections from your address").await;
-    }
+    let cfg = &core.cfg;
+    let admitted = core.inbound.admit(
+        peer.ip(),
+        cfg.max_connections_per_core,
+        cfg.max_connections_per_ip,
+    );
+    let _pass = match admitted {
+        Ok(pass) => pass,
+        Err(admission::Refusal::CoreFull) => {
+            return refuse(&mut stream, &core, "Too many connections, try again later").await
+        }
+        Err(admission::Refusal::AddressFull) => {
+            return refuse(&mut stream, &core, "Too many connections from your address").await
+        }
+    };
     let _ = stream.set_nodelay(true);
-    core.sessions.set(core.sessions.get() + 1);
-    *core
-        .sessions_per_ip
-        .borrow_mut()
-        .entry(peer.ip())
-        .or_default() += 1;
-    let _guard = SessionGuard(core.clone(), peer.ip());
     let plain = Session::new(stream, core.clone(), peer, false);
     if let End::StartTls(stream) = plain.run(true).await {
         let Some(acceptor) = core.tls.clone() else {
@@ -86,21 +85,4 @@ async fn refuse(stream: &mut TcpStream, core: &Core, why: &str) {
         stream.write_all(line.as_bytes()),
     )
     .await;
-}
-
-/// Counts open sessions (per core and per client address) so that limits
-/// hold and shutdown can wait for them.
-struct SessionGuard(Rc<Core>, std::net::IpAddr);
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        self.0.sessions.set(self.0.sessions.get() - 1);
-        let mut per_ip = self.0.sessions_per_ip.borrow_mut();
-        if let Some(n) = per_ip.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.1);
-            }
-        }
-    }
 }

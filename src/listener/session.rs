@@ -5,8 +5,9 @@
 //! message durable, and must never read plaintext buffered before STARTTLS
 //! as part of the TLS session.
 
+use super::admission::DataLease;
 use super::command::{self, Command, MailParams, COMMAND_LINE_BYTES_MAX};
-use super::data::{DataError, DataReceiver};
+use super::data::{DataError, DataReceiver, TEXT_LINE_BYTES_MAX};
 use super::reply::Reply;
 use crate::conn::Conn;
 use crate::dkim::SignError;
@@ -310,6 +311,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !to.is_ascii() && !tx.params.smtputf8 {
             return Reply::new(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
         }
+        // The one address without a domain goes where the operator says.
+        let to = if to == command::POSTMASTER {
+            self.core.cfg.postmaster.clone()
+        } else {
+            to
+        };
         if tx.recipients.len() >= max {
             tx.overshoot = tx.overshoot.saturating_add(1);
             return Reply::new(452, "4.5.3 Too many recipients");
@@ -340,7 +347,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let received_ms = now_ms();
         let mut builder = self.start_record(id, received_ms, &tx);
         self.conn.queue_line("354 End data with <CR><LF>.<CR><LF>");
-        if let Err(e) = self.receive(&mut builder).await? {
+        let mut lease = self.core.inbound.data_lease();
+        if let Err(e) = self.receive(&mut builder, &mut lease).await? {
             return Ok(data_error_reply(e));
         }
         match self.core.dkim.sign_record(&mut builder) {
@@ -374,7 +382,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // was never told 250, so a duplicate is allowed, a loss is not).
         let core = self.core.clone();
         let record = builder.finish(id);
-        let mut accept = Box::pin(async move { core.accept(accepted, record).await });
+        // The lease goes with the record, whose buffer lives until the
+        // append is done.
+        let mut accept = Box::pin(async move {
+            let durable = core.accept(accepted, record).await;
+            drop(lease);
+            durable
+        });
         let deadline = self.core.cfg.ack_deadline;
         let late = async {
             glommio::timer::sleep(deadline).await;
@@ -413,9 +427,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ => String::new(),
         };
         let received = format!(
-            "Received: from {} ([{}])\r\n\tby {} (spate) with {proto} id {id:016x}{for_clause};\r\n\t{}\r\n",
-            self.helo.as_deref().unwrap_or("unknown"),
-            self.peer.ip(),
+            "Received: from {}\r\n\tby {} (spate) with {proto} id {id:016x}{for_clause};\r\n\t{}\r\n",
+            received_from(self.helo.as_deref(), self.peer.ip()),
             self.core.cfg.hostname,
             chrono::Utc::now().to_rfc2822(),
         );
@@ -425,21 +438,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Reads DATA up to its end. The outer `Err` ends the session (EOF,
     /// timeout); the inner one refuses the message with the session in step.
+    ///
+    /// The body's buffer grows only as far as `lease` covers it on the
+    /// core's DATA budget; when the budget is spent, what was received is
+    /// let go and the rest is read without being kept.
     async fn receive(
         &mut self,
         builder: &mut MessageBuilder,
+        lease: &mut DataLease,
     ) -> Result<Result<(), DataError>, Stop> {
-        let mut rx = DataReceiver::new(self.core.cfg.max_message_bytes as usize)
-            .header_limit(self.core.cfg.max_header_bytes as usize);
+        let cfg = &self.core.cfg;
+        let mut rx = DataReceiver::new(cfg.max_message_bytes as usize)
+            .header_limit(cfg.max_header_bytes as usize)
+            .loop_limit(cfg.max_received_headers as usize);
+        // Room for the body, its longest line and the sealed record's
+        // additions (DKIM fields, padding): the buffer never grows past it.
+        let ceiling = builder.body_mut().len()
+            + cfg.max_message_bytes as usize
+            + TEXT_LINE_BYTES_MAX
+            + RECORD_SLACK_BYTES;
         // Each read has `data_timeout`, and all of DATA `data_total_timeout`,
         // so a trickle of bytes cannot hold the session open for ever.
-        let deadline = Instant::now() + self.core.cfg.data_total_timeout;
+        let deadline = Instant::now() + cfg.data_total_timeout;
         loop {
+            if !rx.is_refused()
+                && !make_room(
+                    builder.body_mut(),
+                    self.conn.buffered().len(),
+                    ceiling,
+                    lease,
+                )
+            {
+                rx.refuse(DataError::NoMemory);
+                builder.clear_body();
+                builder.body_mut().shrink_to(RECORD_SLACK_BYTES);
+                lease.release();
+            }
             let fed = rx.feed(self.conn.buffered(), builder.body_mut());
             self.conn.consume(fed.consumed);
             if let Some(done) = fed.done {
                 if done.is_err() {
                     builder.clear_body();
+                }
+                if done == Err(DataError::MailLoop) {
+                    eprintln!(
+                        "spate: core {}: refused a message from [{}] as a mail loop: {} Received header fields",
+                        self.core.index,
+                        self.peer.ip(),
+                        rx.received_fields()
+                    );
                 }
                 return Ok(done);
             }
@@ -456,6 +503,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+/// Room the sealed record may need beyond the body: DKIM-Signature fields
+/// and padding (a realloc at the end would double the buffer).
+const RECORD_SLACK_BYTES: usize = 8 * 1024;
+
+/// Makes `buf` able to take `incoming` more bytes without reallocating,
+/// growing it (by doubling, up to `ceiling`) only as far as `lease` covers
+/// on the core's DATA budget. False: the budget has no room.
+fn make_room(buf: &mut Vec<u8>, incoming: usize, ceiling: usize, lease: &mut DataLease) -> bool {
+    let need = buf.len() + incoming;
+    if need <= buf.capacity() {
+        return true;
+    }
+    let target = need.max(buf.capacity() * 2).min(ceiling.max(need)) + RECORD_SLACK_BYTES;
+    if !lease.cover(target) {
+        return false;
+    }
+    buf.reserve_exact(target - buf.len());
+    // The allocator may round up; the lease follows what is really held.
+    lease.cover(buf.capacity())
+}
+
+/// The Received field's "from" part: the EHLO name and the client's
+/// address. An EHLO name that is no ASCII domain or address literal is not
+/// copied as it is (the field must stay 7-bit and parseable, RFC 5321
+/// 4.4): it becomes "unknown", with its bytes escaped in the comment.
+fn received_from(helo: Option<&str>, ip: std::net::IpAddr) -> String {
+    let helo = helo.unwrap_or("unknown");
+    let domain = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_';
+    let literal = helo.starts_with('[')
+        && helo.ends_with(']')
+        && helo[1..helo.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'.');
+    if literal || !helo.is_empty() && helo.bytes().all(domain) {
+        return format!("{helo} ([{ip}])");
+    }
+    let mut escaped = String::with_capacity(helo.len());
+    for b in helo.bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'\\' | b'%') {
+            escaped.push(b as char);
+        } else {
+            escaped.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("unknown ([{ip}] helo={escaped})")
+}
+
 fn record_flags(p: &MailParams) -> u32 {
     (if p.body_8bit { FLAG_8BITMIME } else { 0 }) | (if p.smtputf8 { FLAG_SMTPUTF8 } else { 0 })
 }
@@ -469,6 +563,10 @@ fn data_error_reply(e: DataError) -> Reply {
         DataError::LineTooLong => Reply::new(550, "5.6.0 Message line longer than 1000 octets"),
         DataError::TooBig => Reply::new(552, "5.3.4 Message size exceeds fixed limit"),
         DataError::HeaderTooBig => Reply::new(552, "5.3.4 Message header exceeds fixed limit"),
+        DataError::MailLoop => Reply::new(554, "5.4.6 Mail loop: too many Received header fields"),
+        DataError::NoMemory => {
+            Reply::new(452, "4.3.1 Insufficient system resources; try again later")
+        }
     }
 }
 
@@ -487,4 +585,26 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_ehlo_names_never_reach_the_received_field_as_they_are() {
+        let ip = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            received_from(Some("mx.example"), ip),
+            "mx.example ([192.0.2.1])"
+        );
+        assert_eq!(
+            received_from(Some("[192.0.2.1]"), ip),
+            "[192.0.2.1] ([192.0.2.1])"
+        );
+        assert_eq!(received_from(None, ip), "unknown ([192.0.2.1])");
+        let odd = received_from(Some("h\u{e9}(x)\u{7f}"), ip);
+        assert_eq!(odd, "unknown ([192.0.2.1] helo=h%C3%A9%28x%29%7F)");
+        assert!(odd.is_ascii());
+    }
 }
