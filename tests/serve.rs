@@ -142,9 +142,10 @@ fn recipients_are_split_between_the_cores_that_own_their_domains() {
     assert_eq!(spate.stop(), 0);
     let log = spate.log_text();
     let mut per_core = Vec::new();
-    for line in log.lines().filter(|l| l.contains("queued")) {
+    for line in log.lines().filter(|l| l.contains("queued since start")) {
+        // "... N messages (M recipients) queued since start; ..."
         let n: u64 = line
-            .split("messages, ")
+            .split("messages (")
             .nth(1)
             .unwrap()
             .split(' ')
