@@ -4,7 +4,7 @@
 //! skip): `apt-get install unbound`.
 //!
 //! Covers MX order and addresses, null MX, implicit MX, NXDOMAIN, MX hosts
-//! without addresses, a truncated UDP answer retried over TCP, SERVFAIL,
+//! without addresses, a truncated or oversized UDP answer retried over TCP, SERVFAIL,
 //! timeouts, server failover and the cache.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
@@ -421,4 +421,68 @@ fn answers_are_cached() {
             "{uncached:?}"
         );
     });
+}
+
+/// A server that ignores the EDNS payload size: it sends a 4,800-octet
+/// answer over UDP without setting TC (the kernel cuts it to our buffer),
+/// and the same answer whole over TCP. The resolver asks again over TCP
+/// instead of waiting for a reply that never fits.
+#[test]
+fn an_oversized_udp_answer_without_tc_is_asked_again_over_tcp() {
+    use hickory_proto::rr::{rdata::A, RData, Record};
+    use std::io::{Read, Write};
+    const RECORDS: usize = 300;
+    let addr = server_addr();
+    let udp = UdpSocket::bind(addr).unwrap();
+    let tcp = std::net::TcpListener::bind(addr).unwrap();
+    let answer = |query: &Message| -> Vec<u8> {
+        let mut reply = Message::new(query.id, MessageType::Response, OpCode::Query);
+        reply.metadata.recursion_desired = true;
+        reply.metadata.recursion_available = true;
+        reply.add_query(query.queries[0].clone());
+        if query.queries[0].query_type() == RecordType::A {
+            for i in 0..RECORDS {
+                let ip = std::net::Ipv4Addr::new(127, 0, 2 + (i / 250) as u8, 1 + (i % 250) as u8);
+                let name = query.queries[0].name().clone();
+                reply.add_answer(Record::from_rdata(name, 300, RData::A(A(ip))));
+            }
+        }
+        reply.to_vec().unwrap()
+    };
+    let mut sample = Message::new(7, MessageType::Query, OpCode::Query);
+    sample.add_query(Query::query(
+        Name::from_ascii("big.test.").unwrap(),
+        RecordType::A,
+    ));
+    assert!(
+        answer(&sample).len() > 4096,
+        "the premise: larger than any UDP reply taken"
+    );
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let _ = udp.send_to(&answer(&query), from);
+        }
+    });
+    std::thread::spawn(move || {
+        for mut stream in tcp.incoming().map_while(Result::ok) {
+            let mut len = [0u8; 2];
+            if stream.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if stream.read_exact(&mut query).is_err() {
+                continue;
+            }
+            let reply = answer(&Message::from_vec(&query).unwrap());
+            let _ = stream.write_all(&(reply.len() as u16).to_be_bytes());
+            let _ = stream.write_all(&reply);
+        }
+    });
+    let addrs = run(move || async move { resolver(vec![addr]).addresses("big.test").await });
+    let addrs = addrs.expect("the answer, over TCP");
+    assert_eq!(addrs.len(), RECORDS);
 }

@@ -83,6 +83,44 @@ fn a_route_to_spate_itself_is_never_taken() {
     assert_eq!(looped.stop(), 0);
 }
 
+/// Two spates that route a domain to each other: the message goes round
+/// until it carries 100 Received fields, then the next spate refuses it as
+/// a loop and the one before bounces it for that reason (not for its size).
+#[test]
+fn two_spates_routing_to_each_other_stop_the_loop_at_100_hops() {
+    let (a, b) = (free_addr(), free_addr());
+    let route_to = |to: &str| config(&format!("[delivery.routes]\n\"loop.test\" = \"{to}\"\n"));
+    let (cfg_a, cfg_b) = (route_to(&b), route_to(&a));
+    let mut spate_a = Spate::start_on(&a, &["--config", &cfg_a]);
+    let mut spate_b = Spate::start_on(&b, &["--config", &cfg_b]);
+    spate_a
+        .connect()
+        .transaction("s@a.test", &["r@loop.test"], b"Subject: round\r\n\r\nx\r\n");
+    let bounces = || {
+        let mut all = log_of(&spate_a.log_dir(), "Bounce");
+        all.extend(log_of(&spate_b.log_dir(), "Bounce"));
+        all
+    };
+    wait_until(LONG, "the loop's bounce", || !bounces().is_empty());
+    let bounce = &bounces()[0];
+    assert!(
+        bounce["response"]
+            .as_str()
+            .unwrap()
+            .starts_with("554 5.4.6"),
+        "{bounce}"
+    );
+    // Counted once both have stopped: each core writes its own log, and
+    // a stopped spate has written all of it.
+    assert_eq!(spate_a.stop(), 0);
+    assert_eq!(spate_b.stop(), 0);
+    let receptions = log_of(&spate_a.log_dir(), "Reception").len()
+        + log_of(&spate_b.log_dir(), "Reception").len();
+    // One Received field per hop: the 101st hop is refused. (A retried
+    // hop could add a duplicate, never an endless loop.)
+    assert!((100..=102).contains(&receptions), "{receptions} receptions");
+}
+
 /// An MX that resolves to spate's own listening address bounces the mail
 /// (RFC 5321 5.1) with a DSN, and one in `deny_networks` is not connected
 /// to: the mail waits.
@@ -350,7 +388,13 @@ fn a_552_to_rcpt_defers_instead_of_bouncing() {
 /// to the rest: every recipient arrives, in as many transactions as needed.
 #[test]
 fn recipients_refused_with_552_go_in_the_next_transaction() {
-    let mx = TwoRecipientMx::start();
+    let mx = ScriptedMx::start(|taken| {
+        if taken < 2 {
+            b"250 2.1.5 ok\r\n"
+        } else {
+            b"552 5.5.3 Too many recipients\r\n"
+        }
+    });
     let mut spate = Spate::start(&["--smarthost", &mx.addr]);
     let to: Vec<String> = (0..5).map(|i| format!("r{i}@b.test")).collect();
     let to: Vec<&str> = to.iter().map(|s| s.as_str()).collect();
@@ -419,15 +463,45 @@ fn postmaster_without_a_domain_is_accepted() {
     assert_eq!(stored[0].recipients, ["postmaster@spate.test"]);
 }
 
-/// A scripted destination: PIPELINING, at most two recipients per
-/// transaction (552 5.5.3 to the rest), records who it accepted mail for.
-struct TwoRecipientMx {
+/// A reply in several lines whose codes disagree is out of step: the
+/// recipient is deferred as a protocol error, never decided by one line.
+#[test]
+fn a_reply_whose_lines_carry_different_codes_defers() {
+    let mx = ScriptedMx::start(|_| b"250-accepted, or\r\n550 5.1.1 not?\r\n");
+    let mut spate = Spate::start(&["--smarthost", &mx.addr]);
+    spate
+        .connect()
+        .transaction("s@a.test", &["r@b.test"], b"Subject: mixed\r\n\r\nx\r\n");
+    wait_until(LONG, "a deferral", || {
+        !log_of(&spate.log_dir(), "TransientFailure").is_empty()
+    });
+    let deferred = &log_of(&spate.log_dir(), "TransientFailure")[0];
+    assert!(
+        deferred["response"]
+            .as_str()
+            .unwrap()
+            .contains("reply lines carry different codes"),
+        "{deferred}"
+    );
+    assert!(log_of(&spate.log_dir(), "Bounce").is_empty());
+    assert!(log_of(&spate.log_dir(), "Delivery").is_empty());
+    assert_eq!(spate.stop(), 0);
+}
+
+/// The reply a [`ScriptedMx`] gives to a RCPT, given how many recipients
+/// it has taken in the transaction; one starting with 250 takes it.
+type RcptReply = fn(usize) -> &'static [u8];
+
+/// A scripted destination for replies no real server can be told to give:
+/// PIPELINING, RCPT answered by a function, records whom it accepted mail
+/// for.
+struct ScriptedMx {
     addr: String,
     recipients: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-impl TwoRecipientMx {
-    fn start() -> TwoRecipientMx {
+impl ScriptedMx {
+    fn start(rcpt: RcptReply) -> ScriptedMx {
         let listener = std::net::TcpListener::bind(free_addr()).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let recipients = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -435,18 +509,18 @@ impl TwoRecipientMx {
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let got = got.clone();
-                std::thread::spawn(move || two_recipient_session(stream, &got));
+                std::thread::spawn(move || scripted_session(stream, rcpt, &got));
             }
         });
-        TwoRecipientMx { addr, recipients }
+        ScriptedMx { addr, recipients }
     }
 }
 
-fn two_recipient_session(stream: TcpStream, got: &std::sync::Mutex<Vec<String>>) {
+fn scripted_session(stream: TcpStream, rcpt: RcptReply, got: &std::sync::Mutex<Vec<String>>) {
     use std::io::BufRead;
     let mut w = stream.try_clone().unwrap();
     let mut r = std::io::BufReader::new(stream);
-    let _ = w.write_all(b"220 two.mx ESMTP\r\n");
+    let _ = w.write_all(b"220 scripted.mx ESMTP\r\n");
     let (mut line, mut taken, mut in_data) = (String::new(), Vec::new(), false);
     while r.read_line(&mut line).unwrap_or(0) > 0 {
         let cmd = line.trim_end().to_string();
@@ -460,14 +534,13 @@ fn two_recipient_session(stream: TcpStream, got: &std::sync::Mutex<Vec<String>>)
             got.lock().unwrap().append(&mut taken);
             b"250 2.0.0 queued\r\n"
         } else if upper.starts_with("EHLO") {
-            b"250-two.mx\r\n250 PIPELINING\r\n"
+            b"250-scripted.mx\r\n250 PIPELINING\r\n"
         } else if upper.starts_with("RCPT TO:<") {
-            if taken.len() < 2 {
+            let reply = rcpt(taken.len());
+            if reply.starts_with(b"250 ") {
                 taken.push(cmd[9..cmd.len() - 1].to_string());
-                b"250 2.1.5 ok\r\n"
-            } else {
-                b"552 5.5.3 Too many recipients\r\n"
             }
+            reply
         } else if upper == "DATA" {
             in_data = true;
             b"354 go\r\n"
