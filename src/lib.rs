@@ -38,6 +38,7 @@ pub mod mesh;
 pub mod message;
 pub mod queue;
 pub mod router;
+pub mod shaping;
 pub mod spool;
 pub mod spool_tool;
 pub mod tls;

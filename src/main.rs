@@ -27,6 +27,9 @@ enum Cmd {
     /// Offline spool tools (stop the engine first).
     #[command(subcommand)]
     Spool(SpoolCmd),
+    /// Traffic shaping: check a rules file, explain a destination's limits.
+    #[command(subcommand)]
+    Shaping(ShapingCmd),
     /// Load tools: a fault-injecting sink, a load generator, a peak-day run.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -154,6 +157,20 @@ enum ConfigCmd {
 }
 
 #[derive(Subcommand)]
+enum ShapingCmd {
+    /// Check a shaping file offline; the first problem is named by line
+    /// and key, and the exit status is 1.
+    Check { file: PathBuf },
+    /// Print the limits a destination domain gets, each with the rule it
+    /// came from, and its MX hosts (asked of the configured resolver).
+    Explain {
+        domain: String,
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+    },
+}
+
+#[derive(Subcommand)]
 enum SpoolCmd {
     /// Check every record of every segment; exit 1 on any damage.
     Verify { dir: PathBuf },
@@ -187,6 +204,9 @@ struct ServeArgs {
     /// Route one domain to a HOST:PORT; repeatable.
     #[arg(long = "route", value_name = "DOMAIN=HOST:PORT")]
     route: Vec<String>,
+    /// Traffic shaping rules (TOML; reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    shaping: Option<PathBuf>,
     /// Clients allowed to relay (CIDR); repeatable. Default: loopback only.
     #[arg(long = "relay-from", value_name = "CIDR")]
     relay_from: Vec<String>,
@@ -220,6 +240,7 @@ impl ServeArgs {
             dns: self.dns.clone(),
             smarthost: self.smarthost.clone(),
             routes: self.route.clone(),
+            shaping_file: self.shaping.clone(),
             relay_from: self.relay_from.clone(),
             max_message_bytes: self.max_message_size,
             hostname: self.hostname.clone(),
@@ -245,6 +266,18 @@ fn main() -> ExitCode {
         Cmd::Spool(SpoolCmd::Dump { dir }) => {
             spate::spool_tool::dump(&dir, &mut std::io::stdout().lock())
         }
+        Cmd::Shaping(ShapingCmd::Check { file }) => spate::shaping::load(&file)
+            .map(|rules| {
+                println!(
+                    "{}: ok ({} destination rules)",
+                    file.display(),
+                    rules.destination_count()
+                )
+            })
+            .map_err(|e| e.to_string()),
+        Cmd::Shaping(ShapingCmd::Explain { domain, serve }) => serve
+            .config()
+            .and_then(|cfg| spate::shaping::explain::print(&cfg, &domain)),
         Cmd::Bench(cmd) => bench(cmd),
     };
     match result {

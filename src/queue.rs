@@ -251,6 +251,20 @@ impl Queues {
         self.wake.notify();
     }
 
+    /// Asks the driver to look at every domain with ready mail again.
+    pub fn mark_all_dirty(&self) {
+        let domains = self.domains.borrow();
+        let mut dirty = self.dirty.borrow_mut();
+        dirty.extend(
+            domains
+                .iter()
+                .filter(|(_, q)| !q.ready.is_empty())
+                .map(|(d, _)| d.clone()),
+        );
+        drop(dirty);
+        self.wake.notify();
+    }
+
     pub fn take_dirty(&self) -> Vec<Box<str>> {
         let mut dirty = std::mem::take(&mut *self.dirty.borrow_mut());
         dirty.sort_unstable();

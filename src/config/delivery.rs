@@ -24,6 +24,7 @@ pub struct RawDelivery {
     pub ehlo_name: Option<String>,
     pub source_address: Option<String>,
     pub deny_networks: Option<Vec<String>>,
+    pub shaping_file: Option<PathBuf>,
     pub tls: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub max_connections_per_destination: Option<u32>,
@@ -94,6 +95,8 @@ pub struct Delivery {
     pub source_address: Option<IpAddr>,
     /// Addresses never connected to, whatever DNS or a route says.
     pub deny_networks: Vec<ipnet::IpNet>,
+    /// Traffic shaping rules (`crate::shaping`); `None`: the limits here.
+    pub shaping_file: Option<PathBuf>,
     pub tls: TlsPolicy,
     pub tls_ca_file: Option<PathBuf>,
     pub max_connections_per_destination: u32,
@@ -143,6 +146,7 @@ pub(super) fn build_dns(
 pub(super) struct DeliveryFlags {
     pub smarthost: Option<String>,
     pub routes: Vec<String>,
+    pub shaping_file: Option<PathBuf>,
 }
 
 pub(super) fn build_delivery(
@@ -204,6 +208,12 @@ pub(super) fn build_delivery(
                     format!("{s:?} is not an IP address"),
                 )
             })?),
+        },
+        shaping_file: {
+            let f = flags
+                .shaping_file
+                .unwrap_or(pick!(u.shaping_file, d.shaping_file));
+            (!f.as_os_str().is_empty()).then_some(f)
         },
         deny_networks: super::parse_cidrs(
             "delivery.deny_networks",

@@ -138,6 +138,7 @@ pub struct Overrides {
     pub dns: Vec<String>,
     pub smarthost: Option<String>,
     pub routes: Vec<String>,
+    pub shaping_file: Option<PathBuf>,
     pub relay_from: Vec<String>,
     pub max_message_bytes: Option<u64>,
     pub hostname: Option<String>,
@@ -252,6 +253,7 @@ impl Config {
         let flags = delivery::DeliveryFlags {
             smarthost: o.smarthost,
             routes: o.routes,
+            shaping_file: o.shaping_file,
         };
         let delivery = delivery::build_delivery(
             std::mem::take(&mut u.delivery),

@@ -21,6 +21,7 @@ use crate::config::{Config, TlsPolicy};
 use crate::dns::DnsError;
 use crate::engine::Core;
 use crate::queue::Entry;
+use crate::shaping::Limits;
 use client::{Client, OpenError, OpenSpec, Timeouts};
 use next_hop::{Hop, Myself, NoHop};
 use outcome::Outcome;
@@ -52,15 +53,48 @@ pub async fn run(core: Rc<Core>) {
     }
 }
 
-/// Opens connections for `domain` until there is one per ready entry or the
-/// limit is reached.
+/// Opens connections for `domain` until there is one per ready entry or
+/// the destination's connection limit is reached, as its connection rate
+/// allows, and only when its message rate lets a message go; otherwise
+/// looks again when it will.
 fn open_connections(core: &Rc<Core>, domain: Box<str>) {
+    let limits = core.shaper.limits(&domain);
     let (ready, open) = core.queues.load(&domain);
-    let want = (ready as u32).min(core.cfg.delivery.max_connections_per_destination);
+    let want = (ready as u32).min(limits.connections);
+    if open >= want {
+        return;
+    }
+    let now = Instant::now();
+    if let Some(at) = limits
+        .message_rate
+        .and_then(|rate| core.shaper.message_due(&domain, &rate, now))
+    {
+        return look_again_at(core, domain, at);
+    }
     for _ in open..want {
+        if let Some(rate) = &limits.connection_rate {
+            if let Err(at) = core.shaper.take_connection(&domain, rate, now) {
+                return look_again_at(core, domain, at);
+            }
+        }
         core.queues.connection_opened(&domain);
         glommio::spawn_local(connection(core.clone(), domain.clone())).detach();
     }
+}
+
+/// Has the driver look at `domain` again at `at` (one timer per domain).
+fn look_again_at(core: &Rc<Core>, domain: Box<str>, at: Instant) {
+    if !core.shaper.claim_wake(&domain) {
+        return;
+    }
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        let wait = at.saturating_duration_since(Instant::now());
+        futures_lite::future::or(glommio::timer::sleep(wait), core.stop.wait()).await;
+        core.shaper.release_wake(&domain);
+        core.queues.mark_dirty(&domain);
+    })
+    .detach();
 }
 
 async fn connection(core: Rc<Core>, domain: Box<str>) {
@@ -223,13 +257,14 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) {
         ip: client.ip,
         connection,
     };
+    let limits = core.shaper.limits(domain);
     let mut sent = 0;
     let mut broken = false;
-    while let Some(entry) = next_entry(core, domain).await {
+    while let Some(entry) = next_entry(core, domain, &limits).await {
         let (outcomes, lost) = send(&mut client, &entry).await;
         settle::settle(core, domain, entry, outcomes, Some(&remote)).await;
         sent += 1;
-        if lost || sent >= core.cfg.delivery.max_messages_per_connection {
+        if lost || sent >= limits.messages_per_connection {
             broken = lost;
             break;
         }
@@ -252,15 +287,35 @@ async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool)
     client.send(&entry.message, &envelope, &rcpts).await
 }
 
-async fn next_entry(core: &Core, domain: &str) -> Option<Entry> {
-    let deadline = Instant::now() + core.cfg.delivery.idle_timeout;
+/// The next entry for `domain` as its limits allow: waiting up to the idle
+/// timeout for one, and for its message rate (ending the connection when
+/// the rate's wait is longer than the idle timeout); cut to
+/// `recipients_per_transaction`, the rest put back to go next.
+async fn next_entry(core: &Core, domain: &str, limits: &Limits) -> Option<Entry> {
+    let idle = core.cfg.delivery.idle_timeout;
+    let deadline = Instant::now() + idle;
     loop {
         if core.stop.is_stopped() {
             return None;
         }
         let (work, seen) = core.queues.work_event(domain);
         if let Some(entry) = core.queues.pop_ready(domain) {
-            return Some(entry);
+            let Some(rate) = &limits.message_rate else {
+                return Some(first_recipients(core, domain, entry, limits));
+            };
+            let now = Instant::now();
+            match core.shaper.take_message(domain, rate, now) {
+                Ok(()) => return Some(first_recipients(core, domain, entry, limits)),
+                Err(at) => {
+                    core.queues.push_ready(domain, entry, true);
+                    if at.saturating_duration_since(now) > idle {
+                        return None;
+                    }
+                    let wait = glommio::timer::sleep(at.saturating_duration_since(now));
+                    futures_lite::future::or(wait, core.stop.wait()).await;
+                    continue;
+                }
+            }
         }
         let left = deadline.checked_duration_since(Instant::now())?;
         let waited = futures_lite::future::or(
@@ -282,6 +337,23 @@ async fn next_entry(core: &Core, domain: &str) -> Option<Entry> {
             return None;
         }
     }
+}
+
+/// `entry` with at most `recipients_per_transaction` recipients; the
+/// others go back to the front of the queue as an entry of their own.
+fn first_recipients(core: &Core, domain: &str, mut entry: Entry, limits: &Limits) -> Entry {
+    let Some(max) = limits.recipients_per_transaction.map(|n| n as usize) else {
+        return entry;
+    };
+    if entry.recipients.len() > max {
+        let rest = entry.recipients.drain(max..).collect();
+        let rest = Entry {
+            recipients: rest,
+            ..entry.clone()
+        };
+        core.queues.push_ready(domain, rest, true);
+    }
+    entry
 }
 
 /// What a DNS answer means for the domain's recipients.

@@ -6,7 +6,7 @@
 //! was handed to the spool, and never make a bounce final before its DSN is
 //! durable (if the DSN cannot be spooled, the recipient stays deferred).
 
-use super::outcome::{retry_delay, Outcome};
+use super::outcome::Outcome;
 use super::Remote;
 use crate::bounce::Failure;
 use crate::delivery_log::{now_ms, Kind, Record};
@@ -35,9 +35,9 @@ pub async fn settle(
 ) {
     let now = now_ms();
     let attempt = entry.attempts + 1;
-    let d = &core.cfg.delivery;
+    let limits = core.shaper.limits(domain);
     let received_ms = entry.message.envelope().received_ms();
-    let expired = now >= received_ms.saturating_add(d.expire.as_millis() as u64);
+    let expired = now >= received_ms.saturating_add(limits.expire.as_millis() as u64);
     let mut fates: Vec<(u32, Fate, String)> = outcomes
         .into_iter()
         .map(|(i, o)| match o {
@@ -53,7 +53,7 @@ pub async fn settle(
         })
         .collect();
     dsn_first(core, &entry, &mut fates, remote).await;
-    let next_in = retry_delay(attempt, d.retry_initial, d.retry_max);
+    let next_in = limits.retry.delay(attempt);
     let next_ms = now + next_in.as_millis() as u64;
     let (mut records, mut about) = (Vec::new(), Vec::new());
     let mut finished = 0;

@@ -16,6 +16,7 @@ use crate::delivery::Egress;
 use crate::mesh;
 use crate::message::MessageHandle;
 use crate::router::split_by_owner;
+use crate::shaping::{self, Published};
 use crate::spool::recovery::{self, Recovered};
 use crate::spool::SegmentBook;
 use crate::tls;
@@ -49,6 +50,13 @@ pub enum EngineError {
 /// Runs the engine until SIGTERM/SIGINT. Returns once every core has
 /// finished its open transactions (or the grace time ran out).
 pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
+    let shaping_rules = cfg
+        .delivery
+        .shaping_file
+        .as_deref()
+        .map(shaping::load)
+        .transpose()
+        .map_err(|e| EngineError::Failed(format!("shaping file {e}")))?;
     let online: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .into_iter()
@@ -97,8 +105,9 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         per_core_books[core as usize % n].push(book);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(stop.clone());
     let cfg = Arc::new(cfg);
+    let shaping = Arc::new(Published::new(cfg.clone(), shaping_rules));
+    watch_signals(stop.clone(), shaping.clone());
     let mesh = mesh::builder(n);
     let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
     let mut joins = Vec::new();
@@ -110,6 +119,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             cfg: cfg.clone(),
             tls: tls.clone(),
             egress: egress.clone(),
+            shaping: shaping.clone(),
             dkim: dkim.clone(),
             recovered,
             books: per_core_books.next().unwrap_or_default(),
@@ -209,12 +219,26 @@ fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
 }
 
 /// SIGTERM or SIGINT asks every core to stop; a second one exits at once.
-fn watch_signals(stop: Arc<AtomicBool>) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
+/// SIGTERM and SIGINT stop the engine (a second one exits at once);
+/// SIGHUP reloads the shaping file.
+fn watch_signals(stop: Arc<AtomicBool>, shaping: Arc<Published>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .expect("signal handlers install");
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == SIGHUP {
+                match shaping.reload() {
+                    Ok(Some(n)) => {
+                        eprintln!("spate: SIGHUP: shaping rules reloaded ({n} destination rules)")
+                    }
+                    Ok(None) => eprintln!("spate: SIGHUP: no shaping file to reload"),
+                    Err(e) => {
+                        eprintln!("spate: SIGHUP: shaping file {e}; the old rules stay in force")
+                    }
+                }
+                continue;
+            }
             if stop.swap(true, Ordering::SeqCst) {
                 eprintln!("spate: second signal {sig}: exiting now");
                 std::process::exit(1);

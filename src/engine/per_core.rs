@@ -18,6 +18,7 @@ use crate::mesh::{self, Mesh};
 use crate::message::{MessageHandle, Recipient, Stored};
 use crate::queue::Queues;
 use crate::router::split_by_owner;
+use crate::shaping::{Published, Shaper};
 use crate::spool::SpoolError;
 use crate::spool::{self, Faults, IdSpace, SegmentBook, Spool};
 use crate::{delivery, listener};
@@ -49,6 +50,9 @@ pub struct Core {
     /// What delivery needs from outside the core: TLS client settings,
     /// this host's own addresses.
     pub egress: Arc<Egress>,
+    /// The shaping rules as this core last saw them, and the rate state of
+    /// the destinations it owns.
+    pub shaper: Shaper,
     /// DKIM keys, shared read-only by every core.
     pub dkim: Arc<Signers>,
 }
@@ -181,6 +185,7 @@ pub(super) struct CoreStart {
     pub(super) cfg: Arc<Config>,
     pub(super) tls: Option<TlsAcceptor>,
     pub(super) egress: Arc<Egress>,
+    pub(super) shaping: Arc<Published>,
     pub(super) dkim: Arc<Signers>,
     pub(super) recovered: Vec<MessageHandle>,
     /// The books of the segments this core wrote (or inherits).
@@ -270,6 +275,7 @@ pub(super) async fn run_core(s: CoreStart) {
         resolver: Resolver::new(servers, dns.timeout, dns.attempts, dns.cache_entries_max),
         log,
         egress: s.egress,
+        shaper: Shaper::new(s.shaping),
         dkim: s.dkim,
     });
     work.outbound(delivery::run(core.clone())).detach();
@@ -280,6 +286,11 @@ pub(super) async fn run_core(s: CoreStart) {
     let _ = s.ready.send(Ok(()));
     while !s.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(STOP_POLL).await;
+        // New shaping rules (SIGHUP): every domain with mail is looked at
+        // again under them, not only when its next timer fires.
+        if core.shaper.reloaded() {
+            core.queues.mark_all_dirty();
+        }
     }
     shut_down(&core).await;
 }

@@ -1,0 +1,297 @@
+//! The shaping file as written, checked into [`Rules`]: every value is
+//! validated, and an error names the line and the key.
+//!
+//! Pure: text in, rules or an error out.
+
+use super::rate::Rate;
+use super::rules::{Partial, Retry, Rules};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Most destination rules in one file.
+pub const DESTINATIONS_MAX: usize = 100_000;
+/// Most intervals in a retry schedule.
+pub const RETRY_STEPS_MAX: usize = 32;
+
+/// A shaping file that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: line {line}: {key}: {reason}")]
+pub struct ShapingError {
+    pub path: String,
+    pub line: usize,
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    default: Option<RawLimits>,
+    #[serde(default)]
+    destination: BTreeMap<String, Spanned<RawLimits>>,
+    provider: Option<toml::Value>,
+    source: Option<toml::Value>,
+    pool: Option<toml::Value>,
+    warmup: Option<toml::Value>,
+    tenant: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connections: Option<Spanned<i64>>,
+    message_rate: Option<Spanned<String>>,
+    connection_rate: Option<Spanned<String>>,
+    messages_per_connection: Option<Spanned<i64>>,
+    recipients_per_transaction: Option<Spanned<i64>>,
+    retry: Option<Spanned<Vec<String>>>,
+    expire: Option<Spanned<String>>,
+    pool: Option<toml::Value>,
+    adaptive: Option<toml::Value>,
+    on_response: Option<toml::Value>,
+}
+
+/// Reads the text of a shaping file (`path` names it in errors).
+pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
+    let at = |span: std::ops::Range<usize>, key: &str, reason: String| ShapingError {
+        path: path.to_string(),
+        line: line_of(text, span.start),
+        key: key.to_string(),
+        reason,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(0, |s| line_of(text, s.start));
+        ShapingError {
+            path: path.to_string(),
+            line,
+            key: "(syntax)".into(),
+            reason: e.message().to_string(),
+        }
+    })?;
+    for (name, section) in [
+        ("provider", &raw.provider),
+        ("source", &raw.source),
+        ("pool", &raw.pool),
+        ("warmup", &raw.warmup),
+        ("tenant", &raw.tenant),
+    ] {
+        if section.is_some() {
+            let line = line_where(text, |l| {
+                let l = l.trim_start_matches('[').trim_start();
+                l.starts_with(name) && l[name.len()..].starts_with(['.', ']', ' '])
+            });
+            return Err(ShapingError {
+                path: path.to_string(),
+                line,
+                key: name.to_string(),
+                reason: not_yet(name),
+            });
+        }
+    }
+    if raw.destination.len() > DESTINATIONS_MAX {
+        return Err(at(
+            0..0,
+            "destination",
+            format!("more than {DESTINATIONS_MAX} rules"),
+        ));
+    }
+    let default = match &raw.default {
+        Some(d) => partial(d, "default", text, &at)?,
+        None => Partial::default(),
+    };
+    let mut destinations = BTreeMap::new();
+    for (domain, limits) in &raw.destination {
+        let key = format!("destination.\"{domain}\"");
+        let name = domain.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err(at(limits.span(), &key, "not a domain name".into()));
+        }
+        let p = partial(limits.get_ref(), &key, text, &at)?;
+        if destinations.insert(name, p).is_some() {
+            return Err(at(limits.span(), &key, "the domain has two rules".into()));
+        }
+    }
+    Ok(Rules::new(default, destinations))
+}
+
+fn not_yet(section: &str) -> String {
+    format!("[{section}] rules are not supported yet (issue 11: providers, sources, pools, warm-up and tenants come next); remove the section")
+}
+
+type At<'a> = dyn Fn(std::ops::Range<usize>, &str, String) -> ShapingError + 'a;
+
+fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partial, ShapingError> {
+    let key = |k: &str| format!("{section}.{k}");
+    for (name, value) in [
+        ("pool", &raw.pool),
+        ("adaptive", &raw.adaptive),
+        ("on_response", &raw.on_response),
+    ] {
+        if value.is_some() {
+            let line = line_where(text, |l| {
+                let l = l.trim_start_matches('[');
+                l.starts_with(name) && l[name.len()..].trim_start().starts_with('=')
+                    || l.contains(&format!(".{name}]"))
+            });
+            let mut e = at(0..0, &key(name), not_yet(name));
+            e.line = line;
+            return Err(e);
+        }
+    }
+    let count = |v: &Option<Spanned<i64>>,
+                 k: &str,
+                 min: i64,
+                 max: i64|
+     -> Result<Option<u32>, ShapingError> {
+        match v {
+            None => Ok(None),
+            Some(n) if (min..=max).contains(n.get_ref()) => Ok(Some(*n.get_ref() as u32)),
+            Some(n) => Err(at(
+                n.span(),
+                &key(k),
+                format!("{} is outside {min}..={max}", n.get_ref()),
+            )),
+        }
+    };
+    let rate = |v: &Option<Spanned<String>>, k: &str| -> Result<Option<Rate>, ShapingError> {
+        v.as_ref()
+            .map(|s| Rate::parse(s.get_ref()).map_err(|e| at(s.span(), &key(k), e)))
+            .transpose()
+    };
+    let retry = match &raw.retry {
+        None => None,
+        Some(list) => {
+            let steps = list
+                .get_ref()
+                .iter()
+                .map(|s| duration(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| at(list.span(), &key("retry"), e))?;
+            if steps.is_empty() || steps.len() > RETRY_STEPS_MAX {
+                let reason = format!("needs 1 to {RETRY_STEPS_MAX} intervals");
+                return Err(at(list.span(), &key("retry"), reason));
+            }
+            Some(Retry::Schedule(steps.into()))
+        }
+    };
+    let expire = match &raw.expire {
+        None => None,
+        Some(s) => {
+            let d = duration(s.get_ref()).map_err(|e| at(s.span(), &key("expire"), e))?;
+            if d > Duration::from_secs(90 * 86_400) {
+                return Err(at(s.span(), &key("expire"), "more than 90 days".into()));
+            }
+            Some(d)
+        }
+    };
+    Ok(Partial {
+        connections: count(&raw.connections, "connections", 1, 10_000)?,
+        message_rate: rate(&raw.message_rate, "message_rate")?,
+        connection_rate: rate(&raw.connection_rate, "connection_rate")?,
+        messages_per_connection: count(
+            &raw.messages_per_connection,
+            "messages_per_connection",
+            1,
+            1_000_000,
+        )?,
+        recipients_per_transaction: count(
+            &raw.recipients_per_transaction,
+            "recipients_per_transaction",
+            1,
+            100_000,
+        )?,
+        retry,
+        expire,
+    })
+}
+
+/// `30s`, `5m` (or `5min`), `2h`, `5d`: at least a second.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like \"30s\", \"5m\", \"1h\" or \"5d\"");
+    let digits = s
+        .trim()
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(bad)?;
+    let (n, unit) = s.trim().split_at(digits);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" | "min" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    if secs == 0 {
+        return Err(format!("{s:?}: must be at least 1s"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// The 1-based number of the first line (trimmed) that `is` says is the
+/// one; 0 if none is.
+fn line_where(text: &str, is: impl Fn(&str) -> bool) -> usize {
+    text.lines().position(|l| is(l.trim())).map_or(0, |i| i + 1)
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    1 + text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_with_defaults_and_destinations() {
+        let rules = parse(
+            "[default]\nconnections = 4\nmessage_rate = \"100/s\"\nretry = [\"1m\", \"5m\"]\nexpire = \"2d\"\n\n[destination.\"Example.COM\"]\nmessage_rate = \"20/s,burst=5\"\nrecipients_per_transaction = 50\n",
+            "s.toml",
+        )
+        .unwrap();
+        assert_eq!(rules.destination_count(), 1);
+        assert!(rules.has_destination("example.com"));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let err = |text: &str| parse(text, "s.toml").unwrap_err();
+        let e = err("[default]\nconnections = 4\nmessage_rate = \"100/w\"\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "default.message_rate"), "{e}");
+        let e = err("[default]\n\n[destination.\"a.test\"]\nconnections = 0\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (4, "destination.\"a.test\".connections"),
+            "{e}"
+        );
+        let e = err("[default]\nretry = [\"1m\", \"soon\"]\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "default.retry"), "{e}");
+        let e = err("[default]\nconections = 3\n");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.reason.contains("conections"), "{e}");
+        let e = err("[default]\nconnections = 3\n[provider.big]\nmx_suffix = [\".big.test\"]\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "provider"), "{e}");
+        assert!(
+            e.to_string().starts_with("s.toml: line 3: provider: "),
+            "{e}"
+        );
+        let e = err("[default]\nconnections = 3\npool = \"default\"\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "default.pool"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(duration("2h").unwrap().as_secs(), 7200);
+        assert_eq!(duration("5d").unwrap().as_secs(), 432_000);
+        for bad in ["", "5", "m", "0s", "5w", "-1s"] {
+            assert!(duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
