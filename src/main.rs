@@ -269,9 +269,10 @@ fn main() -> ExitCode {
         Cmd::Shaping(ShapingCmd::Check { file }) => spate::shaping::load(&file)
             .map(|rules| {
                 println!(
-                    "{}: ok ({} destination rules)",
+                    "{}: ok ({} destination rules, {} provider rules)",
                     file.display(),
-                    rules.destination_count()
+                    rules.destination_count(),
+                    rules.provider_count()
                 )
             })
             .map_err(|e| e.to_string()),

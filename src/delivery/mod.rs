@@ -21,7 +21,7 @@ use crate::config::{Config, TlsPolicy};
 use crate::dns::DnsError;
 use crate::engine::Core;
 use crate::queue::Entry;
-use crate::shaping::Limits;
+use crate::shaping::{Limits, ProviderHandle};
 use client::{Client, OpenError, OpenSpec, Timeouts};
 use next_hop::{Hop, Myself, NoHop};
 use outcome::Outcome;
@@ -98,12 +98,20 @@ fn look_again_at(core: &Rc<Core>, domain: Box<str>, at: Instant) {
 }
 
 async fn connection(core: Rc<Core>, domain: Box<str>) {
-    serve_domain(&core, &domain).await;
+    let busy = serve_domain(&core, &domain).await;
     core.queues.connection_closed(&domain);
-    if core.queues.load(&domain).0 > 0 && !core.stop.is_stopped() {
-        core.queues.mark_dirty(&domain);
+    if core.queues.load(&domain).0 == 0 || core.stop.is_stopped() {
+        return;
+    }
+    match busy {
+        Some(ProviderBusy(at)) => look_again_at(&core, domain, at),
+        None => core.queues.mark_dirty(&domain),
     }
 }
+
+/// A connection that was not made: the domain's provider has no
+/// connection (or connection rate) to spare until then.
+struct ProviderBusy(Instant);
 
 /// The host an attempt talked to, for the log and DSNs.
 pub struct Remote {
@@ -135,10 +143,12 @@ impl Egress {
     }
 }
 
-/// Where to connect for a domain, in order, and with which TLS policy.
+/// Where to connect for a domain, in order, with which TLS policy, and
+/// the provider its MX hosts make it part of.
 struct Plan {
     hops: Vec<Hop>,
     tls: TlsPolicy,
+    provider: Option<ProviderHandle>,
 }
 
 /// The hops to try for `domain`, or what becomes of its mail when there is
@@ -153,12 +163,17 @@ async fn plan(core: &Core, domain: &str) -> Result<Plan, Outcome> {
         .or(d.smarthost.as_ref());
     let dns = |e| dns_outcome(domain, &e);
     let mut hops = Vec::new();
+    let mut provider = None;
     if let Some(hop) = hop {
         for ip in core.resolver.addresses(&hop.host).await.map_err(dns)? {
             hops.push(((hop.host.clone(), ip, hop.port), 0));
         }
     } else {
-        for target in core.resolver.mx_targets(domain).await.map_err(dns)? {
+        let targets = core.resolver.mx_targets(domain).await.map_err(dns)?;
+        provider = core
+            .shaper
+            .note_provider(domain, targets.iter().map(|t| t.host.as_str()));
+        for target in targets {
             hops.extend(
                 target
                     .addrs
@@ -171,7 +186,11 @@ async fn plan(core: &Core, domain: &str) -> Result<Plan, Outcome> {
     let mut hops = next_hop::permitted(hops, mx, &core.egress.myself, &d.deny_networks)
         .map_err(|why| no_hop_outcome(domain, mx, why))?;
     hops.truncate(HOPS_TRIED_MAX);
-    Ok(Plan { hops, tls })
+    Ok(Plan {
+        hops,
+        tls,
+        provider,
+    })
 }
 
 /// What it means for the domain's mail that no hop may be tried. An MX
@@ -241,14 +260,30 @@ async fn open_client(core: &Core, plan: &Plan) -> Result<Client, String> {
 }
 
 /// One connection's life: plan, connect, send until idle or at the limit.
-async fn serve_domain(core: &Rc<Core>, domain: &str) {
+async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<ProviderBusy> {
     let plan = match plan(core, domain).await {
         Ok(plan) => plan,
-        Err(outcome) => return settle::fail_domain(core, domain, outcome, None).await,
+        Err(outcome) => {
+            settle::fail_domain(core, domain, outcome, None).await;
+            return None;
+        }
+    };
+    // Held while the connection is open: the provider's count, all cores.
+    let _slot = match plan
+        .provider
+        .as_ref()
+        .map(|p| p.open_connection(Instant::now()))
+    {
+        Some(Err(at)) => return Some(ProviderBusy(at)),
+        Some(Ok(slot)) => slot,
+        None => None,
     };
     let mut client = match open_client(core, &plan).await {
         Ok(c) => c,
-        Err(why) => return settle::fail_domain(core, domain, Outcome::Deferred(why), None).await,
+        Err(why) => {
+            settle::fail_domain(core, domain, Outcome::Deferred(why), None).await;
+            return None;
+        }
     };
     let connection = core.connections_made.get() + 1;
     core.connections_made.set(connection);
@@ -260,7 +295,8 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) {
     let limits = core.shaper.limits(domain);
     let mut sent = 0;
     let mut broken = false;
-    while let Some(entry) = next_entry(core, domain, &limits).await {
+    let provider = plan.provider.as_ref();
+    while let Some(entry) = next_entry(core, domain, &limits, provider).await {
         let (outcomes, lost) = send(&mut client, &entry).await;
         settle::settle(core, domain, entry, outcomes, Some(&remote)).await;
         sent += 1;
@@ -272,9 +308,9 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) {
     if !broken {
         client.quit().await;
     }
+    None
 }
 
-/// The next entry for `domain`, waiting up to the idle timeout for one.
 /// One transaction for `entry`, its addresses read from the spool record.
 async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool) {
     let envelope = entry.message.envelope();
@@ -291,7 +327,12 @@ async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool)
 /// timeout for one, and for its message rate (ending the connection when
 /// the rate's wait is longer than the idle timeout); cut to
 /// `recipients_per_transaction`, the rest put back to go next.
-async fn next_entry(core: &Core, domain: &str, limits: &Limits) -> Option<Entry> {
+async fn next_entry(
+    core: &Core,
+    domain: &str,
+    limits: &Limits,
+    provider: Option<&ProviderHandle>,
+) -> Option<Entry> {
     let idle = core.cfg.delivery.idle_timeout;
     let deadline = Instant::now() + idle;
     loop {
@@ -300,11 +341,8 @@ async fn next_entry(core: &Core, domain: &str, limits: &Limits) -> Option<Entry>
         }
         let (work, seen) = core.queues.work_event(domain);
         if let Some(entry) = core.queues.pop_ready(domain) {
-            let Some(rate) = &limits.message_rate else {
-                return Some(first_recipients(core, domain, entry, limits));
-            };
             let now = Instant::now();
-            match core.shaper.take_message(domain, rate, now) {
+            match take_message(core, domain, limits, provider, now) {
                 Ok(()) => return Some(first_recipients(core, domain, entry, limits)),
                 Err(at) => {
                     core.queues.push_ready(domain, entry, true);
@@ -337,6 +375,21 @@ async fn next_entry(core: &Core, domain: &str, limits: &Limits) -> Option<Entry>
             return None;
         }
     }
+}
+
+/// One message of the destination's rate and of its provider's total, or
+/// when one will conform.
+fn take_message(
+    core: &Core,
+    domain: &str,
+    limits: &Limits,
+    provider: Option<&ProviderHandle>,
+    now: Instant,
+) -> Result<(), Instant> {
+    if let Some(rate) = &limits.message_rate {
+        core.shaper.take_message(domain, rate, now)?;
+    }
+    provider.map_or(Ok(()), |p| p.take_message(now))
 }
 
 /// `entry` with at most `recipients_per_transaction` recipients; the

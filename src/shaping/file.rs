@@ -12,6 +12,10 @@ use toml::Spanned;
 
 /// Most destination rules in one file.
 pub const DESTINATIONS_MAX: usize = 100_000;
+/// Most provider rules, and MX suffixes per provider (each domain's MX
+/// hosts are matched against all of them).
+pub const PROVIDERS_MAX: usize = 256;
+pub const PROVIDER_SUFFIXES_MAX: usize = 64;
 /// Most intervals in a retry schedule.
 pub const RETRY_STEPS_MAX: usize = 32;
 
@@ -31,7 +35,8 @@ struct RawFile {
     default: Option<RawLimits>,
     #[serde(default)]
     destination: BTreeMap<String, Spanned<RawLimits>>,
-    provider: Option<toml::Value>,
+    #[serde(default)]
+    provider: BTreeMap<String, Spanned<RawLimits>>,
     source: Option<toml::Value>,
     pool: Option<toml::Value>,
     warmup: Option<toml::Value>,
@@ -41,6 +46,8 @@ struct RawFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    /// Providers only: the MX host suffixes that make a domain theirs.
+    mx_suffix: Option<Spanned<Vec<String>>>,
     connections: Option<Spanned<i64>>,
     message_rate: Option<Spanned<String>>,
     connection_rate: Option<Spanned<String>>,
@@ -71,7 +78,6 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
         }
     })?;
     for (name, section) in [
-        ("provider", &raw.provider),
         ("source", &raw.source),
         ("pool", &raw.pool),
         ("warmup", &raw.warmup),
@@ -97,6 +103,23 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
             format!("more than {DESTINATIONS_MAX} rules"),
         ));
     }
+    let stray_suffix = raw
+        .default
+        .iter()
+        .filter_map(|d| d.mx_suffix.as_ref())
+        .chain(
+            raw.destination
+                .values()
+                .filter_map(|d| d.get_ref().mx_suffix.as_ref()),
+        )
+        .next();
+    if let Some(s) = stray_suffix {
+        return Err(at(
+            s.span(),
+            "mx_suffix",
+            "belongs in a [provider.NAME] rule".into(),
+        ));
+    }
     let default = match &raw.default {
         Some(d) => partial(d, "default", text, &at)?,
         None => Partial::default(),
@@ -113,11 +136,44 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
             return Err(at(limits.span(), &key, "the domain has two rules".into()));
         }
     }
-    Ok(Rules::new(default, destinations))
+    let mut providers = BTreeMap::new();
+    for (name, limits) in &raw.provider {
+        let key = format!("provider.{name}");
+        let suffixes = limits.get_ref().mx_suffix.as_ref().ok_or_else(|| {
+            at(
+                limits.span(),
+                &key,
+                "needs mx_suffix, the MX host suffixes of its domains".into(),
+            )
+        })?;
+        let mut clean = Vec::new();
+        for s in suffixes.get_ref() {
+            let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+            if s.trim_start_matches('.').is_empty() || s.contains(char::is_whitespace) {
+                let reason = format!("{s:?} is not a host name suffix like \".bigmail.test\"");
+                return Err(at(suffixes.span(), &format!("{key}.mx_suffix"), reason));
+            }
+            clean.push(s);
+        }
+        if clean.is_empty() || clean.len() > PROVIDER_SUFFIXES_MAX {
+            let reason = format!("needs 1 to {PROVIDER_SUFFIXES_MAX} suffixes");
+            return Err(at(suffixes.span(), &format!("{key}.mx_suffix"), reason));
+        }
+        let p = partial(limits.get_ref(), &key, text, &at)?;
+        providers.insert(name.clone(), (clean, p));
+    }
+    if providers.len() > PROVIDERS_MAX {
+        return Err(at(
+            0..0,
+            "provider",
+            format!("more than {PROVIDERS_MAX} providers"),
+        ));
+    }
+    Ok(Rules::new(default, destinations, providers))
 }
 
 fn not_yet(section: &str) -> String {
-    format!("[{section}] rules are not supported yet (issue 11: providers, sources, pools, warm-up and tenants come next); remove the section")
+    format!("{section} is not supported yet (issue 11: reply-driven backoff, sources, pools, warm-up and tenants come next); remove it")
 }
 
 type At<'a> = dyn Fn(std::ops::Range<usize>, &str, String) -> ShapingError + 'a;
@@ -274,10 +330,23 @@ mod tests {
         let e = err("[default]\nconections = 3\n");
         assert_eq!(e.line, 2, "{e}");
         assert!(e.reason.contains("conections"), "{e}");
-        let e = err("[default]\nconnections = 3\n[provider.big]\nmx_suffix = [\".big.test\"]\n");
-        assert_eq!((e.line, e.key.as_str()), (3, "provider"), "{e}");
-        assert!(
-            e.to_string().starts_with("s.toml: line 3: provider: "),
+        let e = err("[default]\nconnections = 3\n[source.ip1]\naddress = \"192.0.2.1\"\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "source"), "{e}");
+        assert!(e.to_string().starts_with("s.toml: line 3: source: "), "{e}");
+        let e = err("[provider.big]\nconnections = 3\n");
+        assert_eq!((e.line, e.key.as_str()), (1, "provider.big"), "{e}");
+        let e = err("[provider.big]\nmx_suffix = [\" \"]\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (2, "provider.big.mx_suffix"),
+            "{e}"
+        );
+        let e = err("[default]\nmx_suffix = [\".x.test\"]\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "mx_suffix"), "{e}");
+        let e = err("[provider.big]\nmx_suffix = [\".big.test\"]\n[[provider.big.on_response]]\nmatch = \"421\"\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (3, "provider.big.on_response"),
             "{e}"
         );
         let e = err("[default]\nconnections = 3\npool = \"default\"\n");

@@ -9,21 +9,30 @@
 //! by exactly one core, so its limits need no coordination between cores:
 //! "connections = 10" is 10 in all, held by the owning core.
 //!
+//! A provider rule (`[provider.NAME]`, domains whose MX hosts all end in
+//! its suffixes) spans domains that different cores own: its connections
+//! and rates are totals, held with shared atomics ([`provider`]). A core
+//! learns a domain's provider when it resolves the domain's MX hosts for a
+//! connection; until then the domain has the default limits.
+//!
 //! Never blocks a core: the published rules are behind a mutex that a core
 //! touches only after a reload (it watches an atomic generation first).
 //!
-//! Not yet built (issue 11): provider rules (MX suffixes, summed over
-//! domains and cores), reply-driven backoff and adaptive mode, egress
+//! Not yet built (issue 11): reply-driven backoff and adaptive mode, egress
 //! sources and pools, warm-up, tenants. The file parser refuses those
-//! sections with a message naming the line, rather than ignoring them.
+//! sections and keys with a message naming the line, rather than ignoring
+//! them.
 
 pub mod explain;
 pub mod file;
+pub mod provider;
 pub mod rate;
 pub mod rules;
 
 pub use file::ShapingError;
 pub use rules::{Limits, Resolved, Retry, Rules};
+
+use provider::SharedLimits;
 
 use crate::config::Config;
 use rate::{Gcra, Rate};
@@ -53,6 +62,9 @@ pub fn load(path: &Path) -> Result<Rules, ShapingError> {
 pub struct Published {
     generation: AtomicU64,
     current: Mutex<Arc<Resolved>>,
+    /// Each provider's cross-core counts by name, kept across reloads.
+    shared: Mutex<HashMap<String, Arc<SharedLimits>>>,
+    epoch: Instant,
     file: Option<PathBuf>,
     cfg: Arc<Config>,
 }
@@ -61,13 +73,29 @@ impl Published {
     /// The rules of the configured file (already checked), or the
     /// configuration's own limits when there is none.
     pub fn new(cfg: Arc<Config>, rules: Option<Rules>) -> Published {
-        let resolved = rules.unwrap_or_default().resolve(&cfg);
-        Published {
+        let published = Published {
             generation: AtomicU64::new(0),
-            current: Mutex::new(Arc::new(resolved)),
+            current: Mutex::new(Arc::new(
+                Rules::default().resolve(&cfg, &mut |_| unreachable!()),
+            )),
+            shared: Mutex::default(),
+            epoch: Instant::now(),
             file: cfg.delivery.shaping_file.clone(),
             cfg,
-        }
+        };
+        let resolved = published.resolve(&rules.unwrap_or_default());
+        *published.current.lock().expect("new") = Arc::new(resolved);
+        published
+    }
+
+    fn resolve(&self, rules: &Rules) -> Resolved {
+        let mut shared = self.shared.lock().expect("not poisoned");
+        rules.resolve(&self.cfg, &mut |name| {
+            shared
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(SharedLimits::new(self.epoch)))
+                .clone()
+        })
     }
 
     /// Reads the file again. On success the cores pick the new rules up
@@ -80,8 +108,8 @@ impl Published {
         };
         let rules = load(path)?;
         let count = rules.destination_count();
-        *self.current.lock().expect("no panic while holding it") =
-            Arc::new(rules.resolve(&self.cfg));
+        let resolved = self.resolve(&rules);
+        *self.current.lock().expect("no panic while holding it") = Arc::new(resolved);
         self.generation.fetch_add(1, Ordering::Release);
         Ok(Some(count))
     }
@@ -101,6 +129,56 @@ pub struct Shaper {
     buckets: RefCell<HashMap<Box<str>, Buckets>>,
     /// Domains with a timer pending to look at them again.
     waking: RefCell<std::collections::HashSet<Box<str>>>,
+    /// The provider (an index into the rules in force) of each domain
+    /// whose MX hosts matched one; forgotten on reload.
+    providers: RefCell<HashMap<Box<str>, usize>>,
+}
+
+/// Past this many domains with a known provider, a core forgets them all
+/// (each is learnt again at its next connection).
+const PROVIDER_DOMAINS_MAX: usize = 100_000;
+
+/// A domain's provider as a connection holds it: its limits (the totals)
+/// and the counts shared by every core.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    pub name: String,
+    pub totals: rules::Totals,
+    pub shared: Arc<SharedLimits>,
+}
+
+/// How long a connection that found its provider's connections all taken
+/// waits before trying again (a slot freed on another core cannot wake
+/// this one).
+pub const PROVIDER_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl ProviderHandle {
+    /// A connection within the provider's totals, or when to try again.
+    pub fn open_connection(
+        &self,
+        now: Instant,
+    ) -> Result<Option<provider::ConnectionSlot>, Instant> {
+        let slot = match self.totals.connections {
+            Some(max) => Some(
+                self.shared
+                    .open_connection(max)
+                    .ok_or(now + PROVIDER_FULL_RETRY)?,
+            ),
+            None => None,
+        };
+        if let Some(rate) = &self.totals.connection_rate {
+            self.shared.take_connection(rate, now)?;
+        }
+        Ok(slot)
+    }
+
+    /// One message within the provider's total rate, or when one conforms.
+    pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
+        match &self.totals.message_rate {
+            Some(rate) => self.shared.take_message(rate, now),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -120,7 +198,34 @@ impl Shaper {
             rules: RefCell::new(rules),
             buckets: RefCell::default(),
             waking: RefCell::default(),
+            providers: RefCell::default(),
         }
+    }
+
+    /// Finds the provider of `domain` from its MX hosts, remembers it for
+    /// the domain's limits, and returns it for the connection to hold.
+    pub fn note_provider<'a>(
+        &self,
+        domain: &str,
+        mx_hosts: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<ProviderHandle> {
+        self.refresh();
+        let rules = self.rules.borrow();
+        let mut providers = self.providers.borrow_mut();
+        let Some(index) = rules.provider_of(mx_hosts) else {
+            providers.remove(domain);
+            return None;
+        };
+        if providers.len() >= PROVIDER_DOMAINS_MAX {
+            providers.clear();
+        }
+        providers.insert(domain.into(), index);
+        let p = rules.provider(index);
+        Some(ProviderHandle {
+            name: p.name.clone(),
+            totals: p.totals,
+            shared: p.shared.clone(),
+        })
     }
 
     /// When `domain`'s next message conforms to `rate`; `None`: now.
@@ -141,7 +246,8 @@ impl Shaper {
     /// The limits for `domain` under the rules now in force.
     pub fn limits(&self, domain: &str) -> Arc<Limits> {
         self.refresh();
-        self.rules.borrow().limits(domain)
+        let provider = self.providers.borrow().get(domain).copied();
+        self.rules.borrow().limits(domain, provider)
     }
 
     /// Takes up rules published since this core last looked.
@@ -150,6 +256,7 @@ impl Shaper {
         if generation != self.seen.get() {
             *self.rules.borrow_mut() = self.published.current.lock().expect("not poisoned").clone();
             self.seen.set(generation);
+            self.providers.borrow_mut().clear();
         }
         generation
     }

@@ -6,6 +6,7 @@
 //! Immutable once built: a reload builds new rules and publishes them
 //! whole (see [`super::Published`]).
 
+use super::provider::SharedLimits;
 use super::rate::Rate;
 use crate::config::Config;
 use std::collections::{BTreeMap, HashMap};
@@ -68,14 +69,25 @@ pub struct Partial {
 pub struct Rules {
     default: Partial,
     destinations: BTreeMap<String, Partial>,
+    /// By name: the MX host suffixes, and the keys the rule sets.
+    providers: BTreeMap<String, (Vec<String>, Partial)>,
 }
 
 impl Rules {
-    pub fn new(default: Partial, destinations: BTreeMap<String, Partial>) -> Rules {
+    pub fn new(
+        default: Partial,
+        destinations: BTreeMap<String, Partial>,
+        providers: BTreeMap<String, (Vec<String>, Partial)>,
+    ) -> Rules {
         Rules {
             default,
             destinations,
+            providers,
         }
+    }
+
+    pub fn provider_count(&self) -> usize {
+        self.providers.len()
     }
 
     pub fn destination_count(&self) -> usize {
@@ -86,8 +98,13 @@ impl Rules {
         self.destinations.contains_key(domain)
     }
 
-    /// Every destination's limits under `cfg`, computed once.
-    pub fn resolve(&self, cfg: &Config) -> Resolved {
+    /// Every destination's limits under `cfg`, computed once; `shared`
+    /// gives each provider its cross-core state (kept across reloads).
+    pub fn resolve(
+        &self,
+        cfg: &Config,
+        shared: &mut dyn FnMut(&str) -> Arc<SharedLimits>,
+    ) -> Resolved {
         let base = base(cfg);
         let default = Arc::new(apply(&base, &self.default));
         let destinations = self
@@ -95,20 +112,54 @@ impl Rules {
             .iter()
             .map(|(d, p)| (d.clone(), Arc::new(apply(&default, p))))
             .collect();
+        let providers = self
+            .providers
+            .iter()
+            .map(|(name, (suffixes, p))| Provider {
+                name: name.clone(),
+                suffixes: suffixes.clone(),
+                limits: Arc::new(apply(&default, p)),
+                totals: Totals {
+                    connections: p.connections,
+                    message_rate: p.message_rate,
+                    connection_rate: p.connection_rate,
+                },
+                shared: shared(name),
+            })
+            .collect();
         Resolved {
             default,
             destinations,
+            destination_rules: self.destinations.clone(),
+            providers,
         }
     }
 
-    /// Each key of `domain`'s limits with the place it came from.
-    pub fn explain(&self, cfg: &Config, domain: &str) -> Vec<(&'static str, String, String)> {
+    /// Each key of `domain`'s limits with the place it came from; `mx`:
+    /// the domain's MX hosts, to find its provider.
+    pub fn explain(
+        &self,
+        cfg: &Config,
+        domain: &str,
+        mx: &[&str],
+    ) -> (Option<String>, Vec<(&'static str, String, String)>) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let limits = self.resolve(cfg).limits(&domain);
+        let resolved = self.resolve(cfg, &mut |_| {
+            Arc::new(SharedLimits::new(std::time::Instant::now()))
+        });
+        let provider = resolved.provider_of(mx.iter().copied());
+        let limits = resolved.limits(&domain, provider);
+        let provider = provider.map(|i| resolved.providers[i].name.clone());
         let rule = self.destinations.get(&domain);
-        let from = |in_rule: bool, in_default: bool, config_key: &str| {
+        let by_provider = provider
+            .as_ref()
+            .and_then(|p| self.providers.get(p))
+            .map(|(_, p)| p);
+        let from = |(in_rule, in_provider, in_default): (bool, bool, bool), config_key: &str| {
             if in_rule {
                 format!("[destination.\"{domain}\"]")
+            } else if in_provider {
+                format!("[provider.{}]", provider.as_deref().unwrap_or_default())
             } else if in_default {
                 "[default]".to_string()
             } else {
@@ -116,12 +167,12 @@ impl Rules {
             }
         };
         let d = &self.default;
-        let set = |f: fn(&Partial) -> bool| (rule.is_some_and(f), f(d));
-        let row = |key, value: String, (r, d): (bool, bool), config_key: &str| {
-            (key, value, from(r, d, config_key))
+        let set = |f: fn(&Partial) -> bool| (rule.is_some_and(f), by_provider.is_some_and(f), f(d));
+        let row = |key, value: String, set: (bool, bool, bool), config_key: &str| {
+            (key, value, from(set, config_key))
         };
         let rate = |r: &Option<Rate>| r.map_or("unlimited".to_string(), |r| r.to_string());
-        vec![
+        let rows = vec![
             row(
                 "connections",
                 limits.connections.to_string(),
@@ -166,7 +217,8 @@ impl Rules {
                 set(|p| p.expire.is_some()),
                 "delivery.expire_secs",
             ),
-        ]
+        ];
+        (provider, rows)
     }
 }
 
@@ -215,31 +267,144 @@ fn apply(under: &Limits, p: &Partial) -> Limits {
     }
 }
 
+/// A provider rule, resolved: its limits are the totals over all its
+/// domains and all cores, held in `shared`.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    suffixes: Vec<String>,
+    /// What each of its domains gets (the rule over the default).
+    pub limits: Arc<Limits>,
+    /// The totals over all its domains and cores: only the keys the
+    /// provider rule itself sets.
+    pub totals: Totals,
+    pub shared: Arc<SharedLimits>,
+}
+
+/// A provider's limits summed over its domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub connections: Option<u32>,
+    pub message_rate: Option<Rate>,
+    pub connection_rate: Option<Rate>,
+}
+
+impl Provider {
+    /// Whether `host` (lower-cased, no trailing dot) ends in one of the
+    /// provider's suffixes (".bigmail.test" matches "mx1.bigmail.test";
+    /// "bigmail.test" also matches itself).
+    fn has(&self, host: &str) -> bool {
+        self.suffixes.iter().any(|s| {
+            let bare = s.trim_start_matches('.');
+            host == bare
+                || host.len() > bare.len()
+                    && host.ends_with(bare)
+                    && host.as_bytes()[host.len() - bare.len() - 1] == b'.'
+        })
+    }
+}
+
 /// Every destination's limits, ready to look up.
 #[derive(Debug)]
 pub struct Resolved {
     default: Arc<Limits>,
     destinations: HashMap<String, Arc<Limits>>,
+    destination_rules: BTreeMap<String, Partial>,
+    providers: Vec<Provider>,
 }
 
 impl Resolved {
-    /// The limits for `domain` (lower-cased, as the queues key it).
-    pub fn limits(&self, domain: &str) -> Arc<Limits> {
-        match self.destinations.get(domain) {
-            Some(l) => l.clone(),
-            None if domain.bytes().any(|b| b.is_ascii_uppercase()) => self
-                .destinations
-                .get(&domain.to_ascii_lowercase())
-                .unwrap_or(&self.default)
-                .clone(),
-            None => self.default.clone(),
+    /// The limits for `domain` (lower-cased, as the queues key it), in
+    /// `provider` if it belongs to one: its own rule over the provider's
+    /// over the default.
+    pub fn limits(&self, domain: &str, provider: Option<usize>) -> Arc<Limits> {
+        let lower;
+        let domain = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = domain.to_ascii_lowercase();
+            &lower
+        } else {
+            domain
+        };
+        match (
+            provider.and_then(|i| self.providers.get(i)),
+            self.destinations.get(domain),
+        ) {
+            (None, Some(own)) => own.clone(),
+            (None, None) => self.default.clone(),
+            (Some(p), None) => p.limits.clone(),
+            (Some(p), Some(_)) => Arc::new(apply(&p.limits, &self.destination_rules[domain])),
         }
+    }
+
+    /// The provider whose suffixes every one of `mx_hosts` ends in (the
+    /// first by name if several do); none for no hosts.
+    pub fn provider_of<'a>(
+        &self,
+        mx_hosts: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<usize> {
+        mx_hosts.clone().next()?;
+        self.providers
+            .iter()
+            .position(|p| mx_hosts.clone().all(|h| p.has(h)))
+    }
+
+    pub fn provider(&self, index: usize) -> &Provider {
+        &self.providers[index]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rules_with_provider() -> Resolved {
+        let text = "[default]\nconnections = 7\n[provider.big]\nmx_suffix = [\".big.test\", \"other.test\"]\nconnections = 3\nmessage_rate = \"5/s\"\n[destination.\"own.test\"]\nconnections = 2\n";
+        let rules = crate::shaping::file::parse(text, "s.toml").unwrap();
+        let cfg = crate::config::Config::build(None, Default::default()).unwrap();
+        rules.resolve(&cfg, &mut |_| {
+            Arc::new(SharedLimits::new(std::time::Instant::now()))
+        })
+    }
+
+    #[test]
+    fn a_provider_takes_domains_whose_mx_hosts_all_match() {
+        let r = rules_with_provider();
+        assert_eq!(
+            r.provider_of(
+                ["mx1.big.test", "MX2.big.test".to_ascii_lowercase().as_str()].into_iter()
+            ),
+            Some(0)
+        );
+        assert_eq!(r.provider_of(["other.test"].into_iter()), Some(0));
+        assert_eq!(
+            r.provider_of(["mx1.big.test", "mx.elsewhere.test"].into_iter()),
+            None,
+            "not all"
+        );
+        assert_eq!(
+            r.provider_of(["notbig.test"].into_iter()),
+            None,
+            "a suffix ends at a dot"
+        );
+        assert_eq!(r.provider_of([].into_iter()), None);
+        let p = r.provider(0);
+        assert_eq!(p.totals.connections, Some(3));
+        assert_eq!(
+            r.limits("a.test", Some(0)).connections,
+            3,
+            "the provider's rule over the default"
+        );
+        assert_eq!(
+            r.limits("own.test", Some(0)).connections,
+            2,
+            "the destination's own rule first"
+        );
+        assert_eq!(
+            r.limits("own.test", Some(0)).message_rate,
+            p.limits.message_rate
+        );
+        assert_eq!(r.limits("a.test", None).connections, 7);
+    }
 
     #[test]
     fn retry_schedules_repeat_their_last_step() {
