@@ -37,6 +37,9 @@ pub enum Kind {
     /// relays) bounced or expired: no one can be told, so this record is
     /// the only trace. Written after the message's `Bounce` or `Expiration`.
     DoubleBounce,
+    /// A reply rule of the shaping file acted (suspend, throttle, bounce):
+    /// the response says what it did to what, and the reply that made it.
+    Backoff,
 }
 
 /// One event. Field meanings are documented in the README.

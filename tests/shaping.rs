@@ -32,22 +32,43 @@ struct Seen {
 }
 
 /// A destination that accepts everything (PIPELINING), holds each final
-/// reply for `hold`, and counts.
+/// reply for `hold`, and counts. It can refuse the first RCPTs it gets
+/// with a reply of the test's choice.
 struct CountingMx {
     addr: String,
     seen: Arc<Mutex<Seen>>,
 }
 
+/// The first `count` RCPTs (all connections together) get `reply`.
+#[derive(Clone, Copy)]
+struct Refusals {
+    count: usize,
+    reply: &'static str,
+}
+
 impl CountingMx {
     fn start(hold: Duration) -> CountingMx {
+        CountingMx::refusing(
+            hold,
+            Refusals {
+                count: 0,
+                reply: "",
+            },
+        )
+    }
+
+    fn refusing(hold: Duration, refusals: Refusals) -> CountingMx {
         let listener = std::net::TcpListener::bind(free_addr()).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s = seen.clone();
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(refusals.count));
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let s = s.clone();
-                std::thread::spawn(move || counting_session(stream, hold, &s));
+                let (s, left) = (s.clone(), left.clone());
+                std::thread::spawn(move || {
+                    counting_session(stream, hold, &s, &left, refusals.reply)
+                });
             }
         });
         CountingMx { addr, seen }
@@ -58,7 +79,13 @@ impl CountingMx {
     }
 }
 
-fn counting_session(stream: TcpStream, hold: Duration, seen: &Mutex<Seen>) {
+fn counting_session(
+    stream: TcpStream,
+    hold: Duration,
+    seen: &Mutex<Seen>,
+    refusals_left: &std::sync::atomic::AtomicUsize,
+    refusal: &str,
+) {
     {
         let mut s = seen.lock().unwrap();
         s.open += 1;
@@ -88,6 +115,14 @@ fn counting_session(stream: TcpStream, hold: Duration, seen: &Mutex<Seen>) {
         } else if upper.starts_with("EHLO") {
             b"250-counting.mx\r\n250 PIPELINING\r\n"
         } else if upper.starts_with("RCPT TO:<") {
+            use std::sync::atomic::Ordering::SeqCst;
+            let refuse = refusals_left
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if refuse {
+                let _ = w.write_all(format!("{refusal}\r\n").as_bytes());
+                continue;
+            }
             rcpts.push(cmd[9..cmd.len() - 1].to_string());
             b"250 2.1.5 ok\r\n"
         } else if upper == "DATA" {
@@ -383,4 +418,130 @@ fn a_provider_limit_holds_over_domains_on_both_cores() {
             "{in_window} messages within a second"
         );
     }
+}
+
+/// Two domains of one provider, owned by different cores. A 421 "rate
+/// limited" to the first domain's mail suspends the whole provider for
+/// 3 s: the second domain's mail, sent after, waits out the suspension on
+/// the other core, and both are delivered when it ends, without a retry
+/// spent (the configured retry is an hour).
+#[test]
+fn a_421_pattern_suspends_the_provider_on_every_core_without_spending_a_retry() {
+    let mx = CountingMx::refusing(
+        Duration::ZERO,
+        Refusals {
+            count: 1,
+            reply: "421 4.7.0 rate limited, slow down",
+        },
+    );
+    let (mx_ip, mx_port) = mx.addr.rsplit_once(':').unwrap();
+    let first = (0..)
+        .map(|i| format!("p{i}.test"))
+        .find(|d| spate::router::owner_of(d, 2) == 0)
+        .unwrap();
+    let second = (0..)
+        .map(|i| format!("q{i}.test"))
+        .find(|d| spate::router::owner_of(d, 2) == 1)
+        .unwrap();
+    let mut zone = String::from("  local-zone: \"test.\" static\n");
+    for d in [&first, &second] {
+        zone += &format!("  local-data: \"{d}. 300 IN MX 10 mx.{d}.bigmail.test.\"\n  local-data: \"mx.{d}.bigmail.test. 300 IN A {mx_ip}\"\n");
+    }
+    let dns = Unbound::start(&zone);
+    let rules = file(
+        "s.toml",
+        "[default]\nretry = [\"1h\"]\n\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\n\n[[provider.bigmail.on_response]]\nmatch = '^421 .*rate limited'\naction = \"suspend\"\nduration = \"3s\"\n",
+    );
+    let cfg = file("c.toml", &format!("[delivery]\nmx_port = {mx_port}\n"));
+    let mut spate = Spate::start(&[
+        "--cores",
+        "2",
+        "--dns",
+        &dns.addr,
+        "--config",
+        &cfg,
+        "--shaping",
+        &rules,
+    ]);
+    let mut smtp = spate.connect();
+    smtp.transaction("", &[&format!("r@{first}")], b"Subject: first\r\n\r\nx\r\n");
+    wait_until(LONG, "the suspension", || {
+        !log_of(&spate.log_dir(), "Backoff").is_empty()
+    });
+    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
+    let why = backoff["response"].as_str().unwrap();
+    assert!(
+        why.starts_with("provider bigmail suspended for 3s"),
+        "{backoff}"
+    );
+    assert!(
+        why.ends_with("421 4.7.0 rate limited, slow down"),
+        "{backoff}"
+    );
+    smtp.transaction(
+        "",
+        &[&format!("r@{second}")],
+        b"Subject: second\r\n\r\nx\r\n",
+    );
+    wait_until(LONG, "both deliveries", || mx.delivered() == 2);
+    assert_eq!(spate.stop(), 0);
+    let suspended_at = backoff["time_ms"].as_u64().unwrap();
+    let deliveries = log_of(&spate.log_dir(), "Delivery");
+    assert_eq!(deliveries.len(), 2);
+    for d in &deliveries {
+        let at = d["time_ms"].as_u64().unwrap();
+        assert!(
+            at >= suspended_at + 3000,
+            "delivered {} ms into the suspension: {d}",
+            at - suspended_at
+        );
+        assert_eq!(d["attempt"], 1, "no retry spent: {d}");
+    }
+    let cores: std::collections::BTreeSet<u64> = deliveries
+        .iter()
+        .map(|r| r["core"].as_u64().unwrap())
+        .collect();
+    assert_eq!(cores.len(), 2, "the suspension held on both cores");
+}
+
+/// A temporary reply that really means "never": a rule bounces the
+/// recipient at once instead of retrying until expiry.
+#[test]
+fn a_reply_rule_can_bounce_a_temporary_reply() {
+    let mx = CountingMx::refusing(
+        Duration::ZERO,
+        Refusals {
+            count: 1,
+            reply: "451 4.1.1 no such user, try later",
+        },
+    );
+    let rules = file(
+        "s.toml",
+        "[[default.on_response]]\nmatch = 'no such user'\naction = \"bounce\"\n",
+    );
+    let mut spate = Spate::start(&["--smarthost", &mx.addr, "--shaping", &rules]);
+    spate
+        .connect()
+        .transaction("", &["r@d.test"], b"Subject: gone\r\n\r\nx\r\n");
+    wait_until(LONG, "the bounce", || {
+        !log_of(&spate.log_dir(), "Bounce").is_empty()
+    });
+    let bounce = log_of(&spate.log_dir(), "Bounce").swap_remove(0);
+    assert!(
+        bounce["response"]
+            .as_str()
+            .unwrap()
+            .contains("bounced by a reply rule"),
+        "{bounce}"
+    );
+    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
+    assert!(
+        backoff["response"]
+            .as_str()
+            .unwrap()
+            .starts_with("bounce by rule /no such user/"),
+        "{backoff}"
+    );
+    assert!(log_of(&spate.log_dir(), "TransientFailure").is_empty());
+    assert_eq!(spate.stop(), 0);
 }

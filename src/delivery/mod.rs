@@ -21,7 +21,7 @@ use crate::config::{Config, TlsPolicy};
 use crate::dns::DnsError;
 use crate::engine::Core;
 use crate::queue::Entry;
-use crate::shaping::{Limits, ProviderHandle};
+use crate::shaping::{self, Limits, ProviderHandle};
 use client::{Client, OpenError, OpenSpec, Timeouts};
 use next_hop::{Hop, Myself, NoHop};
 use outcome::Outcome;
@@ -59,16 +59,22 @@ pub async fn run(core: Rc<Core>) {
 /// looks again when it will.
 fn open_connections(core: &Rc<Core>, domain: Box<str>) {
     let limits = core.shaper.limits(&domain);
+    let now = Instant::now();
+    let backoff = core.shaper.backoff(&domain, now);
+    if let Some(until) = backoff.suspended_until {
+        let at = shaping::backoff::with_jitter(until, until - now);
+        return look_again_at(core, domain, at);
+    }
     let (ready, open) = core.queues.load(&domain);
-    let want = (ready as u32).min(limits.connections);
+    let connections = (limits.connections / backoff.factor as u32).max(1);
+    let want = (ready as u32).min(connections);
     if open >= want {
         return;
     }
-    let now = Instant::now();
-    if let Some(at) = limits
-        .message_rate
-        .and_then(|rate| core.shaper.message_due(&domain, &rate, now))
-    {
+    if let Some(at) = limits.message_rate.and_then(|rate| {
+        core.shaper
+            .message_due(&domain, &rate.divided(backoff.factor), now)
+    }) {
         return look_again_at(core, domain, at);
     }
     for _ in open..want {
@@ -339,6 +345,15 @@ async fn next_entry(
         if core.stop.is_stopped() {
             return None;
         }
+        if core
+            .shaper
+            .backoff(domain, Instant::now())
+            .suspended_until
+            .is_some()
+        {
+            // The driver opens connections again when the suspension ends.
+            return None;
+        }
         let (work, seen) = core.queues.work_event(domain);
         if let Some(entry) = core.queues.pop_ready(domain) {
             let now = Instant::now();
@@ -387,7 +402,9 @@ fn take_message(
     now: Instant,
 ) -> Result<(), Instant> {
     if let Some(rate) = &limits.message_rate {
-        core.shaper.take_message(domain, rate, now)?;
+        let factor = core.shaper.backoff(domain, now).factor;
+        core.shaper
+            .take_message(domain, &rate.divided(factor), now)?;
     }
     provider.map_or(Ok(()), |p| p.take_message(now))
 }

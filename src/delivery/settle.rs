@@ -12,9 +12,11 @@ use crate::bounce::Failure;
 use crate::delivery_log::{now_ms, Kind, Record};
 use crate::engine::Core;
 use crate::queue::{Entry, Indexes};
+use crate::shaping::backoff::{with_jitter, Action};
+use crate::shaping::Reaction;
 use spool_format::{encode_state, StateRecord};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What becomes of one recipient after this attempt.
 enum Fate {
@@ -23,6 +25,9 @@ enum Fate {
     Expired,
     Later,
     RetryNow,
+    /// Suspended by a reply rule: ready again at this time, without a
+    /// retry spent.
+    Held(Instant),
 }
 
 /// Applies one attempt's outcomes for `entry`.
@@ -38,18 +43,34 @@ pub async fn settle(
     let limits = core.shaper.limits(domain);
     let received_ms = entry.message.envelope().received_ms();
     let expired = now >= received_ms.saturating_add(limits.expire.as_millis() as u64);
+    let reactions = react(core, &entry, domain, &outcomes, remote, now);
     let mut fates: Vec<(u32, Fate, String)> = outcomes
         .into_iter()
-        .map(|(i, o)| match o {
-            Outcome::Delivered(r) => (i, Fate::Delivered, r),
-            Outcome::Bounced(r) => (i, Fate::Bounced, r),
-            Outcome::Retry(r) => (i, Fate::RetryNow, r),
-            Outcome::Deferred(r) if expired => (
-                i,
-                Fate::Expired,
-                format!("{r} (gave up after {attempt} attempts)"),
-            ),
-            Outcome::Deferred(r) => (i, Fate::Later, r),
+        .map(|(i, o)| {
+            let rule = reactions
+                .iter()
+                .find(|(reply, _)| reply == o.reason())
+                .map(|(_, r)| &r.rule);
+            let action = rule.map(|r| r.action);
+            match o {
+                Outcome::Delivered(r) => (i, Fate::Delivered, r),
+                Outcome::Bounced(r) => (i, Fate::Bounced, r),
+                Outcome::Retry(r) | Outcome::Deferred(r) if action == Some(Action::Bounce) => {
+                    (i, Fate::Bounced, format!("{r} (bounced by a reply rule)"))
+                }
+                Outcome::Retry(r) => (i, Fate::RetryNow, r),
+                Outcome::Deferred(r) if expired => (
+                    i,
+                    Fate::Expired,
+                    format!("{r} (gave up after {attempt} attempts)"),
+                ),
+                Outcome::Deferred(r) if action == Some(Action::Suspend) => {
+                    let d = rule.map_or(Duration::ZERO, |r| r.duration);
+                    let at = with_jitter(Instant::now() + d, d);
+                    (i, Fate::Held(at), format!("{r} (held while suspended)"))
+                }
+                Outcome::Deferred(r) => (i, Fate::Later, r),
+            }
         })
         .collect();
     dsn_first(core, &entry, &mut fates, remote).await;
@@ -58,6 +79,7 @@ pub async fn settle(
     let (mut records, mut about) = (Vec::new(), Vec::new());
     let mut finished = 0;
     let (mut retry_now, mut later) = (Indexes::new(), Indexes::new());
+    let mut held: Vec<(u32, Instant)> = Vec::new();
     for (index, fate, reason) in &fates {
         let (recipient, time_ms, reason) = (*index, now, reason.as_str());
         let (state, kind) = match fate {
@@ -88,10 +110,21 @@ pub async fn settle(
                 Kind::TransientFailure,
             ),
             Fate::RetryNow => (None, Kind::TransientFailure),
+            Fate::Held(at) => (
+                Some(StateRecord::Attempt {
+                    recipient,
+                    time_ms,
+                    attempt: entry.attempts,
+                    next_ms: now + at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    reason,
+                }),
+                Kind::TransientFailure,
+            ),
         };
         match fate {
             Fate::Later => later.push(recipient),
             Fate::RetryNow => retry_now.push(recipient),
+            Fate::Held(at) => held.push((recipient, *at)),
             Fate::Delivered | Fate::Bounced | Fate::Expired => finished += 1,
         }
         if let Some(state) = state {
@@ -120,6 +153,13 @@ pub async fn settle(
             true,
         );
     }
+    for (recipient, at) in held {
+        let entry = Entry {
+            recipients: smallvec::smallvec![recipient],
+            ..entry.clone()
+        };
+        core.queues.schedule(domain, entry, at);
+    }
     if !later.is_empty() {
         core.queues.schedule(
             domain,
@@ -131,6 +171,46 @@ pub async fn settle(
             Instant::now() + next_in,
         );
     }
+}
+
+/// Runs each distinct reply of the attempt through the destination's reply
+/// rules; every rule that acts gets a `Backoff` record of its own, naming
+/// what it did and the reply that made it.
+fn react(
+    core: &Core,
+    entry: &Entry,
+    domain: &str,
+    outcomes: &[(u32, Outcome)],
+    remote: Option<&Remote>,
+    now: u64,
+) -> Vec<(String, Reaction)> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut reactions = Vec::new();
+    for (index, outcome) in outcomes {
+        let reply = outcome.reason();
+        if seen.contains(&reply) {
+            continue;
+        }
+        seen.push(reply);
+        let Some(reaction) = core.shaper.react(domain, reply, Instant::now()) else {
+            continue;
+        };
+        let what = reaction.rule.describe(&reaction.target);
+        let response = format!("{what}: {reply}");
+        log(
+            core,
+            entry,
+            domain,
+            *index,
+            Kind::Backoff,
+            &response,
+            entry.attempts + 1,
+            remote,
+            now,
+        );
+        reactions.push((reply.to_string(), reaction));
+    }
+    reactions
 }
 
 /// Spools the DSN for the bounced and expired recipients (not for the null

@@ -3,6 +3,7 @@
 //!
 //! Pure: text in, rules or an error out.
 
+use super::backoff::{ResponseRule, Scope, RULES_MAX};
 use super::rate::Rate;
 use super::rules::{Partial, Retry, Rules};
 use serde::Deserialize;
@@ -57,7 +58,18 @@ struct RawLimits {
     expire: Option<Spanned<String>>,
     pool: Option<toml::Value>,
     adaptive: Option<toml::Value>,
-    on_response: Option<toml::Value>,
+    on_response: Option<Vec<RawResponse>>,
+}
+
+/// One `[[...on_response]]` rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponse {
+    #[serde(rename = "match")]
+    pattern: String,
+    action: String,
+    duration: Option<String>,
+    factor: Option<i64>,
 }
 
 /// Reads the text of a shaping file (`path` names it in errors).
@@ -173,18 +185,18 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
 }
 
 fn not_yet(section: &str) -> String {
-    format!("{section} is not supported yet (issue 11: reply-driven backoff, sources, pools, warm-up and tenants come next); remove it")
+    format!("{section} is not supported yet (issue 11: adaptive mode, sources, pools, warm-up and tenants come next); remove it")
 }
 
 type At<'a> = dyn Fn(std::ops::Range<usize>, &str, String) -> ShapingError + 'a;
 
 fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partial, ShapingError> {
     let key = |k: &str| format!("{section}.{k}");
-    for (name, value) in [
-        ("pool", &raw.pool),
-        ("adaptive", &raw.adaptive),
-        ("on_response", &raw.on_response),
-    ] {
+    let on_response = match &raw.on_response {
+        None => None,
+        Some(list) => Some(responses(list, section, text, at)?),
+    };
+    for (name, value) in [("pool", &raw.pool), ("adaptive", &raw.adaptive)] {
         if value.is_some() {
             let line = line_where(text, |l| {
                 let l = l.trim_start_matches('[');
@@ -260,7 +272,57 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
         )?,
         retry,
         expire,
+        on_response,
     })
+}
+
+/// The `on_response` rules of a section, in order; a rule in a provider
+/// acts on the provider.
+fn responses(
+    list: &[RawResponse],
+    section: &str,
+    text: &str,
+    at: &At,
+) -> Result<std::sync::Arc<[ResponseRule]>, ShapingError> {
+    let key = format!("{section}.on_response");
+    let fail = |i: usize, reason: String| {
+        // The i-th "[[...on_response]]" header of this section.
+        let header = format!("[[{section}.on_response]]");
+        let line = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.split('#').next().unwrap_or("").trim() == header)
+            .nth(i)
+            .map_or(0, |(n, _)| n + 1);
+        let mut e = at(0..0, &key, reason);
+        e.line = line;
+        e
+    };
+    if list.len() > RULES_MAX {
+        return Err(fail(0, format!("more than {RULES_MAX} rules")));
+    }
+    let scope = if section.starts_with("provider.") {
+        Scope::Provider
+    } else {
+        Scope::Destination
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let duration = r
+                .duration
+                .as_deref()
+                .map(duration)
+                .transpose()
+                .map_err(|e| fail(i, e))?;
+            let factor = match r.factor {
+                Some(f) if f < 0 => return Err(fail(i, format!("factor {f} is negative"))),
+                f => f.map(|f| f as u64),
+            };
+            ResponseRule::new(&r.pattern, &r.action, duration, factor, scope)
+                .map_err(|e| fail(i, e))
+        })
+        .collect()
 }
 
 /// `30s`, `5m` (or `5min`), `2h`, `5d`: at least a second.
@@ -343,14 +405,13 @@ mod tests {
         );
         let e = err("[default]\nmx_suffix = [\".x.test\"]\n");
         assert_eq!((e.line, e.key.as_str()), (2, "mx_suffix"), "{e}");
-        let e = err("[provider.big]\nmx_suffix = [\".big.test\"]\n[[provider.big.on_response]]\nmatch = \"421\"\n");
+        let e = err("[provider.big]\nmx_suffix = [\".big.test\"]\n\n[[provider.big.on_response]]\nmatch = \"421\"\naction = \"suspend\"\nduration = \"1m\"\n[[provider.big.on_response]]\nmatch = \"(\"\naction = \"suspend\"\nduration = \"1m\"\n");
         assert_eq!(
             (e.line, e.key.as_str()),
-            (3, "provider.big.on_response"),
+            (8, "provider.big.on_response"),
             "{e}"
         );
-        let e = err("[default]\nconnections = 3\npool = \"default\"\n");
-        assert_eq!((e.line, e.key.as_str()), (3, "default.pool"), "{e}");
+        assert!(e.reason.contains("regular expression"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! sections and keys with a message naming the line, rather than ignoring
 //! them.
 
+pub mod backoff;
 pub mod explain;
 pub mod file;
 pub mod provider;
@@ -185,6 +186,15 @@ impl ProviderHandle {
 struct Buckets {
     messages: Gcra,
     connections: Gcra,
+    backoff: backoff::Backoff,
+}
+
+/// What a reply rule did, for the delivery log and the reply's recipients.
+#[derive(Debug, Clone)]
+pub struct Reaction {
+    pub rule: backoff::ResponseRule,
+    /// "destination DOMAIN" or "provider NAME".
+    pub target: String,
 }
 
 impl Shaper {
@@ -274,6 +284,54 @@ impl Shaper {
         true
     }
 
+    /// Runs `reply` through `domain`'s reply rules (its own, its
+    /// provider's, the default's); the first that matches acts at once.
+    pub fn react(&self, domain: &str, reply: &str, now: Instant) -> Option<Reaction> {
+        let limits = self.limits(domain);
+        let rule = limits.on_response.iter().find(|r| r.matches(reply))?;
+        let target = match rule.scope {
+            backoff::Scope::Destination => {
+                self.with_buckets(domain, now, |b| b.backoff.apply(rule, now));
+                format!("destination {domain}")
+            }
+            backoff::Scope::Provider => {
+                let index = *self.providers.borrow().get(domain)?;
+                let rules = self.rules.borrow();
+                let p = rules.provider(index);
+                p.shared.backoff.apply(rule, p.shared.epoch(), now);
+                format!("provider {}", p.name)
+            }
+        };
+        Some(Reaction {
+            rule: rule.clone(),
+            target,
+        })
+    }
+
+    /// The suspension and throttle `domain` is under at `now`: its own and
+    /// its provider's together (the later end, the larger factor).
+    pub fn backoff(&self, domain: &str, now: Instant) -> backoff::Effect {
+        let own = self
+            .buckets
+            .borrow()
+            .get(domain)
+            .map(|b| b.backoff.effect(now))
+            .unwrap_or(backoff::Effect {
+                suspended_until: None,
+                factor: 1,
+            });
+        let Some(index) = self.providers.borrow().get(domain).copied() else {
+            return own;
+        };
+        let rules = self.rules.borrow();
+        let shared = &rules.provider(index).shared;
+        let theirs = shared.backoff.load(shared.epoch()).effect(now);
+        backoff::Effect {
+            suspended_until: own.suspended_until.max(theirs.suspended_until),
+            factor: own.factor.max(theirs.factor),
+        }
+    }
+
     /// Takes one message of `domain`'s rate, or says when one conforms.
     pub fn take_message(&self, domain: &str, rate: &Rate, now: Instant) -> Result<(), Instant> {
         self.with_buckets(domain, now, |b| b.messages.take(rate, now))
@@ -287,7 +345,9 @@ impl Shaper {
     fn with_buckets<T>(&self, domain: &str, now: Instant, f: impl FnOnce(&mut Buckets) -> T) -> T {
         let mut buckets = self.buckets.borrow_mut();
         if buckets.len() >= BUCKETS_SWEEP_AT && !buckets.contains_key(domain) {
-            buckets.retain(|_, b| !(b.messages.is_idle(now) && b.connections.is_idle(now)));
+            buckets.retain(|_, b| {
+                !(b.messages.is_idle(now) && b.connections.is_idle(now) && b.backoff.is_idle(now))
+            });
         }
         match buckets.get_mut(domain) {
             Some(b) => f(b),

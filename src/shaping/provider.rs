@@ -14,6 +14,7 @@
 //! The state outlives reloads: a provider keeps its counts when the file is
 //! read again, so connections already open still count.
 
+use super::backoff::SharedBackoff;
 use super::rate::Rate;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct SharedLimits {
     connections: AtomicU32,
     message_tat_ns: AtomicU64,
     connection_tat_ns: AtomicU64,
+    /// A suspension or throttle from one of the provider's rules.
+    pub backoff: SharedBackoff,
 }
 
 impl SharedLimits {
@@ -35,7 +38,12 @@ impl SharedLimits {
             connections: AtomicU32::new(0),
             message_tat_ns: AtomicU64::new(0),
             connection_tat_ns: AtomicU64::new(0),
+            backoff: SharedBackoff::default(),
         }
+    }
+
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// A connection slot if fewer than `max` are open, all cores together.

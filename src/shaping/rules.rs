@@ -6,6 +6,7 @@
 //! Immutable once built: a reload builds new rules and publishes them
 //! whole (see [`super::Published`]).
 
+use super::backoff::ResponseRule;
 use super::provider::SharedLimits;
 use super::rate::Rate;
 use crate::config::Config;
@@ -50,6 +51,9 @@ pub struct Limits {
     pub recipients_per_transaction: Option<u32>,
     pub retry: Retry,
     pub expire: Duration,
+    /// Reply rules, tried in order: the destination's, its provider's,
+    /// then the default's.
+    pub on_response: Arc<[ResponseRule]>,
 }
 
 /// The keys one rule sets.
@@ -62,6 +66,7 @@ pub struct Partial {
     pub recipients_per_transaction: Option<u32>,
     pub retry: Option<Retry>,
     pub expire: Option<Duration>,
+    pub on_response: Option<Arc<[ResponseRule]>>,
 }
 
 /// The file's rules; [`Rules::resolve`] joins them with a configuration.
@@ -248,6 +253,7 @@ fn base(cfg: &Config) -> Limits {
             max: d.retry_max,
         },
         expire: d.expire,
+        on_response: Arc::new([]),
     }
 }
 
@@ -264,6 +270,14 @@ fn apply(under: &Limits, p: &Partial) -> Limits {
             .or(under.recipients_per_transaction),
         retry: p.retry.clone().unwrap_or_else(|| under.retry.clone()),
         expire: p.expire.unwrap_or(under.expire),
+        on_response: match &p.on_response {
+            None => under.on_response.clone(),
+            Some(own) => own
+                .iter()
+                .chain(under.on_response.iter())
+                .cloned()
+                .collect(),
+        },
     }
 }
 

@@ -1,0 +1,289 @@
+//! Reply-driven backoff: `on_response` rules that match a destination's
+//! replies and suspend, throttle or bounce, and the state they leave.
+//!
+//! A rule written in a `[provider.NAME]` acts on the whole provider (every
+//! core sees it, through the provider's shared state); one written in a
+//! `[destination]` or the `[default]` acts on the one destination, on the
+//! core that owns it. Every action ends by itself when its duration runs
+//! out. Pure apart from the shared atomics: time is passed in.
+
+use regex::Regex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest pattern accepted, and most rules in one section.
+pub const PATTERN_BYTES_MAX: usize = 1024;
+pub const RULES_MAX: usize = 64;
+
+/// What a matching reply does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// No new connection or message until the duration ends; the mail
+    /// waits without spending a retry.
+    Suspend,
+    /// Connections and message rate divided by `factor` for the duration.
+    Throttle { factor: u64 },
+    /// The recipient bounces (a temporary reply that means "never").
+    Bounce,
+}
+
+/// Where a rule was written, which is what it acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Destination,
+    Provider,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseRule {
+    pub pattern: Regex,
+    pub action: Action,
+    pub duration: Duration,
+    pub scope: Scope,
+}
+
+impl PartialEq for ResponseRule {
+    fn eq(&self, other: &ResponseRule) -> bool {
+        self.pattern.as_str() == other.pattern.as_str()
+            && self.action == other.action
+            && self.duration == other.duration
+            && self.scope == other.scope
+    }
+}
+
+impl Eq for ResponseRule {}
+
+impl ResponseRule {
+    /// Builds a rule from the file's values; the error says what is wrong.
+    pub fn new(
+        pattern: &str,
+        action: &str,
+        duration: Option<Duration>,
+        factor: Option<u64>,
+        scope: Scope,
+    ) -> Result<ResponseRule, String> {
+        if pattern.len() > PATTERN_BYTES_MAX {
+            return Err(format!("a pattern is at most {PATTERN_BYTES_MAX} bytes"));
+        }
+        let pattern = Regex::new(pattern).map_err(|e| format!("not a regular expression: {e}"))?;
+        let action = match (action, factor) {
+            ("suspend", None) => Action::Suspend,
+            ("throttle", f) => match f.unwrap_or(2) {
+                f @ 2..=1000 => Action::Throttle { factor: f },
+                f => return Err(format!("factor {f} is outside 2..=1000")),
+            },
+            ("bounce", None) => Action::Bounce,
+            ("reroute", _) => {
+                return Err("reroute is not supported yet (egress pools come next)".into())
+            }
+            (_, Some(_)) => return Err("factor goes with action = \"throttle\" only".into()),
+            (other, None) => {
+                return Err(format!(
+                    "{other:?} is not an action: suspend, throttle or bounce"
+                ))
+            }
+        };
+        let duration = match (action, duration) {
+            (Action::Bounce, None) => Duration::ZERO,
+            (Action::Bounce, Some(_)) => return Err("bounce takes no duration".into()),
+            (_, Some(d)) => d,
+            (_, None) => return Err("suspend and throttle need a duration".into()),
+        };
+        Ok(ResponseRule {
+            pattern,
+            action,
+            duration,
+            scope,
+        })
+    }
+
+    /// Whether `reply` ("CODE ENHANCED TEXT") matches.
+    pub fn matches(&self, reply: &str) -> bool {
+        self.pattern.is_match(reply)
+    }
+
+    /// The words of a log record: what was done to what, and why.
+    pub fn describe(&self, target: &str) -> String {
+        let what = match self.action {
+            Action::Suspend => "suspended".to_string(),
+            Action::Throttle { factor } => format!("throttled (limits divided by {factor})"),
+            Action::Bounce => return format!("bounce by rule /{}/", self.pattern.as_str()),
+        };
+        format!(
+            "{target} {what} for {}s by rule /{}/",
+            self.duration.as_secs(),
+            self.pattern.as_str()
+        )
+    }
+}
+
+/// A suspension and a throttle, as deadlines; what a destination (per
+/// core) or a provider (shared, in atomics) is under now.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backoff {
+    pub suspended_until: Option<Instant>,
+    pub throttled_until: Option<Instant>,
+    pub factor: u64,
+}
+
+impl Backoff {
+    pub fn apply(&mut self, rule: &ResponseRule, now: Instant) {
+        let until = now + rule.duration;
+        match rule.action {
+            Action::Suspend => {
+                self.suspended_until = Some(until.max(self.suspended_until.unwrap_or(until)))
+            }
+            Action::Throttle { factor } => {
+                self.throttled_until = Some(until);
+                self.factor = factor;
+            }
+            Action::Bounce => {}
+        }
+    }
+
+    /// When the suspension ends, if one is in force at `now`.
+    pub fn suspended(&self, now: Instant) -> Option<Instant> {
+        self.suspended_until.filter(|t| *t > now)
+    }
+
+    /// The divisor for connections and rate at `now` (1: none).
+    pub fn factor(&self, now: Instant) -> u64 {
+        match self.throttled_until {
+            Some(t) if t > now => self.factor.max(1),
+            _ => 1,
+        }
+    }
+
+    /// Whether it says nothing any more.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.suspended(now).is_none() && self.factor(now) == 1
+    }
+}
+
+/// What a destination is under at one moment, its own backoff and its
+/// provider's together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effect {
+    /// When the suspension in force ends; `None`: not suspended.
+    pub suspended_until: Option<Instant>,
+    /// Connections and rates are divided by this (1: not throttled).
+    pub factor: u64,
+}
+
+impl Backoff {
+    pub fn effect(&self, now: Instant) -> Effect {
+        Effect {
+            suspended_until: self.suspended(now),
+            factor: self.factor(now),
+        }
+    }
+}
+
+/// A [`Backoff`] every core can read and set: deadlines in nanoseconds
+/// after an epoch, one atomic each.
+#[derive(Debug, Default)]
+pub struct SharedBackoff {
+    suspended_until_ns: AtomicU64,
+    throttled_until_ns: AtomicU64,
+    factor: AtomicU64,
+}
+
+impl SharedBackoff {
+    pub fn apply(&self, rule: &ResponseRule, epoch: Instant, now: Instant) {
+        let until = (now + rule.duration)
+            .saturating_duration_since(epoch)
+            .as_nanos() as u64;
+        match rule.action {
+            Action::Suspend => {
+                self.suspended_until_ns.fetch_max(until, Ordering::AcqRel);
+            }
+            Action::Throttle { factor } => {
+                self.factor.store(factor, Ordering::Release);
+                self.throttled_until_ns.store(until, Ordering::Release);
+            }
+            Action::Bounce => {}
+        }
+    }
+
+    pub fn load(&self, epoch: Instant) -> Backoff {
+        let at = |ns: u64| (ns > 0).then(|| epoch + Duration::from_nanos(ns));
+        Backoff {
+            suspended_until: at(self.suspended_until_ns.load(Ordering::Acquire)),
+            throttled_until: at(self.throttled_until_ns.load(Ordering::Acquire)),
+            factor: self.factor.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// When mail held by a suspension ending at `until` becomes ready: spread
+/// over a tenth of the suspension (at most a minute), so a provider is not
+/// met by every queued message in the same instant.
+pub fn with_jitter(until: Instant, suspension: Duration) -> Instant {
+    let spread = (suspension / 10).min(Duration::from_secs(60));
+    until + spread.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str, action: &str, secs: Option<u64>) -> Result<ResponseRule, String> {
+        ResponseRule::new(
+            pattern,
+            action,
+            secs.map(Duration::from_secs),
+            None,
+            Scope::Destination,
+        )
+    }
+
+    #[test]
+    fn rules_are_checked() {
+        assert!(rule("421 .*rate limited", "suspend", Some(60)).is_ok());
+        assert!(rule("550 5.1.1", "bounce", None).is_ok());
+        assert!(rule("(", "suspend", Some(60))
+            .unwrap_err()
+            .contains("regular expression"));
+        assert!(rule("421", "suspend", None)
+            .unwrap_err()
+            .contains("duration"));
+        assert!(rule("421", "reroute", Some(60))
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(rule("421", "pause", Some(60))
+            .unwrap_err()
+            .contains("not an action"));
+        let t = ResponseRule::new(
+            "451",
+            "throttle",
+            Some(Duration::from_secs(5)),
+            None,
+            Scope::Provider,
+        )
+        .unwrap();
+        assert_eq!(t.action, Action::Throttle { factor: 2 });
+    }
+
+    #[test]
+    fn a_backoff_ends_by_itself() {
+        let now = Instant::now();
+        let mut b = Backoff::default();
+        b.apply(&rule("x", "suspend", Some(30)).unwrap(), now);
+        assert_eq!(b.suspended(now), Some(now + Duration::from_secs(30)));
+        assert!(b.suspended(now + Duration::from_secs(31)).is_none());
+        let shared = SharedBackoff::default();
+        let t = ResponseRule::new(
+            "x",
+            "throttle",
+            Some(Duration::from_secs(10)),
+            Some(4),
+            Scope::Provider,
+        )
+        .unwrap();
+        shared.apply(&t, now, now);
+        assert_eq!(shared.load(now).factor(now + Duration::from_secs(5)), 4);
+        assert_eq!(shared.load(now).factor(now + Duration::from_secs(11)), 1);
+        let j = with_jitter(now, Duration::from_secs(100));
+        assert!(j >= now && j <= now + Duration::from_secs(10));
+    }
+}
