@@ -66,14 +66,14 @@ fn open_connections(core: &Rc<Core>, domain: Box<str>) {
         return look_again_at(core, domain, at);
     }
     let (ready, open) = core.queues.load(&domain);
-    let connections = (limits.connections / backoff.factor as u32).max(1);
+    let connections = backoff.connections(limits.connections);
     let want = (ready as u32).min(connections);
     if open >= want {
         return;
     }
     if let Some(at) = limits.message_rate.and_then(|rate| {
         core.shaper
-            .message_due(&domain, &rate.divided(backoff.factor), now)
+            .message_due(&domain, &rate.scaled(backoff.scale), now)
     }) {
         return look_again_at(core, domain, at);
     }
@@ -402,9 +402,8 @@ fn take_message(
     now: Instant,
 ) -> Result<(), Instant> {
     if let Some(rate) = &limits.message_rate {
-        let factor = core.shaper.backoff(domain, now).factor;
-        core.shaper
-            .take_message(domain, &rate.divided(factor), now)?;
+        let scale = core.shaper.backoff(domain, now).scale;
+        core.shaper.take_message(domain, &rate.scaled(scale), now)?;
     }
     provider.map_or(Ok(()), |p| p.take_message(now))
 }

@@ -44,6 +44,7 @@ pub async fn settle(
     let received_ms = entry.message.envelope().received_ms();
     let expired = now >= received_ms.saturating_add(limits.expire.as_millis() as u64);
     let reactions = react(core, &entry, domain, &outcomes, remote, now);
+    adapt(core, &entry, domain, &outcomes, remote, now);
     let mut fates: Vec<(u32, Fate, String)> = outcomes
         .into_iter()
         .map(|(i, o)| {
@@ -211,6 +212,45 @@ fn react(
         reactions.push((reply.to_string(), reaction));
     }
     reactions
+}
+
+/// Adaptive mode: a 4xx reply from the destination cuts the share of its
+/// limits in use (logged as a `Backoff` record), a delivery raises it.
+fn adapt(
+    core: &Core,
+    entry: &Entry,
+    domain: &str,
+    outcomes: &[(u32, Outcome)],
+    remote: Option<&Remote>,
+    now: u64,
+) {
+    let pushed_back = outcomes
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::Deferred(r) if r.starts_with('4')));
+    let delivered = outcomes
+        .iter()
+        .any(|(_, o)| matches!(o, Outcome::Delivered(_)));
+    let cut = core
+        .shaper
+        .adapt(domain, pushed_back.is_some(), delivered, Instant::now());
+    if let (Some(level), Some((index, outcome))) = (cut, pushed_back) {
+        let response = format!(
+            "destination {domain} adaptive: connections and rate cut to {:.0}% of the limits: {}",
+            level * 100.0,
+            outcome.reason()
+        );
+        log(
+            core,
+            entry,
+            domain,
+            *index,
+            Kind::Backoff,
+            &response,
+            entry.attempts + 1,
+            remote,
+            now,
+        );
+    }
 }
 
 /// Spools the DSN for the bounced and expired recipients (not for the null

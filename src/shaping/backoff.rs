@@ -117,14 +117,33 @@ impl ResponseRule {
     }
 }
 
-/// A suspension and a throttle, as deadlines; what a destination (per
+/// A suspension and a throttle, as deadlines, and (adaptive mode) the
+/// share of its limits a destination has earned; what a destination (per
 /// core) or a provider (shared, in atomics) is under now.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Backoff {
     pub suspended_until: Option<Instant>,
     pub throttled_until: Option<Instant>,
     pub factor: u64,
+    pub adaptive: Option<Adaptive>,
 }
+
+/// Adaptive mode's state: the share (0 to 1) of the configured
+/// connections and rate in use, and when it was last cut.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adaptive {
+    pub level: f64,
+    pub last_cut: Instant,
+    pub last_raise: Instant,
+}
+
+/// Adaptive mode never goes below this share of the limits.
+pub const ADAPTIVE_LEVEL_MIN: f64 = 0.01;
+/// At most one cut, and one raise, this often: a burst of 4xx replies to
+/// messages sent before the last cut took effect does not cut again, and
+/// the share grows by one step a second (additive increase), not one a
+/// delivery.
+pub const ADAPTIVE_CUT_EVERY: Duration = Duration::from_secs(1);
 
 impl Backoff {
     pub fn apply(&mut self, rule: &ResponseRule, now: Instant) {
@@ -156,25 +175,79 @@ impl Backoff {
 
     /// Whether it says nothing any more.
     pub fn is_idle(&self, now: Instant) -> bool {
-        self.suspended(now).is_none() && self.factor(now) == 1
+        self.suspended(now).is_none() && self.factor(now) == 1 && self.adaptive.is_none()
     }
 }
 
 /// What a destination is under at one moment, its own backoff and its
 /// provider's together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Effect {
     /// When the suspension in force ends; `None`: not suspended.
     pub suspended_until: Option<Instant>,
-    /// Connections and rates are divided by this (1: not throttled).
-    pub factor: u64,
+    /// Connections and rates are multiplied by this (1: full).
+    pub scale: f64,
+}
+
+impl Effect {
+    pub const NONE: Effect = Effect {
+        suspended_until: None,
+        scale: 1.0,
+    };
+
+    /// Both at once: the later suspension, the smaller share.
+    pub fn and(self, other: Effect) -> Effect {
+        Effect {
+            suspended_until: self.suspended_until.max(other.suspended_until),
+            scale: self.scale.min(other.scale),
+        }
+    }
+
+    /// `connections` under this effect, at least one.
+    pub fn connections(&self, connections: u32) -> u32 {
+        ((connections as f64 * self.scale).floor() as u32).max(1)
+    }
 }
 
 impl Backoff {
     pub fn effect(&self, now: Instant) -> Effect {
+        let level = self.adaptive.map_or(1.0, |a| a.level);
         Effect {
             suspended_until: self.suspended(now),
-            factor: self.factor(now),
+            scale: (1.0 / self.factor(now) as f64).min(level),
+        }
+    }
+
+    /// Adaptive mode, on a 4xx reply: halves the share, at most once per
+    /// [`ADAPTIVE_CUT_EVERY`]. Returns the new share if it was cut.
+    pub fn cut(&mut self, now: Instant) -> Option<f64> {
+        let a = self.adaptive.get_or_insert(Adaptive {
+            level: 1.0,
+            last_cut: now - ADAPTIVE_CUT_EVERY,
+            last_raise: now,
+        });
+        if now.saturating_duration_since(a.last_cut) < ADAPTIVE_CUT_EVERY {
+            return None;
+        }
+        a.level = (a.level / 2.0).max(ADAPTIVE_LEVEL_MIN);
+        a.last_cut = now;
+        Some(a.level)
+    }
+
+    /// Adaptive mode, on a delivery: raises the share by `step` if a
+    /// second has passed since the last cut or raise, up to the whole of
+    /// the limits.
+    pub fn raise(&mut self, step: f64, now: Instant) {
+        if let Some(a) = &mut self.adaptive {
+            let last = a.last_cut.max(a.last_raise);
+            if now.saturating_duration_since(last) < ADAPTIVE_CUT_EVERY {
+                return;
+            }
+            a.level = (a.level + step).min(1.0);
+            a.last_raise = now;
+            if a.level >= 1.0 {
+                self.adaptive = None;
+            }
         }
     }
 }
@@ -211,6 +284,7 @@ impl SharedBackoff {
             suspended_until: at(self.suspended_until_ns.load(Ordering::Acquire)),
             throttled_until: at(self.throttled_until_ns.load(Ordering::Acquire)),
             factor: self.factor.load(Ordering::Acquire),
+            adaptive: None,
         }
     }
 }
@@ -283,6 +357,22 @@ mod tests {
         shared.apply(&t, now, now);
         assert_eq!(shared.load(now).factor(now + Duration::from_secs(5)), 4);
         assert_eq!(shared.load(now).factor(now + Duration::from_secs(11)), 1);
+        let mut a = Backoff::default();
+        assert_eq!(a.cut(now), Some(0.5));
+        assert_eq!(
+            a.cut(now + Duration::from_millis(10)),
+            None,
+            "once a second"
+        );
+        assert_eq!(a.cut(now + Duration::from_secs(1)), Some(0.25));
+        assert_eq!(a.effect(now).scale, 0.25);
+        let later = now + Duration::from_secs(2);
+        a.raise(0.5, later);
+        assert_eq!(a.effect(now).scale, 0.75);
+        a.raise(0.5, later);
+        assert_eq!(a.effect(now).scale, 0.75, "once a second");
+        a.raise(0.5, later + Duration::from_secs(1));
+        assert!(a.adaptive.is_none(), "back at the limits");
         let j = with_jitter(now, Duration::from_secs(100));
         assert!(j >= now && j <= now + Duration::from_secs(10));
     }

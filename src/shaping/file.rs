@@ -57,7 +57,7 @@ struct RawLimits {
     retry: Option<Spanned<Vec<String>>>,
     expire: Option<Spanned<String>>,
     pool: Option<toml::Value>,
-    adaptive: Option<toml::Value>,
+    adaptive: Option<Spanned<bool>>,
     on_response: Option<Vec<RawResponse>>,
 }
 
@@ -185,7 +185,7 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
 }
 
 fn not_yet(section: &str) -> String {
-    format!("{section} is not supported yet (issue 11: adaptive mode, sources, pools, warm-up and tenants come next); remove it")
+    format!("{section} is not supported yet (issue 11: sources, pools, warm-up and tenants come next); remove it")
 }
 
 type At<'a> = dyn Fn(std::ops::Range<usize>, &str, String) -> ShapingError + 'a;
@@ -196,7 +196,12 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
         None => None,
         Some(list) => Some(responses(list, section, text, at)?),
     };
-    for (name, value) in [("pool", &raw.pool), ("adaptive", &raw.adaptive)] {
+    if let (true, Some(a)) = (section.starts_with("provider."), &raw.adaptive) {
+        let reason =
+            "adaptive mode is per destination: set it in [default] or a [destination] rule".into();
+        return Err(at(a.span(), &key("adaptive"), reason));
+    }
+    for (name, value) in [("pool", &raw.pool)] {
         if value.is_some() {
             let line = line_where(text, |l| {
                 let l = l.trim_start_matches('[');
@@ -273,6 +278,7 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
         retry,
         expire,
         on_response,
+        adaptive: raw.adaptive.as_ref().map(|a| *a.get_ref()),
     })
 }
 

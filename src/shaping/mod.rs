@@ -159,24 +159,38 @@ impl ProviderHandle {
         &self,
         now: Instant,
     ) -> Result<Option<provider::ConnectionSlot>, Instant> {
+        let effect = self.shared.backoff.load(self.shared.epoch()).effect(now);
+        if let Some(until) = effect.suspended_until {
+            return Err(until);
+        }
         let slot = match self.totals.connections {
-            Some(max) => Some(
-                self.shared
-                    .open_connection(max)
-                    .ok_or(now + PROVIDER_FULL_RETRY)?,
-            ),
+            Some(max) => {
+                let max = effect.connections(max);
+                Some(
+                    self.shared
+                        .open_connection(max)
+                        .ok_or(now + PROVIDER_FULL_RETRY)?,
+                )
+            }
             None => None,
         };
         if let Some(rate) = &self.totals.connection_rate {
-            self.shared.take_connection(rate, now)?;
+            self.shared
+                .take_connection(&rate.scaled(effect.scale), now)?;
         }
         Ok(slot)
     }
 
     /// One message within the provider's total rate, or when one conforms.
     pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
+        let scale = self
+            .shared
+            .backoff
+            .load(self.shared.epoch())
+            .effect(now)
+            .scale;
         match &self.totals.message_rate {
-            Some(rate) => self.shared.take_message(rate, now),
+            Some(rate) => self.shared.take_message(&rate.scaled(scale), now),
             None => Ok(()),
         }
     }
@@ -315,21 +329,43 @@ impl Shaper {
             .buckets
             .borrow()
             .get(domain)
-            .map(|b| b.backoff.effect(now))
-            .unwrap_or(backoff::Effect {
-                suspended_until: None,
-                factor: 1,
-            });
+            .map_or(backoff::Effect::NONE, |b| b.backoff.effect(now));
         let Some(index) = self.providers.borrow().get(domain).copied() else {
             return own;
         };
         let rules = self.rules.borrow();
         let shared = &rules.provider(index).shared;
-        let theirs = shared.backoff.load(shared.epoch()).effect(now);
-        backoff::Effect {
-            suspended_until: own.suspended_until.max(theirs.suspended_until),
-            factor: own.factor.max(theirs.factor),
+        own.and(shared.backoff.load(shared.epoch()).effect(now))
+    }
+
+    /// Adaptive mode (`adaptive = true` for the destination): a 4xx reply
+    /// (`pushed_back`) halves the share of its limits in use, at most once a
+    /// second, and deliveries raise it by one message per rate period each
+    /// second, back up to the limits. Returns the new share when it was cut.
+    pub fn adapt(
+        &self,
+        domain: &str,
+        pushed_back: bool,
+        delivered: bool,
+        now: Instant,
+    ) -> Option<f64> {
+        let limits = self.limits(domain);
+        if !limits.adaptive {
+            return None;
         }
+        let steps = limits
+            .message_rate
+            .map_or(100, |r| r.count)
+            .max(u64::from(limits.connections));
+        self.with_buckets(domain, now, |b| {
+            if pushed_back {
+                return b.backoff.cut(now);
+            }
+            if delivered {
+                b.backoff.raise(1.0 / steps as f64, now);
+            }
+            None
+        })
     }
 
     /// Takes one message of `domain`'s rate, or says when one conforms.

@@ -56,11 +56,15 @@ impl Rate {
         self.period / self.count as u32
     }
 
-    /// The rate divided by `factor` (at least 1 per period).
-    pub fn divided(&self, factor: u64) -> Rate {
+    /// The rate times `scale` (0 to 1), at least 1 per period.
+    pub fn scaled(&self, scale: f64) -> Rate {
+        if scale >= 1.0 {
+            return *self;
+        }
+        let times = |n: u64| ((n as f64 * scale).floor() as u64).max(1);
         Rate {
-            count: (self.count / factor.max(1)).max(1),
-            burst: (self.burst / factor.max(1)).max(1),
+            count: times(self.count),
+            burst: times(self.burst),
             period: self.period,
         }
     }

@@ -54,6 +54,9 @@ pub struct Limits {
     /// Reply rules, tried in order: the destination's, its provider's,
     /// then the default's.
     pub on_response: Arc<[ResponseRule]>,
+    /// 4xx replies lower the connections and rate in use, deliveries
+    /// raise them back (`super::backoff::Adaptive`).
+    pub adaptive: bool,
 }
 
 /// The keys one rule sets.
@@ -67,6 +70,7 @@ pub struct Partial {
     pub retry: Option<Retry>,
     pub expire: Option<Duration>,
     pub on_response: Option<Arc<[ResponseRule]>>,
+    pub adaptive: Option<bool>,
 }
 
 /// The file's rules; [`Rules::resolve`] joins them with a configuration.
@@ -254,6 +258,7 @@ fn base(cfg: &Config) -> Limits {
         },
         expire: d.expire,
         on_response: Arc::new([]),
+        adaptive: false,
     }
 }
 
@@ -278,6 +283,7 @@ fn apply(under: &Limits, p: &Partial) -> Limits {
                 .cloned()
                 .collect(),
         },
+        adaptive: p.adaptive.unwrap_or(under.adaptive),
     }
 }
 
