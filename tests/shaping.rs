@@ -31,6 +31,10 @@ struct Seen {
     recipients: Vec<String>,
     /// When RCPTs were refused for being over the capacity per second.
     refused: Vec<Instant>,
+    /// Messages by the address the connection came from, and the EHLO
+    /// name each address gave.
+    per_source: std::collections::BTreeMap<std::net::IpAddr, usize>,
+    ehlo: std::collections::BTreeMap<std::net::IpAddr, String>,
 }
 
 /// A destination that accepts everything (PIPELINING), holds each final
@@ -95,6 +99,7 @@ fn counting_session(
         s.open += 1;
         s.max_open = s.max_open.max(s.open);
     }
+    let peer = stream.peer_addr().unwrap().ip();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     let _ = w.write_all(b"220 counting.mx ESMTP\r\n");
@@ -114,9 +119,12 @@ fn counting_session(
             let mut s = seen.lock().unwrap();
             s.arrivals.push(Instant::now());
             s.recipients_per_transaction.push(rcpts.len());
+            *s.per_source.entry(peer).or_default() += 1;
             s.recipients.append(&mut rcpts);
             b"250 2.0.0 queued\r\n"
         } else if upper.starts_with("EHLO") {
+            let name = cmd.get(5..).unwrap_or("").to_string();
+            seen.lock().unwrap().ehlo.insert(peer, name);
             b"250-counting.mx\r\n250 PIPELINING\r\n"
         } else if upper.starts_with("RCPT TO:<") {
             use std::sync::atomic::Ordering::SeqCst;
@@ -668,4 +676,108 @@ fn adaptive_mode_converges_on_the_rate_a_destination_takes() {
         "{late} refusals in the second half ({all} in all)"
     );
     assert!(all <= 60, "{all} refusals in all");
+}
+
+/// Two sources in one pool, weights 1 and 3, 2,000 messages injected by
+/// smtp-source: at the sink, each source's share of the messages is within
+/// 10% of its weight's share, and each connection says its source's EHLO.
+#[test]
+fn a_pool_spreads_messages_over_its_sources_by_weight() {
+    require("smtp-source");
+    let mx = CountingMx::start(Duration::ZERO);
+    let rules = file(
+        "s.toml",
+        "[default]\npool = \"p\"\nmessages_per_connection = 20\n\n[source.s1]\naddress = \"127.0.0.201\"\nehlo = \"mta1.test\"\n\n[source.s2]\naddress = \"127.0.0.202\"\nehlo = \"mta2.test\"\n\n[pool.p]\nsources = { s1 = 1, s2 = 3 }\n",
+    );
+    let mut spate = Spate::start(&["--smarthost", &mx.addr, "--shaping", &rules]);
+    let (ok, out) = run(
+        "smtp-source",
+        &[
+            "-s",
+            "10",
+            "-m",
+            "2000",
+            "-f",
+            "s@a.test",
+            "-t",
+            "r@d.test",
+            &spate.addr,
+        ],
+    );
+    assert!(ok, "smtp-source: {out}");
+    wait_until(LONG, "2,000 deliveries", || mx.delivered() == 2000);
+    assert_eq!(spate.stop(), 0);
+    let seen = mx.seen.lock().unwrap();
+    let (s1, s2): (std::net::IpAddr, std::net::IpAddr) = (
+        "127.0.0.201".parse().unwrap(),
+        "127.0.0.202".parse().unwrap(),
+    );
+    assert_eq!(seen.per_source.len(), 2, "{:?}", seen.per_source);
+    let share = seen.per_source[&s2] as f64 / 2000.0;
+    assert!(
+        (share - 0.75).abs() <= 0.075,
+        "s2 sent {share} of the messages: {:?}",
+        seen.per_source
+    );
+    assert_eq!(seen.ehlo[&s1], "mta1.test");
+    assert_eq!(seen.ehlo[&s2], "mta2.test");
+}
+
+/// A reply rule reroutes a destination to another pool: the retry comes
+/// from that pool's source.
+#[test]
+fn a_reply_rule_can_reroute_a_destination_to_another_pool() {
+    let mx = CountingMx::refusing(
+        Duration::ZERO,
+        Refusals {
+            count: 1,
+            reply: "451 4.7.1 not from this address, use another",
+            per_second: None,
+        },
+    );
+    let rules = file(
+        "s.toml",
+        "[default]\npool = \"a\"\nretry = [\"1s\"]\n\n[[default.on_response]]\nmatch = 'use another'\naction = \"reroute\"\npool = \"b\"\nduration = \"1h\"\n\n[source.s1]\naddress = \"127.0.0.201\"\n[source.s3]\naddress = \"127.0.0.203\"\nehlo = \"mta3.test\"\n\n[pool.a]\nsources = { s1 = 1 }\n[pool.b]\nsources = { s3 = 1 }\n",
+    );
+    let mut spate = Spate::start(&["--smarthost", &mx.addr, "--shaping", &rules]);
+    send(&spate, "r@d.test", 1);
+    wait_until(LONG, "the delivery", || mx.delivered() == 1);
+    assert_eq!(spate.stop(), 0);
+    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
+    assert!(
+        backoff["response"]
+            .as_str()
+            .unwrap()
+            .starts_with("destination d.test rerouted to pool b for 3600s"),
+        "{backoff}"
+    );
+    let seen = mx.seen.lock().unwrap();
+    let s3: std::net::IpAddr = "127.0.0.203".parse().unwrap();
+    assert_eq!(
+        seen.per_source.keys().collect::<Vec<_>>(),
+        [&s3],
+        "{:?}",
+        seen.per_source
+    );
+    assert_eq!(seen.ehlo[&s3], "mta3.test");
+}
+
+#[test]
+fn a_source_address_this_host_does_not_have_is_refused() {
+    let bad = file(
+        "s.toml",
+        "[source.ip1]\naddress = \"192.0.2.11\"\n[pool.p]\nsources = { ip1 = 1 }\n",
+    );
+    let (ok, out) = spate_cmd(&["shaping", "check", &bad]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("line 1: source.ip1.address: this host cannot send from 192.0.2.11"),
+        "{out}"
+    );
+    let unknown = file("u.toml", "[default]\npool = \"nope\"\n");
+    let (ok, out) = spate_cmd(&["shaping", "check", &unknown]);
+    assert!(
+        !ok && out.contains("line 2: default.pool: no [pool.nope]"),
+        "{out}"
+    );
 }

@@ -15,12 +15,13 @@ pub mod next_hop;
 pub mod outcome;
 mod settle;
 
-pub use connect::TlsClients;
+pub use connect::{check_source, TlsClients};
 
 use crate::config::{Config, TlsPolicy};
 use crate::dns::DnsError;
 use crate::engine::Core;
 use crate::queue::Entry;
+use crate::shaping::egress::SourceLease;
 use crate::shaping::{self, Limits, ProviderHandle};
 use client::{Client, OpenError, OpenSpec, Timeouts};
 use next_hop::{Hop, Myself, NoHop};
@@ -219,8 +220,17 @@ fn no_hop_outcome(domain: &str, mx: bool, why: NoHop) -> Outcome {
 
 /// Tries the plan's hops in order. Opportunistic TLS that fails falls back
 /// to plaintext on the same host; required TLS that fails moves on.
-async fn open_client(core: &Core, plan: &Plan) -> Result<Client, String> {
+async fn open_client(
+    core: &Core,
+    plan: &Plan,
+    egress: Option<&SourceLease>,
+) -> Result<Client, String> {
     let d = &core.cfg.delivery;
+    let source = egress.map(|e| e.source());
+    let source_address = source.map(|s| s.def.address).or(d.source_address);
+    let ehlo_name = source
+        .and_then(|s| s.def.ehlo.as_deref())
+        .unwrap_or(&d.ehlo_name);
     let timeouts = Timeouts {
         connect: d.connect_timeout,
         command: d.command_timeout,
@@ -234,8 +244,8 @@ async fn open_client(core: &Core, plan: &Plan) -> Result<Client, String> {
                 host,
                 ip: *ip,
                 port: *port,
-                source: d.source_address,
-                ehlo_name: &d.ehlo_name,
+                source: source_address,
+                ehlo_name,
                 tls: tls.clone(),
                 tls_required: plan.tls == TlsPolicy::Required,
                 timeouts,
@@ -284,7 +294,13 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<ProviderBusy> {
         Some(Ok(slot)) => slot,
         None => None,
     };
-    let mut client = match open_client(core, &plan).await {
+    let now = Instant::now();
+    let egress = match core.shaper.pool(domain, now).map(|pool| pool.choose()) {
+        Some(None) => return Some(ProviderBusy(now + shaping::PROVIDER_FULL_RETRY)),
+        Some(Some(egress)) => Some(egress),
+        None => None,
+    };
+    let mut client = match open_client(core, &plan, egress.as_ref()).await {
         Ok(c) => c,
         Err(why) => {
             settle::fail_domain(core, domain, Outcome::Deferred(why), None).await;
@@ -302,8 +318,11 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<ProviderBusy> {
     let mut sent = 0;
     let mut broken = false;
     let provider = plan.provider.as_ref();
-    while let Some(entry) = next_entry(core, domain, &limits, provider).await {
+    while let Some(entry) = next_entry(core, domain, &limits, provider, egress.as_ref()).await {
         let (outcomes, lost) = send(&mut client, &entry).await;
+        if let Some(e) = &egress {
+            e.sent();
+        }
         settle::settle(core, domain, entry, outcomes, Some(&remote)).await;
         sent += 1;
         if lost || sent >= limits.messages_per_connection {
@@ -338,6 +357,7 @@ async fn next_entry(
     domain: &str,
     limits: &Limits,
     provider: Option<&ProviderHandle>,
+    egress: Option<&SourceLease>,
 ) -> Option<Entry> {
     let idle = core.cfg.delivery.idle_timeout;
     let deadline = Instant::now() + idle;
@@ -345,19 +365,21 @@ async fn next_entry(
         if core.stop.is_stopped() {
             return None;
         }
-        if core
-            .shaper
-            .backoff(domain, Instant::now())
-            .suspended_until
-            .is_some()
-        {
+        let now = Instant::now();
+        if core.shaper.backoff(domain, now).suspended_until.is_some() {
             // The driver opens connections again when the suspension ends.
+            return None;
+        }
+        let pool = core.shaper.pool(domain, now);
+        if pool.as_ref().map(|p| &p.name) != egress.map(|e| &e.pool.name) {
+            // Rerouted (or a reroute ended): the next connection goes out
+            // from the pool in force.
             return None;
         }
         let (work, seen) = core.queues.work_event(domain);
         if let Some(entry) = core.queues.pop_ready(domain) {
             let now = Instant::now();
-            match take_message(core, domain, limits, provider, now) {
+            match take_message(core, domain, limits, provider, egress, now) {
                 Ok(()) => return Some(first_recipients(core, domain, entry, limits)),
                 Err(at) => {
                     core.queues.push_ready(domain, entry, true);
@@ -399,13 +421,15 @@ fn take_message(
     domain: &str,
     limits: &Limits,
     provider: Option<&ProviderHandle>,
+    egress: Option<&SourceLease>,
     now: Instant,
 ) -> Result<(), Instant> {
     if let Some(rate) = &limits.message_rate {
         let scale = core.shaper.backoff(domain, now).scale;
         core.shaper.take_message(domain, &rate.scaled(scale), now)?;
     }
-    provider.map_or(Ok(()), |p| p.take_message(now))
+    provider.map_or(Ok(()), |p| p.take_message(now))?;
+    egress.map_or(Ok(()), |e| e.take_message(now))
 }
 
 /// `entry` with at most `recipients_per_transaction` recipients; the

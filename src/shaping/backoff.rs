@@ -25,6 +25,8 @@ pub enum Action {
     Throttle { factor: u64 },
     /// The recipient bounces (a temporary reply that means "never").
     Bounce,
+    /// The destination sends through the rule's pool for the duration.
+    Reroute,
 }
 
 /// Where a rule was written, which is what it acts on.
@@ -40,6 +42,8 @@ pub struct ResponseRule {
     pub action: Action,
     pub duration: Duration,
     pub scope: Scope,
+    /// reroute: the pool's name.
+    pub pool: Option<String>,
 }
 
 impl PartialEq for ResponseRule {
@@ -48,6 +52,7 @@ impl PartialEq for ResponseRule {
             && self.action == other.action
             && self.duration == other.duration
             && self.scope == other.scope
+            && self.pool == other.pool
     }
 }
 
@@ -60,6 +65,7 @@ impl ResponseRule {
         action: &str,
         duration: Option<Duration>,
         factor: Option<u64>,
+        pool: Option<&str>,
         scope: Scope,
     ) -> Result<ResponseRule, String> {
         if pattern.len() > PATTERN_BYTES_MAX {
@@ -73,9 +79,14 @@ impl ResponseRule {
                 f => return Err(format!("factor {f} is outside 2..=1000")),
             },
             ("bounce", None) => Action::Bounce,
-            ("reroute", _) => {
-                return Err("reroute is not supported yet (egress pools come next)".into())
+            ("reroute", None) if pool.is_none() => {
+                return Err("reroute needs pool = \"NAME\"".into())
             }
+            ("reroute", None) if scope == Scope::Provider => return Err(
+                "reroute acts on one destination: write it in [default] or a [destination] rule"
+                    .into(),
+            ),
+            ("reroute", None) => Action::Reroute,
             (_, Some(_)) => return Err("factor goes with action = \"throttle\" only".into()),
             (other, None) => {
                 return Err(format!(
@@ -83,6 +94,9 @@ impl ResponseRule {
                 ))
             }
         };
+        if pool.is_some() && action != Action::Reroute {
+            return Err("pool goes with action = \"reroute\" only".into());
+        }
         let duration = match (action, duration) {
             (Action::Bounce, None) => Duration::ZERO,
             (Action::Bounce, Some(_)) => return Err("bounce takes no duration".into()),
@@ -94,6 +108,7 @@ impl ResponseRule {
             action,
             duration,
             scope,
+            pool: pool.map(str::to_string),
         })
     }
 
@@ -108,6 +123,10 @@ impl ResponseRule {
             Action::Suspend => "suspended".to_string(),
             Action::Throttle { factor } => format!("throttled (limits divided by {factor})"),
             Action::Bounce => return format!("bounce by rule /{}/", self.pattern.as_str()),
+            Action::Reroute => format!(
+                "rerouted to pool {}",
+                self.pool.as_deref().unwrap_or_default()
+            ),
         };
         format!(
             "{target} {what} for {}s by rule /{}/",
@@ -156,7 +175,7 @@ impl Backoff {
                 self.throttled_until = Some(until);
                 self.factor = factor;
             }
-            Action::Bounce => {}
+            Action::Bounce | Action::Reroute => {}
         }
     }
 
@@ -274,7 +293,7 @@ impl SharedBackoff {
                 self.factor.store(factor, Ordering::Release);
                 self.throttled_until_ns.store(until, Ordering::Release);
             }
-            Action::Bounce => {}
+            Action::Bounce | Action::Reroute => {}
         }
     }
 
@@ -307,6 +326,7 @@ mod tests {
             action,
             secs.map(Duration::from_secs),
             None,
+            None,
             Scope::Destination,
         )
     }
@@ -323,7 +343,7 @@ mod tests {
             .contains("duration"));
         assert!(rule("421", "reroute", Some(60))
             .unwrap_err()
-            .contains("not supported"));
+            .contains("needs pool"));
         assert!(rule("421", "pause", Some(60))
             .unwrap_err()
             .contains("not an action"));
@@ -331,6 +351,7 @@ mod tests {
             "451",
             "throttle",
             Some(Duration::from_secs(5)),
+            None,
             None,
             Scope::Provider,
         )
@@ -351,6 +372,7 @@ mod tests {
             "throttle",
             Some(Duration::from_secs(10)),
             Some(4),
+            None,
             Scope::Provider,
         )
         .unwrap();

@@ -4,6 +4,7 @@
 //! Pure: text in, rules or an error out.
 
 use super::backoff::{ResponseRule, Scope, RULES_MAX};
+use super::egress::{self, RawPool, RawSource, SourceDef};
 use super::rate::Rate;
 use super::rules::{Partial, Retry, Rules};
 use serde::Deserialize;
@@ -38,8 +39,10 @@ struct RawFile {
     destination: BTreeMap<String, Spanned<RawLimits>>,
     #[serde(default)]
     provider: BTreeMap<String, Spanned<RawLimits>>,
-    source: Option<toml::Value>,
-    pool: Option<toml::Value>,
+    #[serde(default)]
+    source: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    pool: BTreeMap<String, RawPool>,
     warmup: Option<toml::Value>,
     tenant: Option<toml::Value>,
 }
@@ -56,7 +59,7 @@ struct RawLimits {
     recipients_per_transaction: Option<Spanned<i64>>,
     retry: Option<Spanned<Vec<String>>>,
     expire: Option<Spanned<String>>,
-    pool: Option<toml::Value>,
+    pool: Option<Spanned<String>>,
     adaptive: Option<Spanned<bool>>,
     on_response: Option<Vec<RawResponse>>,
 }
@@ -70,6 +73,8 @@ struct RawResponse {
     action: String,
     duration: Option<String>,
     factor: Option<i64>,
+    /// reroute: the pool to send through while the rule is in force.
+    pool: Option<String>,
 }
 
 /// Reads the text of a shaping file (`path` names it in errors).
@@ -89,12 +94,7 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
             reason: e.message().to_string(),
         }
     })?;
-    for (name, section) in [
-        ("source", &raw.source),
-        ("pool", &raw.pool),
-        ("warmup", &raw.warmup),
-        ("tenant", &raw.tenant),
-    ] {
+    for (name, section) in [("warmup", &raw.warmup), ("tenant", &raw.tenant)] {
         if section.is_some() {
             let line = line_where(text, |l| {
                 let l = l.trim_start_matches('[').trim_start();
@@ -174,6 +174,35 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
         let p = partial(limits.get_ref(), &key, text, &at)?;
         providers.insert(name.clone(), (clean, p));
     }
+    let (sources, pools) = egress_sections(&raw, text, path)?;
+    let named = |p: &Partial, section: &str| -> Result<(), ShapingError> {
+        let refs = p.pool.iter().map(|n| (n.clone(), "pool")).chain(
+            p.on_response
+                .iter()
+                .flat_map(|rules| rules.iter())
+                .filter_map(|r| r.pool.clone().map(|n| (n, "on_response"))),
+        );
+        for (name, key) in refs {
+            if !pools.contains_key(&name) {
+                return Err(ShapingError {
+                    path: path.to_string(),
+                    line: line_where(text, |l| {
+                        l.starts_with("pool") && l.contains(&format!("\"{name}\""))
+                    }),
+                    key: format!("{section}.{key}"),
+                    reason: format!("no [pool.{name}]"),
+                });
+            }
+        }
+        Ok(())
+    };
+    named(&default, "default")?;
+    for (d, p) in &destinations {
+        named(p, &format!("destination.\"{d}\""))?;
+    }
+    for (name, (_, p)) in &providers {
+        named(p, &format!("provider.{name}"))?;
+    }
     if providers.len() > PROVIDERS_MAX {
         return Err(at(
             0..0,
@@ -181,11 +210,61 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
             format!("more than {PROVIDERS_MAX} providers"),
         ));
     }
-    Ok(Rules::new(default, destinations, providers))
+    Ok(Rules::new(default, destinations, providers).with_egress(sources, pools))
+}
+
+/// The `[source.NAME]` and `[pool.NAME]` sections, checked.
+#[allow(clippy::type_complexity)]
+fn egress_sections(
+    raw: &RawFile,
+    text: &str,
+    path: &str,
+) -> Result<
+    (
+        BTreeMap<String, SourceDef>,
+        BTreeMap<String, Vec<(String, u32)>>,
+    ),
+    ShapingError,
+> {
+    let header_line = |kind: &str, name: &str| {
+        line_where(text, |l| {
+            let l = l.split('#').next().unwrap_or("").trim();
+            l == format!("[{kind}.{name}]") || l == format!("[{kind}.\"{name}\"]")
+        })
+    };
+    if raw.source.len() > egress::SOURCES_MAX {
+        return Err(ShapingError {
+            path: path.to_string(),
+            line: 0,
+            key: "source".into(),
+            reason: format!("more than {} sources", egress::SOURCES_MAX),
+        });
+    }
+    let mut sources = BTreeMap::new();
+    for (name, src) in &raw.source {
+        let def = egress::source(src).map_err(|(reason, key)| ShapingError {
+            path: path.to_string(),
+            line: header_line("source", name),
+            key: format!("source.{name}.{key}"),
+            reason,
+        })?;
+        sources.insert(name.clone(), def);
+    }
+    let mut pools = BTreeMap::new();
+    for (name, p) in &raw.pool {
+        let members = egress::pool(p, &sources).map_err(|reason| ShapingError {
+            path: path.to_string(),
+            line: header_line("pool", name),
+            key: format!("pool.{name}.sources"),
+            reason,
+        })?;
+        pools.insert(name.clone(), members);
+    }
+    Ok((sources, pools))
 }
 
 fn not_yet(section: &str) -> String {
-    format!("{section} is not supported yet (issue 11: sources, pools, warm-up and tenants come next); remove it")
+    format!("{section} is not supported yet (issue 11: warm-up and tenants come next); remove it")
 }
 
 type At<'a> = dyn Fn(std::ops::Range<usize>, &str, String) -> ShapingError + 'a;
@@ -201,18 +280,7 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
             "adaptive mode is per destination: set it in [default] or a [destination] rule".into();
         return Err(at(a.span(), &key("adaptive"), reason));
     }
-    for (name, value) in [("pool", &raw.pool)] {
-        if value.is_some() {
-            let line = line_where(text, |l| {
-                let l = l.trim_start_matches('[');
-                l.starts_with(name) && l[name.len()..].trim_start().starts_with('=')
-                    || l.contains(&format!(".{name}]"))
-            });
-            let mut e = at(0..0, &key(name), not_yet(name));
-            e.line = line;
-            return Err(e);
-        }
-    }
+
     let count = |v: &Option<Spanned<i64>>,
                  k: &str,
                  min: i64,
@@ -279,6 +347,7 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
         expire,
         on_response,
         adaptive: raw.adaptive.as_ref().map(|a| *a.get_ref()),
+        pool: raw.pool.as_ref().map(|p| p.get_ref().clone()),
     })
 }
 
@@ -325,8 +394,15 @@ fn responses(
                 Some(f) if f < 0 => return Err(fail(i, format!("factor {f} is negative"))),
                 f => f.map(|f| f as u64),
             };
-            ResponseRule::new(&r.pattern, &r.action, duration, factor, scope)
-                .map_err(|e| fail(i, e))
+            ResponseRule::new(
+                &r.pattern,
+                &r.action,
+                duration,
+                factor,
+                r.pool.as_deref(),
+                scope,
+            )
+            .map_err(|e| fail(i, e))
         })
         .collect()
 }

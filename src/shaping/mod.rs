@@ -24,6 +24,7 @@
 //! them.
 
 pub mod backoff;
+pub mod egress;
 pub mod explain;
 pub mod file;
 pub mod provider;
@@ -48,7 +49,8 @@ use std::time::Instant;
 /// state says nothing (their limiters are idle).
 const BUCKETS_SWEEP_AT: usize = 10_000;
 
-/// Reads and checks a shaping file.
+/// Reads and checks a shaping file, also that this host can send from
+/// every source address in it.
 pub fn load(path: &Path) -> Result<Rules, ShapingError> {
     let text = std::fs::read_to_string(path).map_err(|e| ShapingError {
         path: path.display().to_string(),
@@ -56,7 +58,19 @@ pub fn load(path: &Path) -> Result<Rules, ShapingError> {
         key: "(file)".into(),
         reason: e.to_string(),
     })?;
-    file::parse(&text, &path.display().to_string())
+    let rules = file::parse(&text, &path.display().to_string())?;
+    for (name, address) in rules.source_addresses() {
+        crate::delivery::check_source(address).map_err(|e| ShapingError {
+            path: path.display().to_string(),
+            line: text
+                .lines()
+                .position(|l| l.trim() == format!("[source.{name}]"))
+                .map_or(0, |i| i + 1),
+            key: format!("source.{name}.address"),
+            reason: format!("this host cannot send from {address}: {e}"),
+        })?;
+    }
+    Ok(rules)
 }
 
 /// The rules in force, shared by every core.
@@ -201,6 +215,8 @@ struct Buckets {
     messages: Gcra,
     connections: Gcra,
     backoff: backoff::Backoff,
+    /// A reroute rule in force: the pool, until when.
+    reroute: Option<(Arc<egress::Pool>, Instant)>,
 }
 
 /// What a reply rule did, for the delivery log and the reply's recipients.
@@ -305,7 +321,16 @@ impl Shaper {
         let rule = limits.on_response.iter().find(|r| r.matches(reply))?;
         let target = match rule.scope {
             backoff::Scope::Destination => {
-                self.with_buckets(domain, now, |b| b.backoff.apply(rule, now));
+                let pool = rule
+                    .pool
+                    .as_ref()
+                    .and_then(|name| self.rules.borrow().pool(name).cloned());
+                self.with_buckets(domain, now, |b| {
+                    b.backoff.apply(rule, now);
+                    if let Some(pool) = pool {
+                        b.reroute = Some((pool, now + rule.duration));
+                    }
+                });
                 format!("destination {domain}")
             }
             backoff::Scope::Provider => {
@@ -368,6 +393,21 @@ impl Shaper {
         })
     }
 
+    /// The pool `domain`'s connections go out from: a reroute's while one
+    /// is in force, else its rule's; `None`: `delivery.source_address`.
+    pub fn pool(&self, domain: &str, now: Instant) -> Option<Arc<egress::Pool>> {
+        let rerouted = self
+            .buckets
+            .borrow()
+            .get(domain)
+            .and_then(|b| b.reroute.clone())
+            .filter(|(_, until)| *until > now);
+        match rerouted {
+            Some((pool, _)) => Some(pool),
+            None => self.limits(domain).pool.clone(),
+        }
+    }
+
     /// Takes one message of `domain`'s rate, or says when one conforms.
     pub fn take_message(&self, domain: &str, rate: &Rate, now: Instant) -> Result<(), Instant> {
         self.with_buckets(domain, now, |b| b.messages.take(rate, now))
@@ -382,7 +422,11 @@ impl Shaper {
         let mut buckets = self.buckets.borrow_mut();
         if buckets.len() >= BUCKETS_SWEEP_AT && !buckets.contains_key(domain) {
             buckets.retain(|_, b| {
-                !(b.messages.is_idle(now) && b.connections.is_idle(now) && b.backoff.is_idle(now))
+                let rerouted = b.reroute.as_ref().is_some_and(|(_, until)| *until > now);
+                rerouted
+                    || !(b.messages.is_idle(now)
+                        && b.connections.is_idle(now)
+                        && b.backoff.is_idle(now))
             });
         }
         match buckets.get_mut(domain) {

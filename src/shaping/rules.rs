@@ -7,6 +7,7 @@
 //! whole (see [`super::Published`]).
 
 use super::backoff::ResponseRule;
+use super::egress::{Member, Pool, SourceDef};
 use super::provider::SharedLimits;
 use super::rate::Rate;
 use crate::config::Config;
@@ -57,6 +58,8 @@ pub struct Limits {
     /// 4xx replies lower the connections and rate in use, deliveries
     /// raise them back (`super::backoff::Adaptive`).
     pub adaptive: bool,
+    /// The sources connections go out from; `None`: `delivery.source_address`.
+    pub pool: Option<Arc<Pool>>,
 }
 
 /// The keys one rule sets.
@@ -71,6 +74,7 @@ pub struct Partial {
     pub expire: Option<Duration>,
     pub on_response: Option<Arc<[ResponseRule]>>,
     pub adaptive: Option<bool>,
+    pub pool: Option<String>,
 }
 
 /// The file's rules; [`Rules::resolve`] joins them with a configuration.
@@ -80,6 +84,9 @@ pub struct Rules {
     destinations: BTreeMap<String, Partial>,
     /// By name: the MX host suffixes, and the keys the rule sets.
     providers: BTreeMap<String, (Vec<String>, Partial)>,
+    sources: BTreeMap<String, SourceDef>,
+    /// By name: each member source and its weight.
+    pools: BTreeMap<String, Vec<(String, u32)>>,
 }
 
 impl Rules {
@@ -92,7 +99,28 @@ impl Rules {
             default,
             destinations,
             providers,
+            sources: BTreeMap::new(),
+            pools: BTreeMap::new(),
         }
+    }
+
+    /// The rules with these sources and pools.
+    pub fn with_egress(
+        mut self,
+        sources: BTreeMap<String, SourceDef>,
+        pools: BTreeMap<String, Vec<(String, u32)>>,
+    ) -> Rules {
+        self.sources = sources;
+        self.pools = pools;
+        self
+    }
+
+    /// Every source's address, to check at start and reload that this
+    /// host has it.
+    pub fn source_addresses(&self) -> impl Iterator<Item = (&str, std::net::IpAddr)> {
+        self.sources
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.def_address()))
     }
 
     pub fn provider_count(&self) -> usize {
@@ -114,6 +142,23 @@ impl Rules {
         cfg: &Config,
         shared: &mut dyn FnMut(&str) -> Arc<SharedLimits>,
     ) -> Resolved {
+        let pools: HashMap<String, Arc<Pool>> = self
+            .pools
+            .iter()
+            .map(|(name, members)| {
+                let members = members
+                    .iter()
+                    .map(|(source, weight)| Member {
+                        name: source.clone(),
+                        def: self.sources[source].clone(),
+                        weight: *weight,
+                        shared: shared(&format!("source {source}")),
+                    })
+                    .collect();
+                (name.clone(), Arc::new(Pool::new(name.clone(), members)))
+            })
+            .collect();
+        let apply = |under: &Limits, p: &Partial| apply(under, p, &pools);
         let base = base(cfg);
         let default = Arc::new(apply(&base, &self.default));
         let destinations = self
@@ -141,6 +186,7 @@ impl Rules {
             destinations,
             destination_rules: self.destinations.clone(),
             providers,
+            pools,
         }
     }
 
@@ -259,10 +305,11 @@ fn base(cfg: &Config) -> Limits {
         expire: d.expire,
         on_response: Arc::new([]),
         adaptive: false,
+        pool: None,
     }
 }
 
-fn apply(under: &Limits, p: &Partial) -> Limits {
+fn apply(under: &Limits, p: &Partial, pools: &HashMap<String, Arc<Pool>>) -> Limits {
     Limits {
         connections: p.connections.unwrap_or(under.connections),
         message_rate: p.message_rate.or(under.message_rate),
@@ -284,6 +331,11 @@ fn apply(under: &Limits, p: &Partial) -> Limits {
                 .collect(),
         },
         adaptive: p.adaptive.unwrap_or(under.adaptive),
+        pool: match &p.pool {
+            // Names were checked against the pools when the file was read.
+            Some(name) => pools.get(name).cloned(),
+            None => under.pool.clone(),
+        },
     }
 }
 
@@ -331,6 +383,7 @@ pub struct Resolved {
     destinations: HashMap<String, Arc<Limits>>,
     destination_rules: BTreeMap<String, Partial>,
     providers: Vec<Provider>,
+    pools: HashMap<String, Arc<Pool>>,
 }
 
 impl Resolved {
@@ -352,7 +405,11 @@ impl Resolved {
             (None, Some(own)) => own.clone(),
             (None, None) => self.default.clone(),
             (Some(p), None) => p.limits.clone(),
-            (Some(p), Some(_)) => Arc::new(apply(&p.limits, &self.destination_rules[domain])),
+            (Some(p), Some(_)) => Arc::new(apply(
+                &p.limits,
+                &self.destination_rules[domain],
+                &self.pools,
+            )),
         }
     }
 
@@ -370,6 +427,10 @@ impl Resolved {
 
     pub fn provider(&self, index: usize) -> &Provider {
         &self.providers[index]
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
     }
 }
 

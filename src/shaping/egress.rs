@@ -1,0 +1,256 @@
+//! Egress: the local addresses ("sources") delivery connects from, each
+//! with its EHLO name and limits, grouped into weighted pools.
+//!
+//! A pool's choice is shared by every core: each pool counts the messages
+//! each of its sources has sent (atomics), and a new connection takes the
+//! source furthest behind its weight's share, so the shares hold over all
+//! cores together rather than per core at random. A source's own limits
+//! (connections, message rate) are totals over all cores too, held like a
+//! provider's ([`super::provider::SharedLimits`]).
+
+use super::provider::{ConnectionSlot, SharedLimits};
+use super::rate::Rate;
+use super::rules::Totals;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Most sources, and most sources in one pool.
+pub const SOURCES_MAX: usize = 1024;
+/// Largest weight of a source in a pool.
+pub const WEIGHT_MAX: i64 = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub address: String,
+    pub ehlo: Option<String>,
+    pub connections: Option<i64>,
+    pub message_rate: Option<String>,
+    pub warmup: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    pub sources: BTreeMap<String, i64>,
+}
+
+/// A source as the file defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDef {
+    pub address: IpAddr,
+    /// `None`: `delivery.ehlo_name`.
+    pub ehlo: Option<String>,
+    pub totals: Totals,
+}
+
+impl SourceDef {
+    pub fn def_address(&self) -> IpAddr {
+        self.address
+    }
+}
+
+/// Checks one `[source.NAME]`; the error is the reason and the key.
+pub(super) fn source(raw: &RawSource) -> Result<SourceDef, (String, &'static str)> {
+    let address = raw
+        .address
+        .parse()
+        .map_err(|_| (format!("{:?} is not an IP address", raw.address), "address"))?;
+    if let Some(e) = &raw.ehlo {
+        let ok = !e.is_empty()
+            && e.len() <= 253
+            && e.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            return Err((format!("{e:?} is not a host name"), "ehlo"));
+        }
+    }
+    if raw.warmup.is_some() {
+        return Err((
+            "warm-up is not supported yet (issue 11); remove it".into(),
+            "warmup",
+        ));
+    }
+    let connections = match raw.connections {
+        None => None,
+        Some(n) if (1..=100_000).contains(&n) => Some(n as u32),
+        Some(n) => return Err((format!("{n} is outside 1..=100000"), "connections")),
+    };
+    let message_rate = raw
+        .message_rate
+        .as_deref()
+        .map(Rate::parse)
+        .transpose()
+        .map_err(|e| (e, "message_rate"))?;
+    Ok(SourceDef {
+        address,
+        ehlo: raw.ehlo.clone(),
+        totals: Totals {
+            connections,
+            message_rate,
+            connection_rate: None,
+        },
+    })
+}
+
+/// Checks one `[pool.NAME]` against the sources: its members and weights.
+pub(super) fn pool(
+    raw: &RawPool,
+    sources: &BTreeMap<String, SourceDef>,
+) -> Result<Vec<(String, u32)>, String> {
+    if raw.sources.is_empty() || raw.sources.len() > SOURCES_MAX {
+        return Err(format!("needs 1 to {SOURCES_MAX} sources"));
+    }
+    raw.sources
+        .iter()
+        .map(|(name, &w)| {
+            if !sources.contains_key(name) {
+                return Err(format!("no [source.{name}]"));
+            }
+            if !(1..=WEIGHT_MAX).contains(&w) {
+                return Err(format!("weight {w} of {name} is outside 1..={WEIGHT_MAX}"));
+            }
+            Ok((name.clone(), w as u32))
+        })
+        .collect()
+}
+
+/// One source in a resolved pool.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub def: SourceDef,
+    pub weight: u32,
+    /// The source's counts, shared by every pool it is in and every core.
+    pub shared: Arc<SharedLimits>,
+}
+
+/// A pool, resolved: its members and the messages each has sent.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub members: Vec<Member>,
+    sent: Vec<AtomicU64>,
+}
+
+/// Pools are told apart by name (within one set of rules names are unique).
+impl PartialEq for Pool {
+    fn eq(&self, other: &Pool) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Pool {}
+
+/// The source a connection goes out from, and its place in its
+/// connection limit (dropped with the connection).
+pub struct SourceLease {
+    pub pool: Arc<Pool>,
+    pub member: usize,
+    _slot: Option<ConnectionSlot>,
+}
+
+impl SourceLease {
+    pub fn source(&self) -> &Member {
+        &self.pool.members[self.member]
+    }
+
+    /// Counts one message sent from this source, for the pool's shares.
+    pub fn sent(&self) {
+        self.pool.sent[self.member].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One message of the source's own rate, or when one conforms.
+    pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
+        let m = self.source();
+        match &m.def.totals.message_rate {
+            Some(rate) => m.shared.take_message(rate, now),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(name: String, members: Vec<Member>) -> Pool {
+        let sent = members.iter().map(|_| AtomicU64::new(0)).collect();
+        Pool {
+            name,
+            members,
+            sent,
+        }
+    }
+
+    /// The source for a new connection: the one furthest behind its
+    /// weight's share of the pool's messages that has a connection to
+    /// spare; `None` if none has.
+    pub fn choose(self: &Arc<Self>) -> Option<SourceLease> {
+        let mut order: Vec<(f64, usize)> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let sent = self.sent[i].load(Ordering::Relaxed) as f64;
+                (sent / f64::from(m.weight), i)
+            })
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        order.into_iter().find_map(|(_, i)| {
+            let m = &self.members[i];
+            let slot = match m.def.totals.connections {
+                Some(max) => Some(m.shared.open_connection(max)?),
+                None => None,
+            };
+            Some(SourceLease {
+                pool: self.clone(),
+                member: i,
+                _slot: slot,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, weight: u32, connections: Option<u32>) -> Member {
+        Member {
+            name: name.into(),
+            def: SourceDef {
+                address: "127.0.0.1".parse().unwrap(),
+                ehlo: None,
+                totals: Totals {
+                    connections,
+                    message_rate: None,
+                    connection_rate: None,
+                },
+            },
+            weight,
+            shared: Arc::new(SharedLimits::new(Instant::now())),
+        }
+    }
+
+    #[test]
+    fn choices_follow_the_weights_and_the_connection_limits() {
+        let pool = Arc::new(Pool::new(
+            "p".into(),
+            vec![member("a", 1, None), member("b", 3, None)],
+        ));
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            let e = pool.choose().unwrap();
+            counts[e.member] += 1;
+            e.sent();
+        }
+        assert_eq!(counts, [100, 300]);
+        let capped = Arc::new(Pool::new("c".into(), vec![member("a", 1, Some(1))]));
+        let held = capped.choose().unwrap();
+        assert!(capped.choose().is_none(), "its one connection is taken");
+        drop(held);
+        assert!(capped.choose().is_some());
+    }
+}
