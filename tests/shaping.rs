@@ -375,13 +375,37 @@ fn shaping_check_names_the_line_and_key_of_a_bad_value() {
     assert!(!ok && out.contains("line 5"), "{out}");
 }
 
+/// unbound publishing an MX host under `.bigmail.test` for each of
+/// `domains`, all at `mx`'s address, and a two-core spate that asks it and
+/// shapes by `rules`.
+fn provider_spate(mx: &CountingMx, domains: &[String], rules: &str) -> (Unbound, Spate) {
+    let (mx_ip, mx_port) = mx.addr.rsplit_once(':').unwrap();
+    let mut zone = String::from("  local-zone: \"test.\" static\n");
+    for (i, d) in domains.iter().enumerate() {
+        zone += &format!("  local-data: \"{d}. 300 IN MX 10 mx{i}.bigmail.test.\"\n  local-data: \"mx{i}.bigmail.test. 300 IN A {mx_ip}\"\n");
+    }
+    let dns = Unbound::start(&zone);
+    let cfg = file("c.toml", &format!("[delivery]\nmx_port = {mx_port}\n"));
+    let args = [
+        "--cores",
+        "2",
+        "--dns",
+        &dns.addr,
+        "--config",
+        &cfg,
+        "--shaping",
+        rules,
+    ];
+    let spate = Spate::start(&args);
+    (dns, spate)
+}
+
 /// A provider rule spans domains that both cores own (picked with spate's
 /// own ownership function): its connections and its message rate are
 /// totals, held at the sink while every core has mail for the provider.
 #[test]
 fn a_provider_limit_holds_over_domains_on_both_cores() {
     let mx = CountingMx::start(Duration::from_millis(50));
-    let (mx_ip, mx_port) = mx.addr.rsplit_once(':').unwrap();
     let mut domains = Vec::new();
     for core in 0..2 {
         let mine = (0..)
@@ -390,26 +414,11 @@ fn a_provider_limit_holds_over_domains_on_both_cores() {
             .take(3);
         domains.extend(mine);
     }
-    let mut zone = String::from("  local-zone: \"test.\" static\n");
-    for (i, d) in domains.iter().enumerate() {
-        zone += &format!("  local-data: \"{d}. 300 IN MX 10 mx{i}.bigmail.test.\"\n  local-data: \"mx{i}.bigmail.test. 300 IN A {mx_ip}\"\n");
-    }
-    let dns = Unbound::start(&zone);
     let rules = file(
         "s.toml",
         "[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\nconnections = 3\nmessage_rate = \"20/s,burst=2\"\n",
     );
-    let cfg = file("c.toml", &format!("[delivery]\nmx_port = {mx_port}\n"));
-    let mut spate = Spate::start(&[
-        "--cores",
-        "2",
-        "--dns",
-        &dns.addr,
-        "--config",
-        &cfg,
-        "--shaping",
-        &rules,
-    ]);
+    let (_dns, mut spate) = provider_spate(&mx, &domains, &rules);
     let mut smtp = spate.connect();
     for round in 0..5 {
         for d in &domains {
@@ -463,7 +472,6 @@ fn a_421_pattern_suspends_the_provider_on_every_core_without_spending_a_retry() 
             per_second: None,
         },
     );
-    let (mx_ip, mx_port) = mx.addr.rsplit_once(':').unwrap();
     let first = (0..)
         .map(|i| format!("p{i}.test"))
         .find(|d| spate::router::owner_of(d, 2) == 0)
@@ -472,26 +480,11 @@ fn a_421_pattern_suspends_the_provider_on_every_core_without_spending_a_retry() 
         .map(|i| format!("q{i}.test"))
         .find(|d| spate::router::owner_of(d, 2) == 1)
         .unwrap();
-    let mut zone = String::from("  local-zone: \"test.\" static\n");
-    for d in [&first, &second] {
-        zone += &format!("  local-data: \"{d}. 300 IN MX 10 mx.{d}.bigmail.test.\"\n  local-data: \"mx.{d}.bigmail.test. 300 IN A {mx_ip}\"\n");
-    }
-    let dns = Unbound::start(&zone);
     let rules = file(
         "s.toml",
         "[default]\nretry = [\"1h\"]\n\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\n\n[[provider.bigmail.on_response]]\nmatch = '^421 .*rate limited'\naction = \"suspend\"\nduration = \"3s\"\n",
     );
-    let cfg = file("c.toml", &format!("[delivery]\nmx_port = {mx_port}\n"));
-    let mut spate = Spate::start(&[
-        "--cores",
-        "2",
-        "--dns",
-        &dns.addr,
-        "--config",
-        &cfg,
-        "--shaping",
-        &rules,
-    ]);
+    let (_dns, mut spate) = provider_spate(&mx, &[first.clone(), second.clone()], &rules);
     let mut smtp = spate.connect();
     smtp.transaction("", &[&format!("r@{first}")], b"Subject: first\r\n\r\nx\r\n");
     wait_until(LONG, "the suspension", || {

@@ -198,17 +198,7 @@ fn react(
         };
         let what = reaction.rule.describe(&reaction.target);
         let response = format!("{what}: {reply}");
-        log(
-            core,
-            entry,
-            domain,
-            *index,
-            Kind::Backoff,
-            &response,
-            entry.attempts + 1,
-            remote,
-            now,
-        );
+        log_backoff(core, entry, domain, *index, &response, remote, now);
         reactions.push((reply.to_string(), reaction));
     }
     reactions
@@ -239,18 +229,32 @@ fn adapt(
             level * 100.0,
             outcome.reason()
         );
-        log(
-            core,
-            entry,
-            domain,
-            *index,
-            Kind::Backoff,
-            &response,
-            entry.attempts + 1,
-            remote,
-            now,
-        );
+        log_backoff(core, entry, domain, *index, &response, remote, now);
     }
+}
+
+/// A `Backoff` record about the attempt that caused it.
+fn log_backoff(
+    core: &Core,
+    entry: &Entry,
+    domain: &str,
+    index: u32,
+    response: &str,
+    remote: Option<&Remote>,
+    now: u64,
+) {
+    let attempt = entry.attempts + 1;
+    log(
+        core,
+        entry,
+        domain,
+        index,
+        Kind::Backoff,
+        response,
+        attempt,
+        remote,
+        now,
+    );
 }
 
 /// Spools the DSN for the bounced and expired recipients (not for the null
