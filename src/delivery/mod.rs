@@ -72,15 +72,17 @@ fn open_connections(core: &Rc<Core>, domain: Box<str>) {
     if open >= want {
         return;
     }
-    if let Some(at) = limits.message_rate.and_then(|rate| {
+    let own_due = limits.message_rate.and_then(|rate| {
         core.shaper
             .message_due(&domain, &rate.scaled(backoff.scale), now)
-    }) {
+    });
+    if let Some(at) = own_due.max(core.shaper.provider_message_due(&domain, now)) {
         return look_again_at(core, domain, at);
     }
     for _ in open..want {
         if let Some(rate) = &limits.connection_rate {
-            if let Err(at) = core.shaper.take_connection(&domain, rate, now) {
+            let rate = rate.scaled(backoff.scale);
+            if let Err(at) = core.shaper.take_connection(&domain, &rate, now) {
                 return look_again_at(core, domain, at);
             }
         }
@@ -111,14 +113,16 @@ async fn connection(core: Rc<Core>, domain: Box<str>) {
         return;
     }
     match busy {
-        Some(ProviderBusy(at)) => look_again_at(&core, domain, at),
+        Some(LookAgain(at)) => look_again_at(&core, domain, at),
         None => core.queues.mark_dirty(&domain),
     }
 }
 
-/// A connection that was not made: the domain's provider has no
-/// connection (or connection rate) to spare until then.
-struct ProviderBusy(Instant);
+/// A connection that was not made, or ended, because a limit beyond the
+/// domain's own count (its provider's, its source's, a rate) has nothing
+/// to spare until then: the driver looks at the domain again at that
+/// time, not at once.
+struct LookAgain(Instant);
 
 /// The host an attempt talked to, for the log and DSNs.
 pub struct Remote {
@@ -276,7 +280,7 @@ async fn open_client(
 }
 
 /// One connection's life: plan, connect, send until idle or at the limit.
-async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<ProviderBusy> {
+async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     let plan = match plan(core, domain).await {
         Ok(plan) => plan,
         Err(outcome) => {
@@ -290,13 +294,18 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<ProviderBusy> {
         .as_ref()
         .map(|p| p.open_connection(Instant::now()))
     {
-        Some(Err(at)) => return Some(ProviderBusy(at)),
+        Some(Err(at)) => return Some(LookAgain(at)),
         Some(Ok(slot)) => slot,
         None => None,
     };
     let now = Instant::now();
-    let egress = match core.shaper.pool(domain, now).map(|pool| pool.choose()) {
-        Some(None) => return Some(ProviderBusy(now + shaping::PROVIDER_FULL_RETRY)),
+    let expected = u64::from(core.shaper.limits(domain).messages_per_connection);
+    let egress = match core
+        .shaper
+        .pool(domain, now)
+        .map(|pool| pool.choose(expected))
+    {
+        Some(None) => return Some(LookAgain(now + shaping::PROVIDER_FULL_RETRY)),
         Some(Some(egress)) => Some(egress),
         None => None,
     };
@@ -318,7 +327,15 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<ProviderBusy> {
     let mut sent = 0;
     let mut broken = false;
     let provider = plan.provider.as_ref();
-    while let Some(entry) = next_entry(core, domain, &limits, provider, egress.as_ref()).await {
+    let mut look_again = None;
+    loop {
+        let entry = match next_entry(core, domain, &limits, provider, egress.as_ref()).await {
+            Ok(entry) => entry,
+            Err(at) => {
+                look_again = at.map(LookAgain);
+                break;
+            }
+        };
         let (outcomes, lost) = send(&mut client, &entry).await;
         if let Some(e) = &egress {
             e.sent();
@@ -333,7 +350,7 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<ProviderBusy> {
     if !broken {
         client.quit().await;
     }
-    None
+    look_again
 }
 
 /// One transaction for `entry`, its addresses read from the spool record.
@@ -349,42 +366,44 @@ async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool)
 }
 
 /// The next entry for `domain` as its limits allow: waiting up to the idle
-/// timeout for one, and for its message rate (ending the connection when
-/// the rate's wait is longer than the idle timeout); cut to
-/// `recipients_per_transaction`, the rest put back to go next.
+/// timeout for one, and for its message rates; cut to
+/// `recipients_per_transaction`, the rest put back to go next. `Err`: the
+/// connection is done, with when to look at the domain again if a rate's
+/// wait is longer than the idle timeout (the driver must not open a new
+/// connection before then).
 async fn next_entry(
     core: &Core,
     domain: &str,
     limits: &Limits,
     provider: Option<&ProviderHandle>,
     egress: Option<&SourceLease>,
-) -> Option<Entry> {
+) -> Result<Entry, Option<Instant>> {
     let idle = core.cfg.delivery.idle_timeout;
     let deadline = Instant::now() + idle;
     loop {
         if core.stop.is_stopped() {
-            return None;
+            return Err(None);
         }
         let now = Instant::now();
         if core.shaper.backoff(domain, now).suspended_until.is_some() {
             // The driver opens connections again when the suspension ends.
-            return None;
+            return Err(None);
         }
         let pool = core.shaper.pool(domain, now);
         if pool.as_ref().map(|p| &p.name) != egress.map(|e| &e.pool.name) {
             // Rerouted (or a reroute ended): the next connection goes out
             // from the pool in force.
-            return None;
+            return Err(None);
         }
         let (work, seen) = core.queues.work_event(domain);
         if let Some(entry) = core.queues.pop_ready(domain) {
             let now = Instant::now();
             match take_message(core, domain, limits, provider, egress, now) {
-                Ok(()) => return Some(first_recipients(core, domain, entry, limits)),
+                Ok(()) => return Ok(first_recipients(core, domain, entry, limits)),
                 Err(at) => {
                     core.queues.push_ready(domain, entry, true);
                     if at.saturating_duration_since(now) > idle {
-                        return None;
+                        return Err(Some(at));
                     }
                     let wait = glommio::timer::sleep(at.saturating_duration_since(now));
                     futures_lite::future::or(wait, core.stop.wait()).await;
@@ -392,7 +411,9 @@ async fn next_entry(
                 }
             }
         }
-        let left = deadline.checked_duration_since(Instant::now())?;
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .ok_or(None)?;
         let waited = futures_lite::future::or(
             async {
                 work.wait(seen).await;
@@ -409,13 +430,14 @@ async fn next_entry(
         })
         .await
         {
-            return None;
+            return Err(None);
         }
     }
 }
 
-/// One message of the destination's rate and of its provider's total, or
-/// when one will conform.
+/// One message of the destination's rate, its provider's total and its
+/// source's, or when all three will let one go. Every limiter is asked
+/// before any token is taken, so a refusal spends none.
 fn take_message(
     core: &Core,
     domain: &str,
@@ -424,10 +446,24 @@ fn take_message(
     egress: Option<&SourceLease>,
     now: Instant,
 ) -> Result<(), Instant> {
-    if let Some(rate) = &limits.message_rate {
-        let scale = core.shaper.backoff(domain, now).scale;
-        core.shaper.take_message(domain, &rate.scaled(scale), now)?;
+    let scale = core.shaper.backoff(domain, now).scale;
+    let rate = limits.message_rate.map(|r| r.scaled(scale));
+    let due = [
+        rate.and_then(|r| core.shaper.message_due(domain, &r, now)),
+        provider.and_then(|p| p.message_due(now)),
+        egress.and_then(|e| e.message_due(now)),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    if let Some(at) = due {
+        return Err(at);
     }
+    if let Some(rate) = &rate {
+        core.shaper.take_message(domain, rate, now)?;
+    }
+    // Another core may have taken the last shared token since: then this
+    // one waits for the next (its destination token is spent, rarely).
     provider.map_or(Ok(()), |p| p.take_message(now))?;
     egress.map_or(Ok(()), |e| e.take_message(now))
 }

@@ -41,9 +41,12 @@ impl Myself {
     pub fn is_me(&self, ip: IpAddr, port: u16) -> bool {
         let ip = canonical(ip);
         self.listen.iter().any(|l| {
+            // 0.0.0.0 takes IPv4 only; [::] takes both (dual stack).
+            let family = l.ip().is_ipv6() || ip.is_ipv4();
             l.port() == port
                 && (l.ip() == ip
                     || l.ip().is_unspecified()
+                        && family
                         && (ip.is_loopback() || ip.is_unspecified() || self.local.contains(&ip)))
         })
     }
@@ -152,6 +155,11 @@ mod tests {
         assert!(any.is_me("127.9.9.9".parse().unwrap(), 25));
         assert!(any.is_me("192.0.2.7".parse().unwrap(), 25));
         assert!(!any.is_me("192.0.2.8".parse().unwrap(), 25));
+        assert!(
+            !any.is_me("::1".parse().unwrap(), 25),
+            "0.0.0.0 takes no IPv6"
+        );
+        assert!(me("[::]:25").is_me("::1".parse().unwrap(), 25));
     }
 
     #[test]

@@ -214,8 +214,11 @@ fn adapt(
     remote: Option<&Remote>,
     now: u64,
 ) {
+    // Only a reply the destination gave counts, not a deferral spate
+    // made itself (DNS, a loop, a denied network, a lost connection).
     let pushed_back = outcomes
         .iter()
+        .filter(|_| remote.is_some())
         .find(|(_, o)| matches!(o, Outcome::Deferred(r) if r.starts_with('4')));
     let delivered = outcomes
         .iter()

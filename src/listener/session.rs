@@ -515,10 +515,13 @@ fn make_room(buf: &mut Vec<u8>, incoming: usize, ceiling: usize, lease: &mut Dat
     if need <= buf.capacity() {
         return true;
     }
-    let target = need.max(buf.capacity() * 2).min(ceiling.max(need)) + RECORD_SLACK_BYTES;
-    if !lease.cover(target) {
+    let doubled = need.max(buf.capacity() * 2).min(ceiling.max(need)) + RECORD_SLACK_BYTES;
+    let exact = need + RECORD_SLACK_BYTES;
+    // Doubling keeps reallocations few; when the budget cannot spare the
+    // double, the bytes really needed may still fit.
+    let Some(target) = [doubled, exact].into_iter().find(|&t| lease.cover(t)) else {
         return false;
-    }
+    };
     buf.reserve_exact(target - buf.len());
     // The allocator may round up; the lease follows what is really held.
     lease.cover(buf.capacity())

@@ -2,9 +2,10 @@
 //! with its EHLO name and limits, grouped into weighted pools.
 //!
 //! A pool's choice is shared by every core: each pool counts the messages
-//! each of its sources has sent (atomics), and a new connection takes the
-//! source furthest behind its weight's share, so the shares hold over all
-//! cores together rather than per core at random. A source's own limits
+//! each of its sources has sent or has reserved for a connection still
+//! open (atomics), and a new connection takes the source furthest behind
+//! its weight's share, so the shares hold over all cores together rather
+//! than per core at random. A source's own limits
 //! (connections, message rate) are totals over all cores too, held like a
 //! provider's ([`super::provider::SharedLimits`]).
 
@@ -151,7 +152,18 @@ impl Eq for Pool {}
 pub struct SourceLease {
     pub pool: Arc<Pool>,
     pub member: usize,
+    /// Messages counted for this connection in advance, and sent so far.
+    reserved: u64,
+    used: std::cell::Cell<u64>,
     _slot: Option<ConnectionSlot>,
+}
+
+impl Drop for SourceLease {
+    /// Gives back the reserved messages this connection did not send.
+    fn drop(&mut self) {
+        let unused = self.reserved.saturating_sub(self.used.get());
+        self.pool.sent[self.member].fetch_sub(unused, Ordering::Relaxed);
+    }
 }
 
 impl SourceLease {
@@ -159,9 +171,21 @@ impl SourceLease {
         &self.pool.members[self.member]
     }
 
-    /// Counts one message sent from this source, for the pool's shares.
+    /// Counts one message sent from this source, for the pool's shares
+    /// (past the reservation, the pool's count grows with it).
     pub fn sent(&self) {
-        self.pool.sent[self.member].fetch_add(1, Ordering::Relaxed);
+        let used = self.used.get() + 1;
+        self.used.set(used);
+        if used > self.reserved {
+            self.pool.sent[self.member].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the source's own rate lets the next message go; `None`: now.
+    pub fn message_due(&self, now: Instant) -> Option<Instant> {
+        let m = self.source();
+        m.shared
+            .message_due(m.def.totals.message_rate.as_ref()?, now)
     }
 
     /// One message of the source's own rate, or when one conforms.
@@ -184,29 +208,35 @@ impl Pool {
         }
     }
 
-    /// The source for a new connection: the one furthest behind its
-    /// weight's share of the pool's messages that has a connection to
-    /// spare; `None` if none has.
-    pub fn choose(self: &Arc<Self>) -> Option<SourceLease> {
-        let mut order: Vec<(f64, usize)> = self
+    /// The source for a new connection that expects to send `expected`
+    /// messages: the one furthest behind its weight's share of the pool's
+    /// messages (sent, and reserved by connections still open) that has a
+    /// connection to spare, the heavier first on a tie; `None` if none has.
+    /// The expected messages are reserved at once, so connections opened
+    /// together spread over the sources.
+    pub fn choose(self: &Arc<Self>, expected: u64) -> Option<SourceLease> {
+        let mut order: Vec<(f64, u32, usize)> = self
             .members
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let sent = self.sent[i].load(Ordering::Relaxed) as f64;
-                (sent / f64::from(m.weight), i)
+                (sent / f64::from(m.weight), m.weight, i)
             })
             .collect();
-        order.sort_by(|a, b| a.0.total_cmp(&b.0));
-        order.into_iter().find_map(|(_, i)| {
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        order.into_iter().find_map(|(_, _, i)| {
             let m = &self.members[i];
             let slot = match m.def.totals.connections {
                 Some(max) => Some(m.shared.open_connection(max)?),
                 None => None,
             };
+            self.sent[i].fetch_add(expected, Ordering::Relaxed);
             Some(SourceLease {
                 pool: self.clone(),
                 member: i,
+                reserved: expected,
+                used: std::cell::Cell::new(0),
                 _slot: slot,
             })
         })
@@ -236,21 +266,28 @@ mod tests {
 
     #[test]
     fn choices_follow_the_weights_and_the_connection_limits() {
-        let pool = Arc::new(Pool::new(
-            "p".into(),
-            vec![member("a", 1, None), member("b", 3, None)],
-        ));
+        let two = || vec![member("a", 1, None), member("b", 3, None)];
+        let pool = Arc::new(Pool::new("p".into(), two()));
         let mut counts = [0; 2];
         for _ in 0..400 {
-            let e = pool.choose().unwrap();
+            let e = pool.choose(1).unwrap();
             counts[e.member] += 1;
             e.sent();
         }
         assert_eq!(counts, [100, 300]);
+        // Four connections opened together, each expecting 10 messages:
+        // three to b and one to a, the heavier first on the tie.
+        let fresh = Arc::new(Pool::new("f".into(), two()));
+        let open: Vec<_> = (0..4).map(|_| fresh.choose(10).unwrap()).collect();
+        assert_eq!(open.iter().filter(|e| e.member == 1).count(), 3);
+        assert_eq!(open[0].member, 1);
+        drop(open);
+        let left: u64 = fresh.sent.iter().map(|n| n.load(Ordering::Relaxed)).sum();
+        assert_eq!(left, 0, "unsent reservations are given back");
         let capped = Arc::new(Pool::new("c".into(), vec![member("a", 1, Some(1))]));
-        let held = capped.choose().unwrap();
-        assert!(capped.choose().is_none(), "its one connection is taken");
+        let held = capped.choose(1).unwrap();
+        assert!(capped.choose(1).is_none(), "its one connection is taken");
         drop(held);
-        assert!(capped.choose().is_some());
+        assert!(capped.choose(1).is_some());
     }
 }

@@ -18,6 +18,9 @@ pub const DESTINATIONS_MAX: usize = 100_000;
 /// hosts are matched against all of them).
 pub const PROVIDERS_MAX: usize = 256;
 pub const PROVIDER_SUFFIXES_MAX: usize = 64;
+/// Longest duration anywhere in the file (retry intervals, expiry, reply
+/// rules): 90 days.
+pub const DURATION_SECS_MAX: u64 = 90 * 86_400;
 /// Most intervals in a retry schedule.
 pub const RETRY_STEPS_MAX: usize = 32;
 
@@ -426,6 +429,9 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     if secs == 0 {
         return Err(format!("{s:?}: must be at least 1s"));
     }
+    if secs > DURATION_SECS_MAX {
+        return Err(format!("{s:?}: must be at most 90d"));
+    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -474,9 +480,9 @@ mod tests {
         let e = err("[default]\nconections = 3\n");
         assert_eq!(e.line, 2, "{e}");
         assert!(e.reason.contains("conections"), "{e}");
-        let e = err("[default]\nconnections = 3\n[source.ip1]\naddress = \"192.0.2.1\"\n");
-        assert_eq!((e.line, e.key.as_str()), (3, "source"), "{e}");
-        assert!(e.to_string().starts_with("s.toml: line 3: source: "), "{e}");
+        let e = err("[default]\nconnections = 3\n[warmup.standard]\ndaily = [50, 100]\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "warmup"), "{e}");
+        assert!(e.to_string().starts_with("s.toml: line 3: warmup: "), "{e}");
         let e = err("[provider.big]\nconnections = 3\n");
         assert_eq!((e.line, e.key.as_str()), (1, "provider.big"), "{e}");
         let e = err("[provider.big]\nmx_suffix = [\" \"]\n");

@@ -18,10 +18,11 @@
 //! Never blocks a core: the published rules are behind a mutex that a core
 //! touches only after a reload (it watches an atomic generation first).
 //!
-//! Not yet built (issue 11): reply-driven backoff and adaptive mode, egress
-//! sources and pools, warm-up, tenants. The file parser refuses those
-//! sections and keys with a message naming the line, rather than ignoring
-//! them.
+//! Reply rules (`backoff`), adaptive mode, and egress sources and pools
+//! (`egress`) are built here too. Not yet built (issue 11): warm-up plans,
+//! tenants, limits per source and provider together, and reroute and
+//! adaptive mode at provider scope. The file parser refuses those with a
+//! message naming the line, rather than ignoring them.
 
 pub mod backoff;
 pub mod egress;
@@ -144,6 +145,8 @@ pub struct Shaper {
     buckets: RefCell<HashMap<Box<str>, Buckets>>,
     /// Domains with a timer pending to look at them again.
     waking: RefCell<std::collections::HashSet<Box<str>>>,
+    /// The size at which `buckets` is next swept of idle state.
+    sweep_at: Cell<usize>,
     /// The provider (an index into the rules in force) of each domain
     /// whose MX hosts matched one; forgotten on reload.
     providers: RefCell<HashMap<Box<str>, usize>>,
@@ -195,6 +198,19 @@ impl ProviderHandle {
         Ok(slot)
     }
 
+    /// When the provider's total rate lets the next message go; `None`:
+    /// now.
+    pub fn message_due(&self, now: Instant) -> Option<Instant> {
+        let scale = self
+            .shared
+            .backoff
+            .load(self.shared.epoch())
+            .effect(now)
+            .scale;
+        let rate = self.totals.message_rate?;
+        self.shared.message_due(&rate.scaled(scale), now)
+    }
+
     /// One message within the provider's total rate, or when one conforms.
     pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
         let scale = self
@@ -238,6 +254,7 @@ impl Shaper {
             rules: RefCell::new(rules),
             buckets: RefCell::default(),
             waking: RefCell::default(),
+            sweep_at: Cell::new(BUCKETS_SWEEP_AT),
             providers: RefCell::default(),
         }
     }
@@ -393,6 +410,20 @@ impl Shaper {
         })
     }
 
+    /// When `domain`'s provider (if it has one) lets its next message go;
+    /// `None`: now, or no provider.
+    pub fn provider_message_due(&self, domain: &str, now: Instant) -> Option<Instant> {
+        let index = self.providers.borrow().get(domain).copied()?;
+        let rules = self.rules.borrow();
+        let p = rules.provider(index);
+        let handle = ProviderHandle {
+            name: String::new(),
+            totals: p.totals,
+            shared: p.shared.clone(),
+        };
+        handle.message_due(now)
+    }
+
     /// The pool `domain`'s connections go out from: a reroute's while one
     /// is in force, else its rule's; `None`: `delivery.source_address`.
     pub fn pool(&self, domain: &str, now: Instant) -> Option<Arc<egress::Pool>> {
@@ -420,7 +451,7 @@ impl Shaper {
 
     fn with_buckets<T>(&self, domain: &str, now: Instant, f: impl FnOnce(&mut Buckets) -> T) -> T {
         let mut buckets = self.buckets.borrow_mut();
-        if buckets.len() >= BUCKETS_SWEEP_AT && !buckets.contains_key(domain) {
+        if buckets.len() >= self.sweep_at.get() && !buckets.contains_key(domain) {
             buckets.retain(|_, b| {
                 let rerouted = b.reroute.as_ref().is_some_and(|(_, until)| *until > now);
                 rerouted
@@ -428,6 +459,9 @@ impl Shaper {
                         && b.connections.is_idle(now)
                         && b.backoff.is_idle(now))
             });
+            // The next sweep waits until the table has doubled, so a table
+            // of busy destinations is not swept on every new one.
+            self.sweep_at.set((buckets.len() * 2).max(BUCKETS_SWEEP_AT));
         }
         match buckets.get_mut(domain) {
             Some(b) => f(b),

@@ -70,6 +70,17 @@ impl SharedLimits {
         self.connections.load(Ordering::Acquire)
     }
 
+    /// When the next message conforms to `rate`; `None`: now. Takes
+    /// nothing.
+    pub fn message_due(&self, rate: &Rate, now: Instant) -> Option<Instant> {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let interval = rate.interval().as_nanos() as u64;
+        let tolerance = interval.saturating_mul(rate.burst.saturating_sub(1));
+        let tat = self.message_tat_ns.load(Ordering::Acquire).max(now_ns);
+        let earliest = tat.saturating_sub(tolerance);
+        (earliest > now_ns).then(|| self.epoch + std::time::Duration::from_nanos(earliest))
+    }
+
     pub fn take_message(&self, rate: &Rate, now: Instant) -> Result<(), Instant> {
         self.take(&self.message_tat_ns, rate, now)
     }
