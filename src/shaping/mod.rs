@@ -150,6 +150,8 @@ pub struct Shaper {
     /// The provider (an index into the rules in force) of each domain
     /// whose MX hosts matched one; forgotten on reload.
     providers: RefCell<HashMap<Box<str>, usize>>,
+    /// The limits of those domains (bounded and forgotten with them).
+    combined: RefCell<HashMap<Box<str>, Arc<Limits>>>,
 }
 
 /// Past this many domains with a known provider, a core forgets them all
@@ -201,27 +203,30 @@ impl ProviderHandle {
     /// When the provider's total rate lets the next message go; `None`:
     /// now.
     pub fn message_due(&self, now: Instant) -> Option<Instant> {
-        let scale = self
-            .shared
-            .backoff
-            .load(self.shared.epoch())
-            .effect(now)
-            .scale;
-        let rate = self.totals.message_rate?;
-        self.shared.message_due(&rate.scaled(scale), now)
+        self.shared.message_due(&self.message_rate(now)?, now)
     }
 
     /// One message within the provider's total rate, or when one conforms.
     pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
-        let scale = self
-            .shared
-            .backoff
-            .load(self.shared.epoch())
-            .effect(now)
-            .scale;
-        match &self.totals.message_rate {
-            Some(rate) => self.shared.take_message(&rate.scaled(scale), now),
+        match self.message_rate(now) {
+            Some(rate) => self.shared.take_message(&rate, now),
             None => Ok(()),
+        }
+    }
+
+    /// The provider's total message rate at `now`, under its throttle.
+    fn message_rate(&self, now: Instant) -> Option<rate::Rate> {
+        let effect = self.shared.backoff.load(self.shared.epoch()).effect(now);
+        Some(self.totals.message_rate?.scaled(effect.scale))
+    }
+}
+
+impl ProviderHandle {
+    fn of(p: &rules::Provider) -> ProviderHandle {
+        ProviderHandle {
+            name: p.name.clone(),
+            totals: p.totals,
+            shared: p.shared.clone(),
         }
     }
 }
@@ -256,6 +261,7 @@ impl Shaper {
             waking: RefCell::default(),
             sweep_at: Cell::new(BUCKETS_SWEEP_AT),
             providers: RefCell::default(),
+            combined: RefCell::default(),
         }
     }
 
@@ -271,18 +277,16 @@ impl Shaper {
         let mut providers = self.providers.borrow_mut();
         let Some(index) = rules.provider_of(mx_hosts) else {
             providers.remove(domain);
+            self.combined.borrow_mut().remove(domain);
             return None;
         };
         if providers.len() >= PROVIDER_DOMAINS_MAX {
             providers.clear();
+            self.combined.borrow_mut().clear();
         }
         providers.insert(domain.into(), index);
-        let p = rules.provider(index);
-        Some(ProviderHandle {
-            name: p.name.clone(),
-            totals: p.totals,
-            shared: p.shared.clone(),
-        })
+        self.combined.borrow_mut().remove(domain);
+        Some(ProviderHandle::of(rules.provider(index)))
     }
 
     /// When `domain`'s next message conforms to `rate`; `None`: now.
@@ -303,8 +307,19 @@ impl Shaper {
     /// The limits for `domain` under the rules now in force.
     pub fn limits(&self, domain: &str) -> Arc<Limits> {
         self.refresh();
-        let provider = self.providers.borrow().get(domain).copied();
-        self.rules.borrow().limits(domain, provider)
+        let Some(provider) = self.providers.borrow().get(domain).copied() else {
+            return self.rules.borrow().limits(domain, None);
+        };
+        // A domain in a provider with a rule of its own has limits made of
+        // both: made once, not on every message.
+        if let Some(limits) = self.combined.borrow().get(domain) {
+            return limits.clone();
+        }
+        let limits = self.rules.borrow().limits(domain, Some(provider));
+        self.combined
+            .borrow_mut()
+            .insert(domain.into(), limits.clone());
+        limits
     }
 
     /// Takes up rules published since this core last looked.
@@ -314,6 +329,7 @@ impl Shaper {
             *self.rules.borrow_mut() = self.published.current.lock().expect("not poisoned").clone();
             self.seen.set(generation);
             self.providers.borrow_mut().clear();
+            self.combined.borrow_mut().clear();
         }
         generation
     }
@@ -414,14 +430,7 @@ impl Shaper {
     /// `None`: now, or no provider.
     pub fn provider_message_due(&self, domain: &str, now: Instant) -> Option<Instant> {
         let index = self.providers.borrow().get(domain).copied()?;
-        let rules = self.rules.borrow();
-        let p = rules.provider(index);
-        let handle = ProviderHandle {
-            name: String::new(),
-            totals: p.totals,
-            shared: p.shared.clone(),
-        };
-        handle.message_due(now)
+        ProviderHandle::of(self.rules.borrow().provider(index)).message_due(now)
     }
 
     /// The pool `domain`'s connections go out from: a reroute's while one
