@@ -40,6 +40,10 @@ pub enum Kind {
     /// A reply rule of the shaping file acted (suspend, throttle, bounce):
     /// the response says what it did to what, and the reply that made it.
     Backoff,
+    /// A warming source sent the last message of today's volume for a
+    /// provider; the response says how much, which day of which plan, and
+    /// where more mail goes today.
+    Warmup,
 }
 
 /// One event. Field meanings are documented in the README.
@@ -57,6 +61,9 @@ pub struct Record<'a> {
     pub mx_ip: Option<IpAddr>,
     /// The delivery connection (per core) the attempt used, if one was made.
     pub connection: Option<u64>,
+    /// The `[source.NAME]` of the shaping file the connection went out
+    /// from; `None` without pools.
+    pub source: Option<&'a str>,
     pub response: &'a str,
     pub attempt: u32,
     pub size: usize,
@@ -196,6 +203,7 @@ mod tests {
                         mx_host: None,
                         mx_ip: None,
                         connection: None,
+                        source: None,
                         response: "451 4.3.0 try again later, this is a long enough reason",
                         attempt: 1,
                         size: 1000,

@@ -4,185 +4,11 @@
 //! shaping file's reload on SIGHUP and `spate shaping check`.
 
 mod common;
+use common::counting::*;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// Writes a file of its own; returns its path.
-fn file(name: &str, text: &str) -> String {
-    let path = tempfile::tempdir().unwrap().keep().join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
-/// What the counting sink saw.
-#[derive(Default, Debug)]
-struct Seen {
-    open: usize,
-    max_open: usize,
-    /// Transactions of each connection, once it closed.
-    per_connection: Vec<usize>,
-    recipients_per_transaction: Vec<usize>,
-    arrivals: Vec<Instant>,
-    recipients: Vec<String>,
-    /// When RCPTs were refused for being over the capacity per second.
-    refused: Vec<Instant>,
-    /// Messages by the address the connection came from, and the EHLO
-    /// name each address gave.
-    per_source: std::collections::BTreeMap<std::net::IpAddr, usize>,
-    ehlo: std::collections::BTreeMap<std::net::IpAddr, String>,
-}
-
-/// A destination that accepts everything (PIPELINING), holds each final
-/// reply for `hold`, and counts. It can refuse the first RCPTs it gets
-/// with a reply of the test's choice.
-struct CountingMx {
-    addr: String,
-    seen: Arc<Mutex<Seen>>,
-}
-
-/// The first `count` RCPTs (all connections together) get `reply`; and
-/// with `per_second`, every RCPT while the sink has taken that many
-/// messages in the last second gets it too.
-#[derive(Clone, Copy)]
-struct Refusals {
-    count: usize,
-    reply: &'static str,
-    per_second: Option<usize>,
-}
-
-impl CountingMx {
-    fn start(hold: Duration) -> CountingMx {
-        CountingMx::refusing(
-            hold,
-            Refusals {
-                count: 0,
-                reply: "",
-                per_second: None,
-            },
-        )
-    }
-
-    fn refusing(hold: Duration, refusals: Refusals) -> CountingMx {
-        let listener = std::net::TcpListener::bind(free_addr()).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let s = seen.clone();
-        let left = Arc::new(std::sync::atomic::AtomicUsize::new(refusals.count));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let (s, left) = (s.clone(), left.clone());
-                std::thread::spawn(move || counting_session(stream, hold, &s, &left, refusals));
-            }
-        });
-        CountingMx { addr, seen }
-    }
-
-    fn delivered(&self) -> usize {
-        self.seen.lock().unwrap().recipients.len()
-    }
-}
-
-fn counting_session(
-    stream: TcpStream,
-    hold: Duration,
-    seen: &Mutex<Seen>,
-    refusals_left: &std::sync::atomic::AtomicUsize,
-    refusals: Refusals,
-) {
-    {
-        let mut s = seen.lock().unwrap();
-        s.open += 1;
-        s.max_open = s.max_open.max(s.open);
-    }
-    let peer = stream.peer_addr().unwrap().ip();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let _ = w.write_all(b"220 counting.mx ESMTP\r\n");
-    let (mut line, mut rcpts, mut in_data, mut transactions) =
-        (String::new(), Vec::new(), false, 0);
-    while r.read_line(&mut line).unwrap_or(0) > 0 {
-        let cmd = line.trim_end().to_string();
-        line.clear();
-        let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if in_data {
-            if cmd != "." {
-                continue;
-            }
-            in_data = false;
-            std::thread::sleep(hold);
-            transactions += 1;
-            let mut s = seen.lock().unwrap();
-            s.arrivals.push(Instant::now());
-            s.recipients_per_transaction.push(rcpts.len());
-            *s.per_source.entry(peer).or_default() += 1;
-            s.recipients.append(&mut rcpts);
-            b"250 2.0.0 queued\r\n"
-        } else if upper.starts_with("EHLO") {
-            let name = cmd.get(5..).unwrap_or("").to_string();
-            seen.lock().unwrap().ehlo.insert(peer, name);
-            b"250-counting.mx\r\n250 PIPELINING\r\n"
-        } else if upper.starts_with("RCPT TO:<") {
-            use std::sync::atomic::Ordering::SeqCst;
-            let over_capacity = refusals.per_second.is_some_and(|max| {
-                let mut s = seen.lock().unwrap();
-                let recent = s
-                    .arrivals
-                    .iter()
-                    .rev()
-                    .take_while(|t| t.elapsed() < Duration::from_secs(1))
-                    .count();
-                if recent >= max {
-                    s.refused.push(Instant::now());
-                }
-                recent >= max
-            });
-            let refuse = over_capacity
-                || refusals_left
-                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-            if refuse {
-                let _ = w.write_all(format!("{}\r\n", refusals.reply).as_bytes());
-                continue;
-            }
-            rcpts.push(cmd[9..cmd.len() - 1].to_string());
-            b"250 2.1.5 ok\r\n"
-        } else if upper == "DATA" && rcpts.is_empty() {
-            b"554 5.5.1 no valid recipients\r\n"
-        } else if upper == "DATA" {
-            in_data = true;
-            b"354 go\r\n"
-        } else if upper == "QUIT" {
-            let _ = w.write_all(b"221 bye\r\n");
-            break;
-        } else {
-            rcpts.clear();
-            b"250 ok\r\n"
-        };
-        if w.write_all(reply).is_err() {
-            break;
-        }
-    }
-    let mut s = seen.lock().unwrap();
-    s.open -= 1;
-    s.per_connection.push(transactions);
-}
-
-/// Injects `count` one-recipient messages for `to`.
-fn send(spate: &Spate, to: &str, count: usize) {
-    let mut smtp = spate.connect();
-    for i in 0..count {
-        smtp.transaction(
-            "s@a.test",
-            &[to],
-            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
-        );
-    }
-}
 
 #[test]
 fn the_connection_limit_of_a_destination_holds_at_the_sink() {
@@ -291,15 +117,6 @@ fn a_destination_retries_on_its_own_schedule_and_expires() {
     assert_eq!(spate.stop(), 0);
 }
 
-fn sighup(spate: &Spate) {
-    let pid = spate.child.as_ref().unwrap().id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// A rate that holds mail back, a bad file that is refused (the old rule
 /// stays), then a good file that lets the mail go: nothing lost, and the
 /// process never restarts.
@@ -318,14 +135,14 @@ fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones() {
         "[destination.\"d.test\"]\nmessage_rate = \"fast\"\n",
     )
     .unwrap();
-    sighup(&spate);
+    signal_spate(&spate, "-HUP");
     let refused = spate.wait_for_log("the old rules stay in force", LONG);
     assert!(
         refused.contains("line 2: destination.\"d.test\".message_rate"),
         "{refused}"
     );
     std::fs::write(&rules, "[destination.\"d.test\"]\nconnections = 1\n").unwrap();
-    sighup(&spate);
+    signal_spate(&spate, "-HUP");
     spate.wait_for_log("shaping rules reloaded (1 destination rules)", LONG);
     wait_until(LONG, "the held messages", || mx.delivered() == 3);
     assert_eq!(spate.stop(), 0);
@@ -373,31 +190,6 @@ fn shaping_check_names_the_line_and_key_of_a_bad_value() {
         &free_addr(),
     ]);
     assert!(!ok && out.contains("line 5"), "{out}");
-}
-
-/// unbound publishing an MX host under `.bigmail.test` for each of
-/// `domains`, all at `mx`'s address, and a two-core spate that asks it and
-/// shapes by `rules`.
-fn provider_spate(mx: &CountingMx, domains: &[String], rules: &str) -> (Unbound, Spate) {
-    let (mx_ip, mx_port) = mx.addr.rsplit_once(':').unwrap();
-    let mut zone = String::from("  local-zone: \"test.\" static\n");
-    for (i, d) in domains.iter().enumerate() {
-        zone += &format!("  local-data: \"{d}. 300 IN MX 10 mx{i}.bigmail.test.\"\n  local-data: \"mx{i}.bigmail.test. 300 IN A {mx_ip}\"\n");
-    }
-    let dns = Unbound::start(&zone);
-    let cfg = file("c.toml", &format!("[delivery]\nmx_port = {mx_port}\n"));
-    let args = [
-        "--cores",
-        "2",
-        "--dns",
-        &dns.addr,
-        "--config",
-        &cfg,
-        "--shaping",
-        rules,
-    ];
-    let spate = Spate::start(&args);
-    (dns, spate)
 }
 
 /// A provider rule spans domains that both cores own (picked with spate's

@@ -15,7 +15,7 @@ mod segment;
 
 pub use record::{
     decode_record, encode_state, EnvelopeView, MessageBuilder, MessageView, RecordHeader,
-    RecordKind, StateRecord, StateView, FLAG_8BITMIME, FLAG_SMTPUTF8,
+    RecordKind, StateRecord, StateView, FLAG_8BITMIME, FLAG_SMTPUTF8, FLAG_TAGS, TAG_BYTES_MAX,
 };
 pub use scan::{Damage, ScanItem, Scanner};
 pub use segment::{parse_segment_file_name, segment_file_name, SegmentHeader};

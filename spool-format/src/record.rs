@@ -6,7 +6,12 @@ use crate::{align_up, Cursor, FormatError, RECORD_HEADER_BYTES};
 pub const FLAG_8BITMIME: u32 = 1;
 /// Envelope flag: the transaction used `SMTPUTF8`.
 pub const FLAG_SMTPUTF8: u32 = 2;
-const FLAGS_KNOWN: u32 = FLAG_8BITMIME | FLAG_SMTPUTF8;
+/// Envelope flag: a tenant and a campaign follow the recipients (each a
+/// u16 length and bytes, either may be empty).
+pub const FLAG_TAGS: u32 = 4;
+const FLAGS_KNOWN: u32 = FLAG_8BITMIME | FLAG_SMTPUTF8 | FLAG_TAGS;
+/// Longest tenant or campaign name.
+pub const TAG_BYTES_MAX: usize = 64;
 
 /// The kinds of record a segment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +135,11 @@ impl MessageBuilder {
             !recipients.is_empty(),
             "a message has at least one recipient"
         );
-        assert_eq!(flags & !FLAGS_KNOWN, 0, "unknown message flag");
+        assert_eq!(
+            flags & !(FLAGS_KNOWN & !FLAG_TAGS),
+            0,
+            "unknown message flag (tags are set with set_tags)"
+        );
         buf.clear();
         buf.resize(RECORD_HEADER_BYTES, 0);
         buf.extend_from_slice(&received_ms.to_le_bytes());
@@ -143,6 +152,25 @@ impl MessageBuilder {
         let body_len_at = buf.len();
         buf.extend_from_slice(&0u32.to_le_bytes());
         MessageBuilder { buf, body_len_at }
+    }
+
+    /// Records the message's tenant and campaign (from its header, once
+    /// that is read): they go between the recipients and the body, which
+    /// moves up. At most once per record.
+    pub fn set_tags(&mut self, tenant: &[u8], campaign: &[u8]) {
+        assert!(tenant.len() <= TAG_BYTES_MAX && campaign.len() <= TAG_BYTES_MAX);
+        let flags_at = RECORD_HEADER_BYTES + 8;
+        let mut flags = [0; 4];
+        flags.copy_from_slice(&self.buf[flags_at..flags_at + 4]);
+        let flags = u32::from_le_bytes(flags);
+        assert_eq!(flags & FLAG_TAGS, 0, "tags set twice");
+        self.buf[flags_at..flags_at + 4].copy_from_slice(&(flags | FLAG_TAGS).to_le_bytes());
+        let mut tags = Vec::with_capacity(4 + tenant.len() + campaign.len());
+        push_short(&mut tags, tenant);
+        push_short(&mut tags, campaign);
+        let at = self.body_len_at;
+        self.buf.splice(at..at, tags.iter().copied());
+        self.body_len_at += tags.len();
     }
 
     /// The buffer the body is appended to.
@@ -210,6 +238,9 @@ pub struct MessageView<'a> {
     pub received_ms: u64,
     pub flags: u32,
     pub sender: &'a [u8],
+    /// Empty when the message names none.
+    pub tenant: &'a [u8],
+    pub campaign: &'a [u8],
     recipients: &'a [u8],
     pub recipient_count: u32,
     pub body: &'a [u8],
@@ -230,6 +261,8 @@ impl<'a> MessageView<'a> {
             received_ms: envelope.received_ms,
             flags: envelope.flags,
             sender: envelope.sender,
+            tenant: envelope.tenant,
+            campaign: envelope.campaign,
             recipients: envelope.recipients,
             recipient_count: envelope.recipient_count,
             body,
@@ -254,6 +287,9 @@ pub struct EnvelopeView<'a> {
     pub received_ms: u64,
     pub flags: u32,
     pub sender: &'a [u8],
+    /// Empty when the message names none.
+    pub tenant: &'a [u8],
+    pub campaign: &'a [u8],
     recipients: &'a [u8],
     pub recipient_count: u32,
 }
@@ -282,10 +318,20 @@ impl<'a> EnvelopeView<'a> {
             c.short_bytes()?;
         }
         let recipients = &payload[recipients_start..c.position()];
+        let (mut tenant, mut campaign): (&[u8], &[u8]) = (&[], &[]);
+        if flags & FLAG_TAGS != 0 {
+            tenant = c.short_bytes()?;
+            campaign = c.short_bytes()?;
+            if tenant.len() > TAG_BYTES_MAX || campaign.len() > TAG_BYTES_MAX {
+                return Err(FormatError::Invalid("tag length"));
+            }
+        }
         let envelope = EnvelopeView {
             received_ms,
             flags,
             sender,
+            tenant,
+            campaign,
             recipients,
             recipient_count,
         };
@@ -450,6 +496,24 @@ mod tests {
         b.body_mut()
             .extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n");
         b.finish(42)
+    }
+
+    #[test]
+    fn tags_go_between_the_recipients_and_the_body() {
+        let mut b = MessageBuilder::new(Vec::new(), 5, 0, b"a@x", &[b"b@y"]);
+        b.body_mut().extend_from_slice(b"Subject: hi\r\n");
+        b.set_tags(b"acme", b"");
+        b.body_mut().extend_from_slice(b"\r\nbody\r\n");
+        let rec = b.finish(7);
+        let (_, payload) = decode_record(&rec).unwrap();
+        let m = MessageView::decode(payload).unwrap();
+        assert_eq!((m.tenant, m.campaign), (&b"acme"[..], &b""[..]));
+        assert_eq!(m.flags, FLAG_TAGS);
+        assert_eq!(m.body, b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(m.recipients().collect::<Vec<_>>(), [&b"b@y"[..]]);
+        let untagged = message();
+        let (_, payload) = decode_record(&untagged).unwrap();
+        assert!(MessageView::decode(payload).unwrap().tenant.is_empty());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub struct RawDelivery {
     pub source_address: Option<String>,
     pub deny_networks: Option<Vec<String>>,
     pub shaping_file: Option<PathBuf>,
+    pub warmup_clock: Option<String>,
     pub tls: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub max_connections_per_destination: Option<u32>,
@@ -97,6 +98,8 @@ pub struct Delivery {
     pub deny_networks: Vec<ipnet::IpNet>,
     /// Traffic shaping rules (`crate::shaping`); `None`: the limits here.
     pub shaping_file: Option<PathBuf>,
+    /// Warm-up days end at UTC midnight, or (true) only on SIGUSR2.
+    pub warmup_clock_manual: bool,
     pub tls: TlsPolicy,
     pub tls_ca_file: Option<PathBuf>,
     pub max_connections_per_destination: u32,
@@ -214,6 +217,16 @@ pub(super) fn build_delivery(
                 .shaping_file
                 .unwrap_or(pick!(u.shaping_file, d.shaping_file));
             (!f.as_os_str().is_empty()).then_some(f)
+        },
+        warmup_clock_manual: match pick!(u.warmup_clock, d.warmup_clock).as_str() {
+            "utc" => false,
+            "manual" => true,
+            other => {
+                return Err(invalid(
+                    "delivery.warmup_clock",
+                    format!("{other:?} is neither \"utc\" nor \"manual\""),
+                ))
+            }
         },
         deny_networks: super::parse_cidrs(
             "delivery.deny_networks",

@@ -129,6 +129,10 @@ pub struct Remote {
     pub host: String,
     pub ip: IpAddr,
     pub connection: u64,
+    /// The source the connection went out from (`[source.NAME]`), and its
+    /// warm-up with the destination's provider if it is warming.
+    pub source: Option<String>,
+    pub warm: Option<shaping::egress::Warm>,
 }
 
 /// What every core's delivery shares, read-only: the TLS client settings
@@ -300,14 +304,10 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     };
     let now = Instant::now();
     let expected = u64::from(core.shaper.limits(domain).messages_per_connection);
-    let egress = match core
-        .shaper
-        .pool(domain, now)
-        .map(|pool| pool.choose(expected))
-    {
-        Some(None) => return Some(LookAgain(now + shaping::PROVIDER_FULL_RETRY)),
-        Some(Some(egress)) => Some(egress),
-        None => None,
+    let provider_name = plan.provider.as_ref().map(|p| p.name.as_str());
+    let egress = match core.shaper.source_for(domain, provider_name, expected, now) {
+        Ok(egress) => egress,
+        Err(at) => return Some(LookAgain(at)),
     };
     let mut client = match open_client(core, &plan, egress.as_ref()).await {
         Ok(c) => c,
@@ -322,6 +322,8 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
         host: client.host.clone(),
         ip: client.ip,
         connection,
+        source: egress.as_ref().map(|e| e.source().name.clone()),
+        warm: egress.as_ref().and_then(|e| e.warm().cloned()),
     };
     let limits = core.shaper.limits(domain);
     let mut sent = 0;
@@ -330,7 +332,12 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     let mut look_again = None;
     loop {
         let entry = match next_entry(core, domain, &limits, provider, egress.as_ref()).await {
-            Ok(entry) => entry,
+            Ok((entry, warm)) => {
+                if let Some(taken) = warm.filter(|t| t.last) {
+                    settle::log_warmup_full(core, domain, &entry, taken, &remote);
+                }
+                entry
+            }
             Err(at) => {
                 look_again = at.map(LookAgain);
                 break;
@@ -370,14 +377,15 @@ async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool)
 /// `recipients_per_transaction`, the rest put back to go next. `Err`: the
 /// connection is done, with when to look at the domain again if a rate's
 /// wait is longer than the idle timeout (the driver must not open a new
-/// connection before then).
+/// connection before then). A warming source over today's volume ends the
+/// connection too: the next one goes out from a source with room.
 async fn next_entry(
     core: &Core,
     domain: &str,
     limits: &Limits,
     provider: Option<&ProviderHandle>,
     egress: Option<&SourceLease>,
-) -> Result<Entry, Option<Instant>> {
+) -> Result<(Entry, Option<shaping::warmup::Taken>), Option<Instant>> {
     let idle = core.cfg.delivery.idle_timeout;
     let deadline = Instant::now() + idle;
     loop {
@@ -390,16 +398,30 @@ async fn next_entry(
             return Err(None);
         }
         let pool = core.shaper.pool(domain, now);
-        if pool.as_ref().map(|p| &p.name) != egress.map(|e| &e.pool.name) {
-            // Rerouted (or a reroute ended): the next connection goes out
-            // from the pool in force.
+        if pool.as_ref().map(|p| p.name.as_str()) != egress.map(|e| e.asked_pool())
+            || egress.is_some_and(|e| e.overflowed_before(core.shaper.today()))
+        {
+            // Rerouted (or a reroute ended), or a new warm-up day: the
+            // next connection goes out from the pool in force.
             return Err(None);
         }
         let (work, seen) = core.queues.work_event(domain);
         if let Some(entry) = core.queues.pop_ready(domain) {
             let now = Instant::now();
+            let today = core.shaper.today();
+            if egress.is_some_and(|e| !e.has_room(today)) {
+                core.queues.push_ready(domain, entry, true);
+                return Err(None);
+            }
             match take_message(core, domain, limits, provider, egress, now) {
-                Ok(()) => return Ok(first_recipients(core, domain, entry, limits)),
+                Ok(()) => {
+                    let Ok(warm) = egress.map_or(Ok(None), |e| e.take_warm(today)) else {
+                        // Another core took the source's last message today.
+                        core.queues.push_ready(domain, entry, true);
+                        return Err(None);
+                    };
+                    return Ok((first_recipients(core, domain, entry, limits), warm));
+                }
                 Err(at) => {
                     core.queues.push_ready(domain, entry, true);
                     if at.saturating_duration_since(now) > idle {

@@ -196,12 +196,72 @@ fn react(
         let Some(reaction) = core.shaper.react(domain, reply, Instant::now()) else {
             continue;
         };
-        let what = reaction.rule.describe(&reaction.target);
+        let mut what = reaction.rule.describe(&reaction.target);
+        if let Some(held) = hold_warmup(core, &reaction, remote) {
+            what = format!("{what}; {held}");
+        }
         let response = format!("{what}: {reply}");
         log_backoff(core, entry, domain, *index, &response, remote, now);
         reactions.push((reply.to_string(), reaction));
     }
     reactions
+}
+
+/// A throttling or suspending reply to a warming source keeps it on its
+/// plan day with the provider: today will not count as a sending day.
+fn hold_warmup(core: &Core, reaction: &Reaction, remote: Option<&Remote>) -> Option<String> {
+    if !matches!(
+        reaction.rule.action,
+        Action::Suspend | Action::Throttle { .. }
+    ) {
+        return None;
+    }
+    let warm = remote?.warm.as_ref()?;
+    let state = warm.progress.hold(core.shaper.today());
+    Some(format!(
+        "source {} held on sending day {} of warm-up plan {} for provider {}",
+        remote?.source.as_deref().unwrap_or_default(),
+        state.day + 1,
+        warm.plan.name,
+        warm.provider
+    ))
+}
+
+/// Logs that a warming source reached today's volume for a provider with
+/// this entry's message (a `Warmup` record for its first recipient).
+pub(super) fn log_warmup_full(
+    core: &Core,
+    domain: &str,
+    entry: &Entry,
+    taken: crate::shaping::warmup::Taken,
+    remote: &Remote,
+) {
+    let Some(warm) = &remote.warm else { return };
+    let next = match &warm.plan.overflow {
+        crate::shaping::warmup::Overflow::Queue => "waits in the queue".to_string(),
+        crate::shaping::warmup::Overflow::Pool(p) => format!("goes out from pool {p}"),
+    };
+    let response = format!(
+        "source {} sent its {} messages of sending day {} of warm-up plan {} to provider {}; more today {next}",
+        remote.source.as_deref().unwrap_or_default(),
+        taken.state.sent,
+        taken.state.day + 1,
+        warm.plan.name,
+        warm.provider
+    );
+    let index = entry.recipients[0];
+    let attempt = entry.attempts + 1;
+    log(
+        core,
+        entry,
+        domain,
+        index,
+        Kind::Warmup,
+        &response,
+        attempt,
+        Some(remote),
+        now_ms(),
+    );
 }
 
 /// Adaptive mode: a 4xx reply from the destination cuts the share of its
@@ -345,6 +405,7 @@ fn log(
         mx_host: remote.map(|r| r.host.as_str()),
         mx_ip: remote.map(|r| r.ip),
         connection: remote.map(|r| r.connection),
+        source: remote.and_then(|r| r.source.as_deref()),
         response,
         attempt,
         size: entry.message.body_len(),

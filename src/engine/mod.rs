@@ -106,8 +106,16 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let cfg = Arc::new(cfg);
-    let shaping = Arc::new(Published::new(cfg.clone(), shaping_rules));
+    let warmups = Arc::new(
+        shaping::warmup::Warmups::open(
+            Some(cfg.spool_dir.join("warmup.json")),
+            cfg.delivery.warmup_clock_manual,
+        )
+        .map_err(EngineError::Failed)?,
+    );
+    let shaping = Arc::new(Published::new(cfg.clone(), shaping_rules, warmups.clone()));
     watch_signals(stop.clone(), shaping.clone());
+    let keeper = keep_warmups(warmups.clone(), stop.clone());
     let mesh = mesh::builder(n);
     let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
     let mut joins = Vec::new();
@@ -148,6 +156,10 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     }
     for j in joins {
         let _ = j.join();
+    }
+    let _ = keeper.join();
+    if let Err(e) = warmups.save() {
+        eprintln!("spate: warm-up state not saved: {e}");
     }
     match failure {
         Some(e) => Err(EngineError::Failed(e)),
@@ -218,15 +230,44 @@ fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
     }
 }
 
-/// SIGTERM or SIGINT asks every core to stop; a second one exits at once.
+/// Writes the warm-up progress every few seconds until the engine stops
+/// (off the cores: the write is a blocking file write and fsync).
+fn keep_warmups(
+    warmups: Arc<shaping::warmup::Warmups>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(STOP_POLL);
+            if last.elapsed() >= shaping::warmup::SAVE_INTERVAL {
+                last = Instant::now();
+                if let Err(e) = warmups.save() {
+                    eprintln!("spate: warm-up state not saved: {e}");
+                }
+            }
+        }
+    })
+}
+
 /// SIGTERM and SIGINT stop the engine (a second one exits at once);
-/// SIGHUP reloads the shaping file.
+/// SIGHUP reloads the shaping file; SIGUSR2 ends the warm-up day when
+/// `delivery.warmup_clock` is "manual".
 fn watch_signals(stop: Arc<AtomicBool>, shaping: Arc<Published>) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
         .expect("signal handlers install");
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == SIGUSR2 {
+                match shaping.end_warmup_day() {
+                    Some(day) => eprintln!("spate: SIGUSR2: warm-up day {day} begins"),
+                    None => eprintln!(
+                        "spate: SIGUSR2: ignored (warm-up days follow UTC; delivery.warmup_clock is not \"manual\")"
+                    ),
+                }
+                continue;
+            }
             if sig == SIGHUP {
                 match shaping.reload() {
                     Ok(Some(n)) => {

@@ -97,6 +97,7 @@ impl Core {
             mx_host: None,
             mx_ip: None,
             connection: None,
+            source: None,
             response: "",
             attempt: 0,
             size: a.body_len,

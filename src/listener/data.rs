@@ -8,7 +8,10 @@
 //! second message). The receiver never holds more than the size limit.
 //!
 //! It also counts the header's Received fields: a message that has passed
-//! through as many hops as the limit has looped.
+//! through as many hops as the limit has looped; and it takes the
+//! `X-Spate-Tenant:` and `X-Spate-Campaign:` fields out of the header (they
+//! go to the spool record's envelope, never to the body: they are neither
+//! signed nor delivered).
 
 /// Longest text line, CRLF included (RFC 5321 4.5.3.1.6).
 pub const TEXT_LINE_BYTES_MAX: usize = 1000;
@@ -25,7 +28,20 @@ pub enum DataError {
     MailLoop,
     /// The core's DATA memory budget is spent (set by the session).
     NoMemory,
+    /// An `X-Spate-Tenant:` or `X-Spate-Campaign:` field that is not one
+    /// name (1 to 64 letters, digits, '.', '_', '-'), or is given twice.
+    BadTag,
 }
+
+/// Which tag a header field names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Tenant,
+    Campaign,
+}
+
+const TENANT_FIELD: &[u8] = b"x-spate-tenant:";
+const CAMPAIGN_FIELD: &[u8] = b"x-spate-campaign:";
 
 pub struct DataReceiver {
     max_bytes: usize,
@@ -40,6 +56,11 @@ pub struct DataReceiver {
     /// Received header fields seen, and how many make a loop.
     received: usize,
     received_max: usize,
+    /// The tag field being read (a folded one goes on over lines).
+    in_tag: Option<Tag>,
+    /// Each tag's value as read (unfolded, untrimmed); `None`: not given.
+    tenant: Option<Vec<u8>>,
+    campaign: Option<Vec<u8>>,
     error: Option<DataError>,
 }
 
@@ -62,8 +83,30 @@ impl DataReceiver {
             in_long_line: false,
             received: 0,
             received_max: usize::MAX,
+            in_tag: None,
+            tenant: None,
+            campaign: None,
             error: None,
         }
+    }
+
+    /// The tenant and campaign the header named (empty for none), once the
+    /// message has ended without error.
+    pub fn tags(&self) -> Result<(&[u8], &[u8]), DataError> {
+        fn check(v: &Option<Vec<u8>>) -> Result<&[u8], DataError> {
+            let Some(v) = v else { return Ok(&[]) };
+            let name = v.trim_ascii();
+            let ok = (1..=spool_format::TAG_BYTES_MAX).contains(&name.len())
+                && name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
+            if ok {
+                Ok(name)
+            } else {
+                Err(DataError::BadTag)
+            }
+        }
+        Ok((check(&self.tenant)?, check(&self.campaign)?))
     }
 
     /// Refuses a message with `max` Received header fields or more as a
@@ -172,9 +215,57 @@ impl DataReceiver {
                     return false;
                 }
             }
+            if self.take_tag(unstuffed) {
+                return false;
+            }
         }
         out.extend_from_slice(unstuffed);
         false
+    }
+
+    /// Keeps a tag field's line out of the body; true if it was one.
+    fn take_tag(&mut self, line: &[u8]) -> bool {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        let (tag, value) = match self.in_tag {
+            Some(tag) if folded => (tag, line),
+            _ => {
+                let starts = |name: &[u8]| {
+                    line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name)
+                };
+                self.in_tag = if starts(TENANT_FIELD) {
+                    Some(Tag::Tenant)
+                } else if starts(CAMPAIGN_FIELD) {
+                    Some(Tag::Campaign)
+                } else {
+                    None
+                };
+                let Some(tag) = self.in_tag else { return false };
+                let name = match tag {
+                    Tag::Tenant => TENANT_FIELD.len(),
+                    Tag::Campaign => CAMPAIGN_FIELD.len(),
+                };
+                let slot = match tag {
+                    Tag::Tenant => &mut self.tenant,
+                    Tag::Campaign => &mut self.campaign,
+                };
+                if slot.replace(Vec::new()).is_some() {
+                    self.fail(DataError::BadTag);
+                }
+                (tag, &line[name..])
+            }
+        };
+        let slot = match tag {
+            Tag::Tenant => &mut self.tenant,
+            Tag::Campaign => &mut self.campaign,
+        };
+        let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+        let slot = slot.get_or_insert_with(Vec::new);
+        if slot.len() + value.len() <= 2 * spool_format::TAG_BYTES_MAX {
+            slot.extend_from_slice(value);
+        } else {
+            self.fail(DataError::BadTag);
+        }
+        true
     }
 
     fn fail(&mut self, e: DataError) {
@@ -212,6 +303,35 @@ mod tests {
         let fed = rx.feed(&msg, &mut Vec::new());
         assert_eq!(fed.done, Some(Err(DataError::MailLoop)));
         assert_eq!(fed.consumed, msg.len(), "read to the real end");
+    }
+
+    #[test]
+    fn tag_fields_leave_the_header_for_the_envelope() {
+        let msg = b"From: a@x\r\nX-Spate-Tenant:  acme \r\nx-spate-campaign:\r\n black-friday_1\r\nSubject: x\r\n\r\nX-Spate-Tenant: body\r\n.\r\n";
+        let mut rx = DataReceiver::new(10_000);
+        let mut out = Vec::new();
+        assert_eq!(rx.feed(msg, &mut out).done, Some(Ok(())));
+        assert_eq!(
+            out,
+            b"From: a@x\r\nSubject: x\r\n\r\nX-Spate-Tenant: body\r\n"
+        );
+        assert_eq!(rx.tags(), Ok((&b"acme"[..], &b"black-friday_1"[..])));
+        let none = DataReceiver::new(10);
+        assert_eq!(none.tags(), Ok((&b""[..], &b""[..])));
+        for bad in [
+            &b"X-Spate-Tenant: two words\r\n\r\n.\r\n"[..],
+            b"X-Spate-Tenant:\r\n\r\n.\r\n",
+            b"X-Spate-Tenant: a\r\nX-Spate-Tenant: b\r\n\r\n.\r\n",
+        ] {
+            let mut rx = DataReceiver::new(10_000);
+            let done = rx.feed(bad, &mut Vec::new()).done;
+            let tags = rx.tags().map(|_| ());
+            assert!(
+                done == Some(Err(DataError::BadTag)) || tags == Err(DataError::BadTag),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -476,7 +476,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             let fed = rx.feed(self.conn.buffered(), builder.body_mut());
             self.conn.consume(fed.consumed);
-            if let Some(done) = fed.done {
+            if let Some(mut done) = fed.done {
+                if done.is_ok() {
+                    done = rx.tags().map(|(tenant, campaign)| {
+                        if !(tenant.is_empty() && campaign.is_empty()) {
+                            builder.set_tags(tenant, campaign);
+                        }
+                    });
+                }
                 if done.is_err() {
                     builder.clear_body();
                 }
@@ -567,6 +574,10 @@ fn data_error_reply(e: DataError) -> Reply {
         DataError::TooBig => Reply::new(552, "5.3.4 Message size exceeds fixed limit"),
         DataError::HeaderTooBig => Reply::new(552, "5.3.4 Message header exceeds fixed limit"),
         DataError::MailLoop => Reply::new(554, "5.4.6 Mail loop: too many Received header fields"),
+        DataError::BadTag => Reply::new(
+            554,
+            "5.6.0 X-Spate-Tenant and X-Spate-Campaign each name one tenant or campaign: 1 to 64 letters, digits, '.', '_' or '-', given once",
+        ),
         DataError::NoMemory => {
             Reply::new(452, "4.3.1 Insufficient system resources; try again later")
         }

@@ -12,6 +12,7 @@
 use super::provider::{ConnectionSlot, SharedLimits};
 use super::rate::Rate;
 use super::rules::Totals;
+use super::warmup::{Plan, Progress, Taken};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -31,7 +32,7 @@ pub(super) struct RawSource {
     pub ehlo: Option<String>,
     pub connections: Option<i64>,
     pub message_rate: Option<String>,
-    pub warmup: Option<toml::Value>,
+    pub warmup: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +48,8 @@ pub struct SourceDef {
     /// `None`: `delivery.ehlo_name`.
     pub ehlo: Option<String>,
     pub totals: Totals,
+    /// The warm-up plan this source follows, if it is warming.
+    pub warmup: Option<Arc<Plan>>,
 }
 
 impl SourceDef {
@@ -56,7 +59,10 @@ impl SourceDef {
 }
 
 /// Checks one `[source.NAME]`; the error is the reason and the key.
-pub(super) fn source(raw: &RawSource) -> Result<SourceDef, (String, &'static str)> {
+pub(super) fn source(
+    raw: &RawSource,
+    plans: &BTreeMap<String, Arc<Plan>>,
+) -> Result<SourceDef, (String, &'static str)> {
     let address = raw
         .address
         .parse()
@@ -70,12 +76,15 @@ pub(super) fn source(raw: &RawSource) -> Result<SourceDef, (String, &'static str
             return Err((format!("{e:?} is not a host name"), "ehlo"));
         }
     }
-    if raw.warmup.is_some() {
-        return Err((
-            "warm-up is not supported yet (issue 11); remove it".into(),
-            "warmup",
-        ));
-    }
+    let warmup = match &raw.warmup {
+        None => None,
+        Some(name) => Some(
+            plans
+                .get(name)
+                .cloned()
+                .ok_or_else(|| (format!("no [warmup.{name}]"), "warmup"))?,
+        ),
+    };
     let connections = match raw.connections {
         None => None,
         Some(n) if (1..=100_000).contains(&n) => Some(n as u32),
@@ -95,6 +104,7 @@ pub(super) fn source(raw: &RawSource) -> Result<SourceDef, (String, &'static str
             message_rate,
             connection_rate: None,
         },
+        warmup,
     })
 }
 
@@ -156,6 +166,26 @@ pub struct SourceLease {
     reserved: u64,
     used: std::cell::Cell<u64>,
     _slot: Option<ConnectionSlot>,
+    /// The source's warm-up with the destination's provider, if warming.
+    pub(super) warm: Option<Warm>,
+    /// The pool the destination asked for: `pool`'s name, or the pool
+    /// that overflowed into it.
+    pub(super) asked: Option<String>,
+    /// For a source of an overflow pool: the warm-up day it was chosen on.
+    /// On another day the warming sources may have room again.
+    pub(super) overflow_on: Option<u32>,
+}
+
+/// A warming source has sent today's volume for a provider.
+#[derive(Debug)]
+pub struct NoneLeft;
+
+/// A warming source's plan and progress with one provider.
+#[derive(Clone)]
+pub struct Warm {
+    pub plan: Arc<Plan>,
+    pub progress: Arc<Progress>,
+    pub provider: String,
 }
 
 impl Drop for SourceLease {
@@ -178,6 +208,40 @@ impl SourceLease {
         self.used.set(used);
         if used > self.reserved {
             self.pool.sent[self.member].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The pool the destination asked for when this source was chosen
+    /// (while that stays its pool, the connection may go on).
+    pub fn asked_pool(&self) -> &str {
+        self.asked.as_deref().unwrap_or(&self.pool.name)
+    }
+
+    /// Whether this connection took overflow on a warm-up day before
+    /// `today` (then it should end, so the next goes out from the pool
+    /// asked for).
+    pub fn overflowed_before(&self, today: u32) -> bool {
+        self.overflow_on.is_some_and(|day| day != today)
+    }
+
+    pub fn warm(&self) -> Option<&Warm> {
+        self.warm.as_ref()
+    }
+
+    /// Whether the source's warm-up lets another message go `today`.
+    pub fn has_room(&self, today: u32) -> bool {
+        self.warm
+            .as_ref()
+            .is_none_or(|w| w.progress.has_room(&w.plan, today))
+    }
+
+    /// Counts one message against the source's warm-up volume for today:
+    /// `Ok(None)` for a source that is not warming, `Err` if none is left
+    /// (another core took the last).
+    pub fn take_warm(&self, today: u32) -> Result<Option<Taken>, NoneLeft> {
+        match &self.warm {
+            None => Ok(None),
+            Some(w) => w.progress.take(&w.plan, today).map(Some).ok_or(NoneLeft),
         }
     }
 
@@ -211,10 +275,15 @@ impl Pool {
     /// The source for a new connection that expects to send `expected`
     /// messages: the one furthest behind its weight's share of the pool's
     /// messages (sent, and reserved by connections still open) that has a
-    /// connection to spare, the heavier first on a tie; `None` if none has.
+    /// connection to spare and is not `full` (a warming source over today's
+    /// volume), the heavier first on a tie; `None` if none has.
     /// The expected messages are reserved at once, so connections opened
     /// together spread over the sources.
-    pub fn choose(self: &Arc<Self>, expected: u64) -> Option<SourceLease> {
+    pub fn choose(
+        self: &Arc<Self>,
+        expected: u64,
+        full: &dyn Fn(&Member) -> bool,
+    ) -> Option<SourceLease> {
         let mut order: Vec<(f64, u32, usize)> = self
             .members
             .iter()
@@ -227,6 +296,9 @@ impl Pool {
         order.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
         order.into_iter().find_map(|(_, _, i)| {
             let m = &self.members[i];
+            if full(m) {
+                return None;
+            }
             let slot = match m.def.totals.connections {
                 Some(max) => Some(m.shared.open_connection(max)?),
                 None => None,
@@ -238,6 +310,9 @@ impl Pool {
                 reserved: expected,
                 used: std::cell::Cell::new(0),
                 _slot: slot,
+                warm: None,
+                asked: None,
+                overflow_on: None,
             })
         })
     }
@@ -258,6 +333,7 @@ mod tests {
                     message_rate: None,
                     connection_rate: None,
                 },
+                warmup: None,
             },
             weight,
             shared: Arc::new(SharedLimits::new(Instant::now())),
@@ -270,7 +346,7 @@ mod tests {
         let pool = Arc::new(Pool::new("p".into(), two()));
         let mut counts = [0; 2];
         for _ in 0..400 {
-            let e = pool.choose(1).unwrap();
+            let e = pool.choose(1, &|_| false).unwrap();
             counts[e.member] += 1;
             e.sent();
         }
@@ -278,16 +354,21 @@ mod tests {
         // Four connections opened together, each expecting 10 messages:
         // three to b and one to a, the heavier first on the tie.
         let fresh = Arc::new(Pool::new("f".into(), two()));
-        let open: Vec<_> = (0..4).map(|_| fresh.choose(10).unwrap()).collect();
+        let open: Vec<_> = (0..4)
+            .map(|_| fresh.choose(10, &|_| false).unwrap())
+            .collect();
         assert_eq!(open.iter().filter(|e| e.member == 1).count(), 3);
         assert_eq!(open[0].member, 1);
         drop(open);
         let left: u64 = fresh.sent.iter().map(|n| n.load(Ordering::Relaxed)).sum();
         assert_eq!(left, 0, "unsent reservations are given back");
         let capped = Arc::new(Pool::new("c".into(), vec![member("a", 1, Some(1))]));
-        let held = capped.choose(1).unwrap();
-        assert!(capped.choose(1).is_none(), "its one connection is taken");
+        let held = capped.choose(1, &|_| false).unwrap();
+        assert!(
+            capped.choose(1, &|_| false).is_none(),
+            "its one connection is taken"
+        );
         drop(held);
-        assert!(capped.choose(1).is_some());
+        assert!(capped.choose(1, &|_| false).is_some());
     }
 }

@@ -7,8 +7,10 @@ use super::backoff::{ResponseRule, Scope, RULES_MAX};
 use super::egress::{self, RawPool, RawSource, SourceDef};
 use super::rate::Rate;
 use super::rules::{Partial, Retry, Rules};
+use super::warmup::{self, Overflow, Plan};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -46,8 +48,17 @@ struct RawFile {
     source: BTreeMap<String, RawSource>,
     #[serde(default)]
     pool: BTreeMap<String, RawPool>,
-    warmup: Option<toml::Value>,
+    #[serde(default)]
+    warmup: BTreeMap<String, RawWarmup>,
     tenant: Option<toml::Value>,
+}
+
+/// One `[warmup.NAME]` plan as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmup {
+    daily: Vec<i64>,
+    overflow: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,7 +108,7 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
             reason: e.message().to_string(),
         }
     })?;
-    for (name, section) in [("warmup", &raw.warmup), ("tenant", &raw.tenant)] {
+    for (name, section) in [("tenant", &raw.tenant)] {
         if section.is_some() {
             let line = line_where(text, |l| {
                 let l = l.trim_start_matches('[').trim_start();
@@ -177,7 +188,22 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
         let p = partial(limits.get_ref(), &key, text, &at)?;
         providers.insert(name.clone(), (clean, p));
     }
-    let (sources, pools) = egress_sections(&raw, text, path)?;
+    let plans = warmup_sections(&raw, text, path)?;
+    let (sources, pools) = egress_sections(&raw, &plans, text, path)?;
+    for plan in plans.values() {
+        if let Overflow::Pool(name) = &plan.overflow {
+            if !pools.contains_key(name) {
+                return Err(ShapingError {
+                    path: path.to_string(),
+                    line: line_where(text, |l| {
+                        l.starts_with("overflow") && l.contains(&format!("\"{name}\""))
+                    }),
+                    key: format!("warmup.{}.overflow", plan.name),
+                    reason: format!("no [pool.{name}] (a pool, or \"queue\")"),
+                });
+            }
+        }
+    }
     let named = |p: &Partial, section: &str| -> Result<(), ShapingError> {
         let refs = p.pool.iter().map(|n| (n.clone(), "pool")).chain(
             p.on_response
@@ -220,6 +246,7 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
 #[allow(clippy::type_complexity)]
 fn egress_sections(
     raw: &RawFile,
+    plans: &BTreeMap<String, Arc<Plan>>,
     text: &str,
     path: &str,
 ) -> Result<
@@ -245,7 +272,7 @@ fn egress_sections(
     }
     let mut sources = BTreeMap::new();
     for (name, src) in &raw.source {
-        let def = egress::source(src).map_err(|(reason, key)| ShapingError {
+        let def = egress::source(src, plans).map_err(|(reason, key)| ShapingError {
             path: path.to_string(),
             line: header_line("source", name),
             key: format!("source.{name}.{key}"),
@@ -264,6 +291,45 @@ fn egress_sections(
         pools.insert(name.clone(), members);
     }
     Ok((sources, pools))
+}
+
+/// The `[warmup.NAME]` plans, checked.
+fn warmup_sections(
+    raw: &RawFile,
+    text: &str,
+    path: &str,
+) -> Result<BTreeMap<String, Arc<Plan>>, ShapingError> {
+    let mut plans = BTreeMap::new();
+    for (name, w) in &raw.warmup {
+        let fail = |key: &str, reason: String| ShapingError {
+            path: path.to_string(),
+            line: line_where(text, |l| {
+                let l = l.split('#').next().unwrap_or("").trim();
+                l == format!("[warmup.{name}]") || l == format!("[warmup.\"{name}\"]")
+            }),
+            key: format!("warmup.{name}.{key}"),
+            reason,
+        };
+        if w.daily.is_empty() || w.daily.len() > warmup::PLAN_DAYS_MAX {
+            let reason = format!("needs 1 to {} days", warmup::PLAN_DAYS_MAX);
+            return Err(fail("daily", reason));
+        }
+        let max = i64::from(warmup::DAILY_MAX);
+        if let Some(bad) = w.daily.iter().find(|n| !(1..=max).contains(*n)) {
+            return Err(fail("daily", format!("{bad} is outside 1..={max}")));
+        }
+        let overflow = match w.overflow.as_deref() {
+            None | Some("queue") => Overflow::Queue,
+            Some(pool) => Overflow::Pool(pool.to_string()),
+        };
+        let plan = Plan {
+            name: name.clone(),
+            daily: w.daily.iter().map(|&n| n as u32).collect(),
+            overflow,
+        };
+        plans.insert(name.clone(), Arc::new(plan));
+    }
+    Ok(plans)
 }
 
 fn not_yet(section: &str) -> String {
@@ -480,9 +546,23 @@ mod tests {
         let e = err("[default]\nconections = 3\n");
         assert_eq!(e.line, 2, "{e}");
         assert!(e.reason.contains("conections"), "{e}");
-        let e = err("[default]\nconnections = 3\n[warmup.standard]\ndaily = [50, 100]\n");
-        assert_eq!((e.line, e.key.as_str()), (3, "warmup"), "{e}");
-        assert!(e.to_string().starts_with("s.toml: line 3: warmup: "), "{e}");
+        let e = err("[default]\nconnections = 3\n[warmup.standard]\ndaily = [50, 0]\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (3, "warmup.standard.daily"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("s.toml: line 3: warmup.standard.daily: 0 is outside"),
+            "{e}"
+        );
+        let e = err("[warmup.w]\ndaily = [5]\noverflow = \"spare\"\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "warmup.w.overflow"), "{e}");
+        let e = err("[source.a]\naddress = \"127.0.0.1\"\nwarmup = \"none\"\n");
+        assert_eq!((e.line, e.key.as_str()), (1, "source.a.warmup"), "{e}");
+        let e = err("[default]\n[tenant.acme]\npool = \"p\"\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "tenant"), "{e}");
         let e = err("[provider.big]\nconnections = 3\n");
         assert_eq!((e.line, e.key.as_str()), (1, "provider.big"), "{e}");
         let e = err("[provider.big]\nmx_suffix = [\" \"]\n");

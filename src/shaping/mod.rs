@@ -18,11 +18,11 @@
 //! Never blocks a core: the published rules are behind a mutex that a core
 //! touches only after a reload (it watches an atomic generation first).
 //!
-//! Reply rules (`backoff`), adaptive mode, and egress sources and pools
-//! (`egress`) are built here too. Not yet built (issue 11): warm-up plans,
-//! tenants, limits per source and provider together, and reroute and
-//! adaptive mode at provider scope. The file parser refuses those with a
-//! message naming the line, rather than ignoring them.
+//! Reply rules (`backoff`), adaptive mode, egress sources and pools
+//! (`egress`) and warm-up plans (`warmup`) are built here too. Not yet
+//! built (issue 11): tenants, limits per source and provider together, and
+//! reroute and adaptive mode at provider scope. The file parser refuses
+//! those with a message naming the line, rather than ignoring them.
 
 pub mod backoff;
 pub mod egress;
@@ -31,6 +31,7 @@ pub mod file;
 pub mod provider;
 pub mod rate;
 pub mod rules;
+pub mod warmup;
 
 pub use file::ShapingError;
 pub use rules::{Limits, Resolved, Retry, Rules};
@@ -83,12 +84,14 @@ pub struct Published {
     epoch: Instant,
     file: Option<PathBuf>,
     cfg: Arc<Config>,
+    /// Every warming source's progress, kept across reloads.
+    pub warmups: Arc<warmup::Warmups>,
 }
 
 impl Published {
     /// The rules of the configured file (already checked), or the
     /// configuration's own limits when there is none.
-    pub fn new(cfg: Arc<Config>, rules: Option<Rules>) -> Published {
+    pub fn new(cfg: Arc<Config>, rules: Option<Rules>, warmups: Arc<warmup::Warmups>) -> Published {
         let published = Published {
             generation: AtomicU64::new(0),
             current: Mutex::new(Arc::new(
@@ -98,6 +101,7 @@ impl Published {
             epoch: Instant::now(),
             file: cfg.delivery.shaping_file.clone(),
             cfg,
+            warmups,
         };
         let resolved = published.resolve(&rules.unwrap_or_default());
         *published.current.lock().expect("new") = Arc::new(resolved);
@@ -133,6 +137,14 @@ impl Published {
     pub fn file(&self) -> Option<&Path> {
         self.file.as_deref()
     }
+
+    /// Ends the warm-up day (manual calendar): every core looks at its
+    /// domains again, as after a reload. Returns the new day.
+    pub fn end_warmup_day(&self) -> Option<u32> {
+        let day = self.warmups.calendar.advance()?;
+        self.generation.fetch_add(1, Ordering::Release);
+        Some(day)
+    }
 }
 
 /// One core's view of the rules and the rate state of its destinations.
@@ -152,7 +164,14 @@ pub struct Shaper {
     providers: RefCell<HashMap<Box<str>, usize>>,
     /// The limits of those domains (bounded and forgotten with them).
     combined: RefCell<HashMap<Box<str>, Arc<Limits>>>,
+    /// Warm-up progress handles by "SOURCE\0PROVIDER", so the shared
+    /// table's mutex is taken once per pair, not per connection.
+    progress: RefCell<HashMap<String, Arc<warmup::Progress>>>,
 }
+
+/// Most pools one connection's choice goes through (a warming source's
+/// overflow pool may have warming sources that overflow in turn).
+const OVERFLOW_HOPS_MAX: usize = 4;
 
 /// Past this many domains with a known provider, a core forgets them all
 /// (each is learnt again at its next connection).
@@ -262,7 +281,84 @@ impl Shaper {
             sweep_at: Cell::new(BUCKETS_SWEEP_AT),
             providers: RefCell::default(),
             combined: RefCell::default(),
+            progress: RefCell::default(),
         }
+    }
+
+    /// Today for warm-up.
+    pub fn today(&self) -> u32 {
+        self.published.warmups.calendar.today()
+    }
+
+    /// The progress of a warming `source` with `provider`.
+    fn progress(&self, source: &str, provider: &str) -> Option<Arc<warmup::Progress>> {
+        let key = format!("{source}\0{provider}");
+        if let Some(p) = self.progress.borrow().get(&key) {
+            return Some(p.clone());
+        }
+        let p = self.published.warmups.progress(source, provider)?;
+        let mut cache = self.progress.borrow_mut();
+        if cache.len() >= warmup::PAIRS_MAX {
+            cache.clear();
+        }
+        cache.insert(key, p.clone());
+        Some(p)
+    }
+
+    /// The source a new connection to `domain` (in `provider`, if it has
+    /// one) goes out from, expecting to send `expected` messages: from the
+    /// domain's pool, skipping warming sources over today's volume for the
+    /// provider; when every source is full, from the overflow pool of a
+    /// full one. `Ok(None)`: the domain has no pool. `Err`: no source has
+    /// room, and when to look again (tomorrow if every one is full and
+    /// their plans keep the mail queued).
+    pub fn source_for(
+        &self,
+        domain: &str,
+        provider: Option<&str>,
+        expected: u64,
+        now: Instant,
+    ) -> Result<Option<egress::SourceLease>, Instant> {
+        let Some(mut pool) = self.pool(domain, now) else {
+            return Ok(None);
+        };
+        let asked = pool.name.clone();
+        let provider = provider.unwrap_or(warmup::OTHER);
+        let today = self.today();
+        let warm = |m: &egress::Member| {
+            let plan = m.def.warmup.clone()?;
+            Some((plan, self.progress(&m.name, provider)?))
+        };
+        let full = |m: &egress::Member| warm(m).is_some_and(|(plan, p)| !p.has_room(&plan, today));
+        for _ in 0..OVERFLOW_HOPS_MAX {
+            if let Some(mut lease) = pool.choose(expected, &full) {
+                lease.warm = warm(lease.source()).map(|(plan, progress)| egress::Warm {
+                    plan,
+                    progress,
+                    provider: provider.to_string(),
+                });
+                if pool.name != asked {
+                    lease.overflow_on = Some(today);
+                }
+                lease.asked = Some(asked);
+                return Ok(Some(lease));
+            }
+            let overflow = pool.members.iter().filter(|m| full(m)).find_map(|m| {
+                match &m.def.warmup.as_ref()?.overflow {
+                    warmup::Overflow::Pool(name) => Some(name.clone()),
+                    warmup::Overflow::Queue => None,
+                }
+            });
+            let next = overflow.and_then(|name| self.rules.borrow().pool(&name).cloned());
+            match next {
+                Some(next) if next != pool => pool = next,
+                _ if pool.members.iter().all(&full) => {
+                    return Err(self.published.warmups.calendar.tomorrow_at(now))
+                }
+                _ => break,
+            }
+        }
+        Err(now + PROVIDER_FULL_RETRY)
     }
 
     /// Finds the provider of `domain` from its MX hosts, remembers it for

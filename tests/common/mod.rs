@@ -4,6 +4,8 @@
 //! back with the `spool-format` decoder.
 #![allow(dead_code)]
 
+pub mod counting;
+
 use spool_format::{MessageView, RecordKind, ScanItem, Scanner, SegmentHeader};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
