@@ -165,6 +165,9 @@ enum ShapingCmd {
     /// came from, and its MX hosts (asked of the configured resolver).
     Explain {
         domain: String,
+        /// Also what mail of this tenant (its X-Spate-Tenant) gets.
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         serve: Box<ServeArgs>,
     },
@@ -276,9 +279,13 @@ fn main() -> ExitCode {
                 )
             })
             .map_err(|e| e.to_string()),
-        Cmd::Shaping(ShapingCmd::Explain { domain, serve }) => serve
+        Cmd::Shaping(ShapingCmd::Explain {
+            domain,
+            tenant,
+            serve,
+        }) => serve
             .config()
-            .and_then(|cfg| spate::shaping::explain::print(&cfg, &domain)),
+            .and_then(|cfg| spate::shaping::explain::print(&cfg, &domain, tenant.as_deref())),
         Cmd::Bench(cmd) => bench(cmd),
     };
     match result {

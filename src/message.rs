@@ -172,6 +172,13 @@ impl Envelope {
         text(bytes)
     }
 
+    /// The tenant and campaign the message named (empty: none); checked
+    /// at reception to be short ASCII names.
+    pub fn tags(&self) -> (Cow<'_, str>, Cow<'_, str>) {
+        let v = self.view();
+        (text(v.tenant), text(v.campaign))
+    }
+
     /// The domain of recipient `index`, as written (routing lower-cases it).
     pub fn domain(&self, index: u32) -> String {
         domain_of(&self.address(index)).to_string()

@@ -6,6 +6,11 @@
 //! message handle (shared by the entries of all its domains on this core)
 //! and recipient indexes; never the body, which stays in the spool mapping.
 //! The queues do no I/O: delivery pops from them and pushes back.
+//!
+//! A domain's ready entries are kept in lanes, one per tenant and campaign
+//! the messages named (`X-Spate-Tenant`, `X-Spate-Campaign`; one lane for
+//! mail that names none), taken in turn: a tenant whose mail must wait (its
+//! rate, a suspension, another pool) never holds up the others'.
 
 use crate::local::{Event, Notify};
 use crate::message::MessageHandle;
@@ -33,11 +38,112 @@ pub struct Entry {
 /// A domain's ready work and the connections serving it.
 #[derive(Default)]
 pub struct DomainQueue {
-    pub ready: VecDeque<Entry>,
+    /// Lanes with entries (an emptied lane is dropped).
+    lanes: Vec<Lane>,
+    /// The lane to look at first next time (round robin).
+    cursor: usize,
+    /// Entries in all lanes.
+    ready: usize,
     /// Delivery connections open (or opening) for this domain on this core.
     pub connections: u32,
     /// Bumped whenever work is added, so idle connections can wait for it.
     pub work: Rc<Event>,
+}
+
+/// The tenant and campaign a lane's messages named (empty: none).
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tags {
+    pub tenant: Box<str>,
+    pub campaign: Box<str>,
+}
+
+struct Lane {
+    tags: Rc<Tags>,
+    entries: VecDeque<Entry>,
+}
+
+/// Whether a connection may take a lane's next entry now.
+pub enum Allow {
+    Yes,
+    /// Not before then (a rate, a suspension).
+    Until(Instant),
+    /// Never on this connection (it goes out from another pool).
+    No,
+}
+
+/// What [`Queues::pop_allowed`] found.
+pub enum Pop {
+    Entry(Entry, Rc<Tags>),
+    /// Every lane with work must wait; the earliest may go then.
+    Wait(Instant),
+    /// Only lanes this connection may never take have work.
+    Elsewhere,
+    Empty,
+}
+
+impl DomainQueue {
+    fn push(&mut self, entry: Entry, front: bool) {
+        let envelope = entry.message.envelope();
+        let (tenant, campaign) = envelope.tags();
+        let at = self
+            .lanes
+            .iter()
+            .position(|l| *l.tags.tenant == *tenant && *l.tags.campaign == *campaign);
+        let lane = match at {
+            Some(i) => &mut self.lanes[i],
+            None => {
+                self.lanes.push(Lane {
+                    tags: Rc::new(Tags {
+                        tenant: tenant.into(),
+                        campaign: campaign.into(),
+                    }),
+                    entries: VecDeque::new(),
+                });
+                self.lanes.last_mut().expect("just pushed")
+            }
+        };
+        drop(envelope);
+        if front {
+            lane.entries.push_front(entry);
+        } else {
+            lane.entries.push_back(entry);
+        }
+        self.ready += 1;
+    }
+
+    /// The first entry of the first lane (from the cursor on) that `allow`
+    /// lets go; the cursor moves past it.
+    fn pop(&mut self, mut allow: impl FnMut(&Tags) -> Allow) -> Pop {
+        let n = self.lanes.len();
+        let (mut wait, mut elsewhere): (Option<Instant>, bool) = (None, false);
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            match allow(&self.lanes[i].tags) {
+                Allow::Yes => {
+                    let lane = &mut self.lanes[i];
+                    let entry = lane.entries.pop_front().expect("lanes are never empty");
+                    let tags = lane.tags.clone();
+                    self.ready -= 1;
+                    if lane.entries.is_empty() {
+                        self.lanes.swap_remove(i);
+                    }
+                    self.cursor = if self.lanes.is_empty() {
+                        0
+                    } else {
+                        (i + 1) % self.lanes.len()
+                    };
+                    return Pop::Entry(entry, tags);
+                }
+                Allow::Until(t) => wait = Some(wait.map_or(t, |w| w.min(t))),
+                Allow::No => elsewhere = true,
+            }
+        }
+        match (wait, elsewhere) {
+            (Some(t), _) => Pop::Wait(t),
+            (None, true) => Pop::Elsewhere,
+            (None, false) => Pop::Empty,
+        }
+    }
 }
 
 /// An entry waiting for its retry. The domain is named by its number in
@@ -186,19 +292,52 @@ impl Queues {
     pub fn push_ready(&self, domain: &str, entry: Entry, front: bool) {
         let mut domains = self.domains.borrow_mut();
         let q = domains.entry(domain.into()).or_default();
-        if front {
-            q.ready.push_front(entry);
-        } else {
-            q.ready.push_back(entry);
-        }
+        q.push(entry, front);
         q.work.notify_all();
         drop(domains);
         self.dirty.borrow_mut().push(domain.into());
         self.wake.notify();
     }
 
+    /// The next entry of any lane.
     pub fn pop_ready(&self, domain: &str) -> Option<Entry> {
-        self.domains.borrow_mut().get_mut(domain)?.ready.pop_front()
+        match self.pop_allowed(domain, |_| Allow::Yes) {
+            Pop::Entry(entry, _) => Some(entry),
+            _ => None,
+        }
+    }
+
+    /// The next entry of the lanes `allow` lets go, taking lanes in turn.
+    pub fn pop_allowed(&self, domain: &str, allow: impl FnMut(&Tags) -> Allow) -> Pop {
+        match self.domains.borrow_mut().get_mut(domain) {
+            Some(q) => q.pop(allow),
+            None => Pop::Empty,
+        }
+    }
+
+    /// The tags of the lane the next connection should serve: the first
+    /// (from the cursor on) that `allow` lets go now. `Err`: none may go,
+    /// and when one may (`None`: no lane has work this way).
+    pub fn next_lane(
+        &self,
+        domain: &str,
+        mut allow: impl FnMut(&Tags) -> Allow,
+    ) -> Result<Rc<Tags>, Option<Instant>> {
+        let domains = self.domains.borrow();
+        let Some(q) = domains.get(domain) else {
+            return Err(None);
+        };
+        let n = q.lanes.len();
+        let mut wait: Option<Instant> = None;
+        for k in 0..n {
+            let lane = &q.lanes[(q.cursor + k) % n];
+            match allow(&lane.tags) {
+                Allow::Yes => return Ok(lane.tags.clone()),
+                Allow::Until(t) => wait = Some(wait.map_or(t, |w| w.min(t))),
+                Allow::No => {}
+            }
+        }
+        Err(wait)
     }
 
     /// Parks `entry` until `due`.
@@ -258,7 +397,7 @@ impl Queues {
         dirty.extend(
             domains
                 .iter()
-                .filter(|(_, q)| !q.ready.is_empty())
+                .filter(|(_, q)| q.ready > 0)
                 .map(|(d, _)| d.clone()),
         );
         drop(dirty);
@@ -277,7 +416,7 @@ impl Queues {
         self.domains
             .borrow()
             .get(domain)
-            .map_or((0, 0), |q| (q.ready.len(), q.connections))
+            .map_or((0, 0), |q| (q.ready, q.connections))
     }
 
     pub fn connection_opened(&self, domain: &str) {
@@ -292,7 +431,7 @@ impl Queues {
         let mut domains = self.domains.borrow_mut();
         if let Some(q) = domains.get_mut(domain) {
             q.connections -= 1;
-            if q.connections == 0 && q.ready.is_empty() {
+            if q.connections == 0 && q.ready == 0 {
                 domains.remove(domain);
             }
         }
@@ -317,7 +456,7 @@ impl Queues {
             messages_enqueued: self.messages.get(),
             recipients_enqueued: self.recipients.get(),
             domains: domains.len(),
-            ready: domains.values().map(|q| q.ready.len()).sum(),
+            ready: domains.values().map(|q| q.ready).sum(),
             scheduled: self.scheduled.borrow().len(),
         }
     }

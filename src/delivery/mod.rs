@@ -20,7 +20,7 @@ pub use connect::{check_source, TlsClients};
 use crate::config::{Config, TlsPolicy};
 use crate::dns::DnsError;
 use crate::engine::Core;
-use crate::queue::Entry;
+use crate::queue::{Allow, Entry, Pop, Tags};
 use crate::shaping::egress::SourceLease;
 use crate::shaping::{self, Limits, ProviderHandle};
 use client::{Client, OpenError, OpenSpec, Timeouts};
@@ -284,7 +284,15 @@ async fn open_client(
 }
 
 /// One connection's life: plan, connect, send until idle or at the limit.
+/// It serves the lane (tenant and campaign) first in turn that may send
+/// now, and the lanes whose mail goes out from the same pool.
 async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
+    let lane = match core.queues.next_lane(domain, |tags| {
+        allow(core, domain, tags, None, Instant::now())
+    }) {
+        Ok(lane) => lane,
+        Err(at) => return at.map(LookAgain),
+    };
     let plan = match plan(core, domain).await {
         Ok(plan) => plan,
         Err(outcome) => {
@@ -305,7 +313,8 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     let now = Instant::now();
     let expected = u64::from(core.shaper.limits(domain).messages_per_connection);
     let provider_name = plan.provider.as_ref().map(|p| p.name.as_str());
-    let egress = match core.shaper.source_for(domain, provider_name, expected, now) {
+    let pool = core.shaper.pool_for(domain, &lane.tenant, now);
+    let egress = match core.shaper.source_for(pool, provider_name, expected, now) {
         Ok(egress) => egress,
         Err(at) => return Some(LookAgain(at)),
     };
@@ -397,23 +406,47 @@ async fn next_entry(
             // The driver opens connections again when the suspension ends.
             return Err(None);
         }
-        let pool = core.shaper.pool(domain, now);
-        if pool.as_ref().map(|p| p.name.as_str()) != egress.map(|e| e.asked_pool())
-            || egress.is_some_and(|e| e.overflowed_before(core.shaper.today()))
-        {
-            // Rerouted (or a reroute ended), or a new warm-up day: the
-            // next connection goes out from the pool in force.
+        let today = core.shaper.today();
+        if egress.is_some_and(|e| e.overflowed_before(today)) {
+            // A new warm-up day: the next connection goes out from the
+            // pool asked for, whose warming sources may have room again.
             return Err(None);
         }
         let (work, seen) = core.queues.work_event(domain);
-        if let Some(entry) = core.queues.pop_ready(domain) {
+        // Only lanes whose pool is this connection's: after a reroute
+        // (or its end), the next connection goes out from the pool in force.
+        let asked = Some(egress.map(|e| e.asked_pool()));
+        let popped = core
+            .queues
+            .pop_allowed(domain, |tags| allow(core, domain, tags, asked, now));
+        let next = match popped {
+            Pop::Entry(entry, tags) => Some((entry, tags)),
+            Pop::Elsewhere => return Err(None),
+            Pop::Wait(at) if at.saturating_duration_since(now) > idle => return Err(Some(at)),
+            Pop::Wait(at) => {
+                let wait = glommio::timer::sleep(at.saturating_duration_since(now));
+                let woken = futures_lite::future::or(wait, work.wait(seen));
+                futures_lite::future::or(woken, core.stop.wait()).await;
+                continue;
+            }
+            Pop::Empty => None,
+        };
+        if let Some((entry, tags)) = next {
             let now = Instant::now();
-            let today = core.shaper.today();
             if egress.is_some_and(|e| !e.has_room(today)) {
                 core.queues.push_ready(domain, entry, true);
                 return Err(None);
             }
-            match take_message(core, domain, limits, provider, egress, now) {
+            let tenant = core.shaper.tenant(&tags.tenant);
+            match take_message(
+                core,
+                domain,
+                limits,
+                provider,
+                egress,
+                tenant.as_deref(),
+                now,
+            ) {
                 Ok(()) => {
                     let Ok(warm) = egress.map_or(Ok(None), |e| e.take_warm(today)) else {
                         // Another core took the source's last message today.
@@ -457,15 +490,16 @@ async fn next_entry(
     }
 }
 
-/// One message of the destination's rate, its provider's total and its
-/// source's, or when all three will let one go. Every limiter is asked
-/// before any token is taken, so a refusal spends none.
+/// One message of the destination's rate, its provider's total, its
+/// source's and its tenant's, or when all will let one go. Every limiter
+/// is asked before any token is taken, so a refusal spends none.
 fn take_message(
     core: &Core,
     domain: &str,
     limits: &Limits,
     provider: Option<&ProviderHandle>,
     egress: Option<&SourceLease>,
+    tenant: Option<&shaping::rules::Tenant>,
     now: Instant,
 ) -> Result<(), Instant> {
     let scale = core.shaper.backoff(domain, now).scale;
@@ -474,6 +508,7 @@ fn take_message(
         rate.and_then(|r| core.shaper.message_due(domain, &r, now)),
         provider.and_then(|p| p.message_due(now)),
         egress.and_then(|e| e.message_due(now)),
+        tenant.and_then(|t| t.shared.message_due(t.message_rate.as_ref()?, now)),
     ]
     .into_iter()
     .flatten()
@@ -487,7 +522,41 @@ fn take_message(
     // Another core may have taken the last shared token since: then this
     // one waits for the next (its destination token is spent, rarely).
     provider.map_or(Ok(()), |p| p.take_message(now))?;
-    egress.map_or(Ok(()), |e| e.take_message(now))
+    egress.map_or(Ok(()), |e| e.take_message(now))?;
+    match tenant {
+        Some(t) => t
+            .message_rate
+            .map_or(Ok(()), |rate| t.shared.take_message(&rate, now)),
+        None => Ok(()),
+    }
+}
+
+/// Whether a connection whose source was chosen from pool `asked` may take
+/// the next entry of the lane `tags` now (`asked` `None`: any pool, for a
+/// connection not yet open). A lane waits for a suspension of its tenant
+/// or campaign and for its tenant's rate.
+fn allow(
+    core: &Core,
+    domain: &str,
+    tags: &Tags,
+    asked: Option<Option<&str>>,
+    now: Instant,
+) -> Allow {
+    if let Some(asked) = asked {
+        let pool = core.shaper.pool_for(domain, &tags.tenant, now);
+        if pool.as_ref().map(|p| p.name.as_str()) != asked {
+            return Allow::No;
+        }
+    }
+    if let Some(until) = core.shaper.lane_held(domain, tags, now) {
+        return Allow::Until(until);
+    }
+    let tenant = core.shaper.tenant(&tags.tenant);
+    let due = tenant.and_then(|t| t.shared.message_due(t.message_rate.as_ref()?, now));
+    match due {
+        Some(at) => Allow::Until(at),
+        None => Allow::Yes,
+    }
 }
 
 /// `entry` with at most `recipients_per_transaction` recipients; the

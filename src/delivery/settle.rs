@@ -187,13 +187,16 @@ fn react(
 ) -> Vec<(String, Reaction)> {
     let mut seen: Vec<&str> = Vec::new();
     let mut reactions = Vec::new();
+    let envelope = entry.message.envelope();
+    let (tenant, campaign) = envelope.tags();
     for (index, outcome) in outcomes {
         let reply = outcome.reason();
         if seen.contains(&reply) {
             continue;
         }
         seen.push(reply);
-        let Some(reaction) = core.shaper.react(domain, reply, Instant::now()) else {
+        let tags = (tenant.as_ref(), campaign.as_ref());
+        let Some(reaction) = core.shaper.react(domain, reply, tags, Instant::now()) else {
             continue;
         };
         let mut what = reaction.rule.describe(&reaction.target);

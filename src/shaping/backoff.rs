@@ -36,6 +36,15 @@ pub enum Scope {
     Provider,
 }
 
+/// What a suspension holds when it names less than its whole target: the
+/// replying message's tenant, or its campaign, at the destination that
+/// replied (`scope = "tenant"` or `"campaign"` on a suspend rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Tenant,
+    Campaign,
+}
+
 #[derive(Debug, Clone)]
 pub struct ResponseRule {
     pub pattern: Regex,
@@ -44,6 +53,8 @@ pub struct ResponseRule {
     pub scope: Scope,
     /// reroute: the pool's name.
     pub pool: Option<String>,
+    /// suspend: only the message's tenant or campaign.
+    pub lane: Option<Lane>,
 }
 
 impl PartialEq for ResponseRule {
@@ -53,6 +64,7 @@ impl PartialEq for ResponseRule {
             && self.duration == other.duration
             && self.scope == other.scope
             && self.pool == other.pool
+            && self.lane == other.lane
     }
 }
 
@@ -109,7 +121,25 @@ impl ResponseRule {
             duration,
             scope,
             pool: pool.map(str::to_string),
+            lane: None,
         })
+    }
+
+    /// The rule with `scope = "tenant"` or `"campaign"` (suspend only).
+    pub fn with_lane(mut self, lane: &str) -> Result<ResponseRule, String> {
+        if self.action != Action::Suspend {
+            return Err("scope goes with action = \"suspend\" only".into());
+        }
+        self.lane = Some(match lane {
+            "tenant" => Lane::Tenant,
+            "campaign" => Lane::Campaign,
+            other => {
+                return Err(format!(
+                    "scope {other:?} is neither \"tenant\" nor \"campaign\""
+                ))
+            }
+        });
+        Ok(self)
     }
 
     /// Whether `reply` ("CODE ENHANCED TEXT") matches.

@@ -5,9 +5,10 @@ use super::load;
 use crate::config::Config;
 use crate::dns::Resolver;
 
-/// Prints `domain`'s limits, each with the rule it came from, and the MX
+/// Prints `domain`'s limits, each with the rule it came from, the pool
+/// its mail goes out from (for `tenant`'s mail, if given), and the MX
 /// hosts it resolves to.
-pub fn print(cfg: &Config, domain: &str) -> Result<(), String> {
+pub fn print(cfg: &Config, domain: &str, tenant: Option<&str>) -> Result<(), String> {
     let rules = cfg
         .delivery
         .shaping_file
@@ -31,6 +32,26 @@ pub fn print(cfg: &Config, domain: &str) -> Result<(), String> {
     match provider {
         Some(name) => println!("provider {name} (every MX host ends in one of its suffixes; its connections and rates are totals over its domains)"),
         None => println!("provider: none"),
+    }
+    let pool = rules.explain_pool(cfg, domain, &mx);
+    if let Some(t) = tenant {
+        match rules.tenant(t) {
+            Some(def) => {
+                let rate = def.message_rate.map_or("unlimited".into(), |r| r.to_string());
+                println!("tenant {t}: message_rate {rate} (all destinations and cores), pool {}", def.pool.as_deref().unwrap_or("(the destination's)"));
+            }
+            None => println!("tenant {t}: no [tenant.{t}] rule; its mail is queued in lanes of its own but gets the destination's limits"),
+        }
+    }
+    let tenant_pool = tenant.and_then(|t| rules.tenant(t)?.pool.clone());
+    match tenant_pool.or(pool) {
+        Some(name) => {
+            println!("pool {name}:");
+            for line in rules.pool_lines(&name) {
+                println!("  {line}");
+            }
+        }
+        None => println!("pool: none (delivery.source_address, or the kernel's choice)"),
     }
     println!(
         "mail exchangers{}",

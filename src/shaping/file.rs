@@ -6,7 +6,7 @@
 use super::backoff::{ResponseRule, Scope, RULES_MAX};
 use super::egress::{self, RawPool, RawSource, SourceDef};
 use super::rate::Rate;
-use super::rules::{Partial, Retry, Rules};
+use super::rules::{Partial, Retry, Rules, TenantDef};
 use super::warmup::{self, Overflow, Plan};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -25,6 +25,8 @@ pub const PROVIDER_SUFFIXES_MAX: usize = 64;
 pub const DURATION_SECS_MAX: u64 = 90 * 86_400;
 /// Most intervals in a retry schedule.
 pub const RETRY_STEPS_MAX: usize = 32;
+/// Most tenant rules.
+pub const TENANTS_MAX: usize = 10_000;
 
 /// A shaping file that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +52,16 @@ struct RawFile {
     pool: BTreeMap<String, RawPool>,
     #[serde(default)]
     warmup: BTreeMap<String, RawWarmup>,
-    tenant: Option<toml::Value>,
+    #[serde(default)]
+    tenant: BTreeMap<String, RawTenant>,
+}
+
+/// One `[tenant.NAME]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    pool: Option<String>,
+    message_rate: Option<String>,
 }
 
 /// One `[warmup.NAME]` plan as written.
@@ -89,6 +100,8 @@ struct RawResponse {
     factor: Option<i64>,
     /// reroute: the pool to send through while the rule is in force.
     pool: Option<String>,
+    /// suspend: "tenant" or "campaign" holds only the replying message's.
+    scope: Option<String>,
 }
 
 /// Reads the text of a shaping file (`path` names it in errors).
@@ -108,20 +121,6 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
             reason: e.message().to_string(),
         }
     })?;
-    for (name, section) in [("tenant", &raw.tenant)] {
-        if section.is_some() {
-            let line = line_where(text, |l| {
-                let l = l.trim_start_matches('[').trim_start();
-                l.starts_with(name) && l[name.len()..].starts_with(['.', ']', ' '])
-            });
-            return Err(ShapingError {
-                path: path.to_string(),
-                line,
-                key: name.to_string(),
-                reason: not_yet(name),
-            });
-        }
-    }
     if raw.destination.len() > DESTINATIONS_MAX {
         return Err(at(
             0..0,
@@ -232,6 +231,7 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
     for (name, (_, p)) in &providers {
         named(p, &format!("provider.{name}"))?;
     }
+    let tenants = tenant_sections(&raw, &pools, text, path)?;
     if providers.len() > PROVIDERS_MAX {
         return Err(at(
             0..0,
@@ -239,7 +239,9 @@ pub fn parse(text: &str, path: &str) -> Result<Rules, ShapingError> {
             format!("more than {PROVIDERS_MAX} providers"),
         ));
     }
-    Ok(Rules::new(default, destinations, providers).with_egress(sources, pools))
+    Ok(Rules::new(default, destinations, providers)
+        .with_egress(sources, pools)
+        .with_tenants(tenants))
 }
 
 /// The `[source.NAME]` and `[pool.NAME]` sections, checked.
@@ -332,8 +334,57 @@ fn warmup_sections(
     Ok(plans)
 }
 
-fn not_yet(section: &str) -> String {
-    format!("{section} is not supported yet (issue 11: warm-up and tenants come next); remove it")
+/// The `[tenant.NAME]` sections, checked: each name as a message's
+/// `X-Spate-Tenant:` field would give it.
+fn tenant_sections(
+    raw: &RawFile,
+    pools: &BTreeMap<String, Vec<(String, u32)>>,
+    text: &str,
+    path: &str,
+) -> Result<BTreeMap<String, TenantDef>, ShapingError> {
+    if raw.tenant.len() > TENANTS_MAX {
+        return Err(ShapingError {
+            path: path.to_string(),
+            line: 0,
+            key: "tenant".into(),
+            reason: format!("more than {TENANTS_MAX} tenants"),
+        });
+    }
+    let mut tenants = BTreeMap::new();
+    for (name, t) in &raw.tenant {
+        let fail = |key: &str, reason: String| ShapingError {
+            path: path.to_string(),
+            line: line_where(text, |l| {
+                let l = l.split('#').next().unwrap_or("").trim();
+                l == format!("[tenant.{name}]") || l == format!("[tenant.\"{name}\"]")
+            }),
+            key: format!("tenant.{name}{key}"),
+            reason,
+        };
+        let ok = (1..=spool_format::TAG_BYTES_MAX).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            let reason = "a tenant name is 1 to 64 letters, digits, '.', '_' or '-'".into();
+            return Err(fail("", reason));
+        }
+        if let Some(p) = t.pool.as_ref().filter(|p| !pools.contains_key(*p)) {
+            return Err(fail(".pool", format!("no [pool.{p}]")));
+        }
+        let message_rate = t
+            .message_rate
+            .as_deref()
+            .map(Rate::parse)
+            .transpose()
+            .map_err(|e| fail(".message_rate", e))?;
+        let def = TenantDef {
+            pool: t.pool.clone(),
+            message_rate,
+        };
+        tenants.insert(name.clone(), def);
+    }
+    Ok(tenants)
 }
 
 type At<'a> = dyn Fn(std::ops::Range<usize>, &str, String) -> ShapingError + 'a;
@@ -463,14 +514,18 @@ fn responses(
                 Some(f) if f < 0 => return Err(fail(i, format!("factor {f} is negative"))),
                 f => f.map(|f| f as u64),
             };
-            ResponseRule::new(
+            let rule = ResponseRule::new(
                 &r.pattern,
                 &r.action,
                 duration,
                 factor,
                 r.pool.as_deref(),
                 scope,
-            )
+            );
+            match &r.scope {
+                None => rule,
+                Some(lane) => rule.and_then(|rule| rule.with_lane(lane)),
+            }
             .map_err(|e| fail(i, e))
         })
         .collect()
@@ -562,7 +617,11 @@ mod tests {
         let e = err("[source.a]\naddress = \"127.0.0.1\"\nwarmup = \"none\"\n");
         assert_eq!((e.line, e.key.as_str()), (1, "source.a.warmup"), "{e}");
         let e = err("[default]\n[tenant.acme]\npool = \"p\"\n");
-        assert_eq!((e.line, e.key.as_str()), (2, "tenant"), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (2, "tenant.acme.pool"), "{e}");
+        let e = err("[tenant.\"a b\"]\nmessage_rate = \"5/s\"\n");
+        assert_eq!((e.line, e.key.as_str()), (1, "tenant.a b"), "{e}");
+        let e = err("[[default.on_response]]\nmatch = \"x\"\naction = \"throttle\"\nduration = \"1m\"\nscope = \"tenant\"\n");
+        assert!(e.reason.contains("suspend"), "{e}");
         let e = err("[provider.big]\nconnections = 3\n");
         assert_eq!((e.line, e.key.as_str()), (1, "provider.big"), "{e}");
         let e = err("[provider.big]\nmx_suffix = [\" \"]\n");

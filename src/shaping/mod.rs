@@ -20,9 +20,16 @@
 //!
 //! Reply rules (`backoff`), adaptive mode, egress sources and pools
 //! (`egress`) and warm-up plans (`warmup`) are built here too. Not yet
-//! built (issue 11): tenants, limits per source and provider together, and
-//! reroute and adaptive mode at provider scope. The file parser refuses
-//! those with a message naming the line, rather than ignoring them.
+//! built (issue 11): limits per source and provider together, and reroute
+//! and adaptive mode at provider scope. The file parser refuses those with
+//! a message naming the line, rather than ignoring them.
+//!
+//! Tenants (`[tenant.NAME]`): a message names its tenant and campaign in
+//! header fields that the listener moves into the spool record's envelope;
+//! the queues keep a lane per tenant and campaign (`crate::queue`), and
+//! here a tenant's pool, its total message rate (shared by every core, like
+//! a provider's) and suspensions of one tenant or campaign at one
+//! destination are held.
 
 pub mod backoff;
 pub mod egress;
@@ -167,7 +174,15 @@ pub struct Shaper {
     /// Warm-up progress handles by "SOURCE\0PROVIDER", so the shared
     /// table's mutex is taken once per pair, not per connection.
     progress: RefCell<HashMap<String, Arc<warmup::Progress>>>,
+    /// Suspensions of one tenant or campaign at one destination, until
+    /// when, by "DOMAIN\0t\0TENANT" or "DOMAIN\0c\0CAMPAIGN".
+    lane_holds: RefCell<HashMap<String, Instant>>,
 }
+
+/// Most tenant and campaign suspensions a core holds at once; past it the
+/// ended ones are forgotten, and if none has ended the new one is not kept
+/// (its mail is retried as a deferral instead).
+const LANE_HOLDS_MAX: usize = 100_000;
 
 /// Most pools one connection's choice goes through (a warming source's
 /// overflow pool may have warming sources that overflow in turn).
@@ -282,7 +297,64 @@ impl Shaper {
             providers: RefCell::default(),
             combined: RefCell::default(),
             progress: RefCell::default(),
+            lane_holds: RefCell::default(),
         }
+    }
+
+    /// The rule of tenant `name`, if the rules have one.
+    pub fn tenant(&self, name: &str) -> Option<Arc<rules::Tenant>> {
+        if name.is_empty() {
+            return None;
+        }
+        self.refresh();
+        self.rules.borrow().tenant(name).cloned()
+    }
+
+    /// The pool mail of `tenant` (empty: none) for `domain` goes out from:
+    /// a reroute's while one is in force, else the tenant's, else the
+    /// domain's rule's; `None`: `delivery.source_address`.
+    pub fn pool_for(&self, domain: &str, tenant: &str, now: Instant) -> Option<Arc<egress::Pool>> {
+        if let Some(rerouted) = self.rerouted(domain, now) {
+            return Some(rerouted);
+        }
+        match self.tenant(tenant).and_then(|t| t.pool.clone()) {
+            Some(pool) => Some(pool),
+            None => self.limits(domain).pool.clone(),
+        }
+    }
+
+    /// Until when the mail of `tags` for `domain` is held by a tenant or
+    /// campaign suspension; `None`: it is not.
+    pub fn lane_held(
+        &self,
+        domain: &str,
+        tags: &crate::queue::Tags,
+        now: Instant,
+    ) -> Option<Instant> {
+        let holds = self.lane_holds.borrow();
+        if holds.is_empty() {
+            return None;
+        }
+        [("t", &tags.tenant), ("c", &tags.campaign)]
+            .into_iter()
+            .filter(|(_, name)| !name.is_empty())
+            .filter_map(|(kind, name)| holds.get(&format!("{domain}\0{kind}\0{name}")))
+            .filter(|until| **until > now)
+            .max()
+            .copied()
+    }
+
+    fn hold_lane(&self, key: String, until: Instant, now: Instant) -> bool {
+        let mut holds = self.lane_holds.borrow_mut();
+        if holds.len() >= LANE_HOLDS_MAX {
+            holds.retain(|_, t| *t > now);
+            if holds.len() >= LANE_HOLDS_MAX {
+                return false;
+            }
+        }
+        let at = holds.entry(key).or_insert(until);
+        *at = (*at).max(until);
+        true
     }
 
     /// Today for warm-up.
@@ -305,21 +377,21 @@ impl Shaper {
         Some(p)
     }
 
-    /// The source a new connection to `domain` (in `provider`, if it has
-    /// one) goes out from, expecting to send `expected` messages: from the
-    /// domain's pool, skipping warming sources over today's volume for the
+    /// The source a new connection (to a domain in `provider`, if it has
+    /// one) goes out from, expecting to send `expected` messages: from
+    /// `pool` (the lane's, [`Shaper::pool_for`]), skipping warming sources over today's volume for the
     /// provider; when every source is full, from the overflow pool of a
     /// full one. `Ok(None)`: the domain has no pool. `Err`: no source has
     /// room, and when to look again (tomorrow if every one is full and
     /// their plans keep the mail queued).
     pub fn source_for(
         &self,
-        domain: &str,
+        pool: Option<Arc<egress::Pool>>,
         provider: Option<&str>,
         expected: u64,
         now: Instant,
     ) -> Result<Option<egress::SourceLease>, Instant> {
-        let Some(mut pool) = self.pool(domain, now) else {
+        let Some(mut pool) = pool else {
             return Ok(None);
         };
         let asked = pool.name.clone();
@@ -444,10 +516,36 @@ impl Shaper {
     }
 
     /// Runs `reply` through `domain`'s reply rules (its own, its
-    /// provider's, the default's); the first that matches acts at once.
-    pub fn react(&self, domain: &str, reply: &str, now: Instant) -> Option<Reaction> {
+    /// provider's, the default's); the first that matches acts at once. A
+    /// rule that suspends a tenant or campaign matches only a message that
+    /// names one (`tags`).
+    pub fn react(
+        &self,
+        domain: &str,
+        reply: &str,
+        tags: (&str, &str),
+        now: Instant,
+    ) -> Option<Reaction> {
         let limits = self.limits(domain);
-        let rule = limits.on_response.iter().find(|r| r.matches(reply))?;
+        let lane_of = |lane: backoff::Lane| match lane {
+            backoff::Lane::Tenant => ("t", "tenant", tags.0),
+            backoff::Lane::Campaign => ("c", "campaign", tags.1),
+        };
+        let rule = limits
+            .on_response
+            .iter()
+            .find(|r| r.matches(reply) && r.lane.is_none_or(|lane| !lane_of(lane).2.is_empty()))?;
+        if let Some(lane) = rule.lane {
+            let (kind, what, name) = lane_of(lane);
+            let key = format!("{domain}\0{kind}\0{name}");
+            if !self.hold_lane(key, now + rule.duration, now) {
+                return None;
+            }
+            return Some(Reaction {
+                rule: rule.clone(),
+                target: format!("{what} {name} at destination {domain}"),
+            });
+        }
         let target = match rule.scope {
             backoff::Scope::Destination => {
                 let pool = rule
@@ -532,16 +630,20 @@ impl Shaper {
     /// The pool `domain`'s connections go out from: a reroute's while one
     /// is in force, else its rule's; `None`: `delivery.source_address`.
     pub fn pool(&self, domain: &str, now: Instant) -> Option<Arc<egress::Pool>> {
-        let rerouted = self
-            .buckets
+        match self.rerouted(domain, now) {
+            Some(pool) => Some(pool),
+            None => self.limits(domain).pool.clone(),
+        }
+    }
+
+    /// The pool a reroute rule sends `domain` to while it is in force.
+    fn rerouted(&self, domain: &str, now: Instant) -> Option<Arc<egress::Pool>> {
+        self.buckets
             .borrow()
             .get(domain)
             .and_then(|b| b.reroute.clone())
-            .filter(|(_, until)| *until > now);
-        match rerouted {
-            Some((pool, _)) => Some(pool),
-            None => self.limits(domain).pool.clone(),
-        }
+            .filter(|(_, until)| *until > now)
+            .map(|(pool, _)| pool)
     }
 
     /// Takes one message of `domain`'s rate, or says when one conforms.

@@ -87,6 +87,26 @@ pub struct Rules {
     sources: BTreeMap<String, SourceDef>,
     /// By name: each member source and its weight.
     pools: BTreeMap<String, Vec<(String, u32)>>,
+    tenants: BTreeMap<String, TenantDef>,
+}
+
+/// A `[tenant.NAME]` as the file defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantDef {
+    /// The pool the tenant's mail goes out from, over the destination's.
+    pub pool: Option<String>,
+    /// The tenant's messages over all destinations and cores.
+    pub message_rate: Option<Rate>,
+}
+
+/// A tenant rule, resolved.
+#[derive(Debug)]
+pub struct Tenant {
+    pub name: String,
+    pub pool: Option<Arc<Pool>>,
+    pub message_rate: Option<Rate>,
+    /// Its rate's state, shared by every core.
+    pub shared: Arc<SharedLimits>,
 }
 
 impl Rules {
@@ -101,7 +121,18 @@ impl Rules {
             providers,
             sources: BTreeMap::new(),
             pools: BTreeMap::new(),
+            tenants: BTreeMap::new(),
         }
+    }
+
+    /// The rules with these tenants.
+    pub fn with_tenants(mut self, tenants: BTreeMap<String, TenantDef>) -> Rules {
+        self.tenants = tenants;
+        self
+    }
+
+    pub fn tenant(&self, name: &str) -> Option<&TenantDef> {
+        self.tenants.get(name)
     }
 
     /// The rules with these sources and pools.
@@ -181,12 +212,26 @@ impl Rules {
                 shared: shared(name),
             })
             .collect();
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(name, t)| {
+                let tenant = Tenant {
+                    name: name.clone(),
+                    pool: t.pool.as_ref().and_then(|p| pools.get(p).cloned()),
+                    message_rate: t.message_rate,
+                    shared: shared(&format!("tenant {name}")),
+                };
+                (name.clone(), Arc::new(tenant))
+            })
+            .collect();
         Resolved {
             default,
             destinations,
             destination_rules: self.destinations.clone(),
             providers,
             pools,
+            tenants,
         }
     }
 
@@ -274,6 +319,60 @@ impl Rules {
             ),
         ];
         (provider, rows)
+    }
+}
+
+impl Rules {
+    /// The name of the pool `domain`'s rules give it (no tenant, no
+    /// reroute).
+    pub fn explain_pool(&self, cfg: &Config, domain: &str, mx: &[&str]) -> Option<String> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let resolved = self.resolve(cfg, &mut |_| {
+            Arc::new(SharedLimits::new(std::time::Instant::now()))
+        });
+        let provider = resolved.provider_of(mx.iter().copied());
+        resolved
+            .limits(&domain, provider)
+            .pool
+            .as_ref()
+            .map(|p| p.name.clone())
+    }
+
+    /// One line per source of pool `name`: address, EHLO, weight, limits
+    /// and warm-up plan.
+    pub fn pool_lines(&self, name: &str) -> Vec<String> {
+        let Some(members) = self.pools.get(name) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .map(|(source, weight)| {
+                let def = &self.sources[source];
+                let mut line = format!("source {source}: {} weight {weight}", def.address);
+                if let Some(e) = &def.ehlo {
+                    line += &format!(", ehlo {e}");
+                }
+                if let Some(n) = def.totals.connections {
+                    line += &format!(", connections {n}");
+                }
+                if let Some(r) = def.totals.message_rate {
+                    line += &format!(", message_rate {r}");
+                }
+                if let Some(w) = &def.warmup {
+                    let overflow = match &w.overflow {
+                        super::warmup::Overflow::Queue => "queue".to_string(),
+                        super::warmup::Overflow::Pool(p) => format!("pool {p}"),
+                    };
+                    line += &format!(
+                        ", warming by plan {} ({} days from {} a day per provider; overflow: {overflow}; progress in <spool>/warmup.json)",
+                        w.name,
+                        w.daily.len(),
+                        w.daily[0]
+                    );
+                }
+                line
+            })
+            .collect()
     }
 }
 
@@ -384,6 +483,7 @@ pub struct Resolved {
     destination_rules: BTreeMap<String, Partial>,
     providers: Vec<Provider>,
     pools: HashMap<String, Arc<Pool>>,
+    tenants: HashMap<String, Arc<Tenant>>,
 }
 
 impl Resolved {
@@ -431,6 +531,11 @@ impl Resolved {
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
+    }
+
+    /// The rule of the tenant a message names, if there is one.
+    pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(name)
     }
 }
 

@@ -420,6 +420,9 @@ pub struct Stored {
     pub sender: String,
     pub recipients: Vec<String>,
     pub flags: u32,
+    /// The record's tenant and campaign (empty: none).
+    pub tenant: String,
+    pub campaign: String,
     pub body: Vec<u8>,
 }
 
@@ -486,6 +489,8 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
                             .map(|r| String::from_utf8(r.to_vec()).unwrap())
                             .collect(),
                         flags: m.flags,
+                        tenant: String::from_utf8(m.tenant.to_vec()).unwrap(),
+                        campaign: String::from_utf8(m.campaign.to_vec()).unwrap(),
                         body: m.body.to_vec(),
                     };
                     if let Some(&i) = seen.get(&stored.id) {
