@@ -566,3 +566,83 @@ fn a_source_address_this_host_does_not_have_is_refused() {
         "{out}"
     );
 }
+
+/// A source's own limits (`[source.s1] connections`, `message_rate`) are
+/// totals over all cores: at the sink, never more connections from its
+/// address at once, nor more messages a second, than it allows, while two
+/// domains on different cores send through it.
+#[test]
+fn a_source_limit_holds_at_the_sink() {
+    let mx = CountingMx::start(Duration::from_millis(20));
+    let domains: Vec<String> = (0..2)
+        .flat_map(|core| {
+            (0..)
+                .map(|i| format!("s{i}.test"))
+                .filter(move |d| spate::router::owner_of(d, 2) == core)
+                .take(1)
+        })
+        .collect();
+    let rules = file(
+        "s.toml",
+        "[default]\npool = \"p\"\n[source.s1]\naddress = \"127.0.0.231\"\nconnections = 2\nmessage_rate = \"20/s,burst=1\"\n[pool.p]\nsources = { s1 = 1 }\n",
+    );
+    let (_dns, mut spate) = provider_spate(&mx, &domains, &rules);
+    let mut smtp = spate.connect();
+    for i in 0..40 {
+        let to = format!("r{i}@{}", domains[i % 2]);
+        smtp.transaction("s@a.test", &[&to], b"Subject: s\r\n\r\nx\r\n");
+    }
+    wait_until(LONG, "40 deliveries", || mx.delivered() == 40);
+    assert_eq!(spate.stop(), 0);
+    let seen = mx.seen.lock().unwrap();
+    let s1: std::net::IpAddr = "127.0.0.231".parse().unwrap();
+    assert!(
+        seen.max_open_by_source[&s1] <= 2,
+        "{:?}",
+        seen.max_open_by_source
+    );
+    let most = most_in_a_second(&seen.arrivals_by_source[&s1]);
+    assert!(
+        most <= 20 + 1 + 2,
+        "{most} messages from s1 within a second"
+    );
+}
+
+/// A provider's `per_source` limits hold for each source with that
+/// provider, over domains on both cores: one connection and 10 messages a
+/// second per source, and both sources of the pool carry the provider's
+/// mail.
+#[test]
+fn a_limit_per_source_and_provider_holds_at_the_sink() {
+    let mx = CountingMx::start(Duration::from_millis(20));
+    let domains: Vec<String> = (0..2)
+        .flat_map(|core| {
+            (0..)
+                .map(|i| format!("q{i}.test"))
+                .filter(move |d| spate::router::owner_of(d, 2) == core)
+                .take(2)
+        })
+        .collect();
+    let rules = file(
+        "s.toml",
+        "[default]\npool = \"p\"\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\nper_source = { connections = 1, message_rate = \"10/s,burst=1\" }\n[source.a]\naddress = \"127.0.0.232\"\n[source.b]\naddress = \"127.0.0.233\"\n[pool.p]\nsources = { a = 1, b = 1 }\n",
+    );
+    let (_dns, mut spate) = provider_spate(&mx, &domains, &rules);
+    let mut smtp = spate.connect();
+    for i in 0..40 {
+        let to = format!("r{i}@{}", domains[i % domains.len()]);
+        smtp.transaction("s@a.test", &[&to], b"Subject: p\r\n\r\nx\r\n");
+    }
+    wait_until(LONG, "40 deliveries", || mx.delivered() == 40);
+    assert_eq!(spate.stop(), 0);
+    let seen = mx.seen.lock().unwrap();
+    assert_eq!(seen.per_source.len(), 2, "{:?}", seen.per_source);
+    for (source, max) in &seen.max_open_by_source {
+        assert!(*max <= 1, "{max} connections at once from {source}");
+        let most = most_in_a_second(&seen.arrivals_by_source[source]);
+        assert!(
+            most <= 10 + 1 + 1,
+            "{most} messages from {source} within a second"
+        );
+    }
+}

@@ -312,9 +312,11 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     };
     let now = Instant::now();
     let expected = u64::from(core.shaper.limits(domain).messages_per_connection);
-    let provider_name = plan.provider.as_ref().map(|p| p.name.as_str());
     let pool = core.shaper.pool_for(domain, &lane.tenant, now);
-    let egress = match core.shaper.source_for(pool, provider_name, expected, now) {
+    let egress = match core
+        .shaper
+        .source_for(pool, plan.provider.as_ref(), expected, now)
+    {
         Ok(egress) => egress,
         Err(at) => return Some(LookAgain(at)),
     };
@@ -431,6 +433,8 @@ async fn next_entry(
             }
             Pop::Empty => None,
         };
+        let holds_shared_place = provider.is_some_and(|p| p.totals.connections.is_some())
+            || egress.is_some_and(|e| e.holds_shared_place());
         if let Some((entry, tags)) = next {
             let now = Instant::now();
             if egress.is_some_and(|e| !e.has_room(today)) {
@@ -466,9 +470,19 @@ async fn next_entry(
                 }
             }
         }
-        let left = deadline
+        if provider.is_some_and(|p| p.place_wanted()) || egress.is_some_and(|e| e.place_wanted()) {
+            // Idle, and holding a place in a count that spans domains
+            // (the provider's, the source's) that another connection
+            // wants: let it go rather than idle on it.
+            return Err(None);
+        }
+        let mut left = deadline
             .checked_duration_since(Instant::now())
             .ok_or(None)?;
+        if holds_shared_place {
+            // Look again soon whether another connection wants the place.
+            left = left.min(shaping::provider::WANTED_FOR / 2);
+        }
         let waited = futures_lite::future::or(
             async {
                 work.wait(seen).await;
@@ -479,12 +493,12 @@ async fn next_entry(
                 false
             },
         );
-        if !futures_lite::future::or(waited, async {
+        let woken = futures_lite::future::or(waited, async {
             core.stop.wait().await;
             false
         })
-        .await
-        {
+        .await;
+        if !woken && Instant::now() >= deadline {
             return Err(None);
         }
     }

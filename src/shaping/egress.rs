@@ -174,6 +174,16 @@ pub struct SourceLease {
     /// For a source of an overflow pool: the warm-up day it was chosen on.
     /// On another day the warming sources may have room again.
     pub(super) overflow_on: Option<u32>,
+    /// The source's limits with the destination's provider (its
+    /// `per_source`), and its place in their connection count.
+    pub(super) pair: Option<PairLimits>,
+}
+
+/// What one source may send one provider, and its counts over all cores.
+pub struct PairLimits {
+    pub shared: Arc<SharedLimits>,
+    pub message_rate: Option<Rate>,
+    pub(super) _slot: Option<ConnectionSlot>,
 }
 
 /// A warming source has sent today's volume for a provider.
@@ -217,6 +227,25 @@ impl SourceLease {
         self.asked.as_deref().unwrap_or(&self.pool.name)
     }
 
+    /// Whether this connection holds a place in a count that spans
+    /// domains: its source's connections, or its source's with the
+    /// provider.
+    pub fn holds_shared_place(&self) -> bool {
+        self.source().def.totals.connections.is_some()
+            || self.pair.as_ref().is_some_and(|p| p._slot.is_some())
+    }
+
+    /// Whether another connection wants this one's place in a count it
+    /// holds (its source's, or its source's with the provider).
+    pub fn place_wanted(&self) -> bool {
+        let m = self.source();
+        (m.def.totals.connections.is_some() && m.shared.place_wanted())
+            || self
+                .pair
+                .as_ref()
+                .is_some_and(|p| p._slot.is_some() && p.shared.place_wanted())
+    }
+
     /// Whether this connection took overflow on a warm-up day before
     /// `today` (then it should end, so the next goes out from the pool
     /// asked for).
@@ -246,18 +275,35 @@ impl SourceLease {
     }
 
     /// When the source's own rate lets the next message go; `None`: now.
+    /// (Its own rate, and its rate with the destination's provider.)
     pub fn message_due(&self, now: Instant) -> Option<Instant> {
         let m = self.source();
-        m.shared
-            .message_due(m.def.totals.message_rate.as_ref()?, now)
+        let own = m
+            .def
+            .totals
+            .message_rate
+            .and_then(|rate| m.shared.message_due(&rate, now));
+        let pair = self
+            .pair
+            .as_ref()
+            .and_then(|p| p.shared.message_due(p.message_rate.as_ref()?, now));
+        own.max(pair)
     }
 
-    /// One message of the source's own rate, or when one conforms.
+    /// One message of the source's own rate and of its rate with the
+    /// provider, or when one conforms.
     pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
         let m = self.source();
-        match &m.def.totals.message_rate {
-            Some(rate) => m.shared.take_message(rate, now),
-            None => Ok(()),
+        if let Some(rate) = &m.def.totals.message_rate {
+            m.shared.take_message(rate, now)?;
+        }
+        match &self.pair {
+            Some(PairLimits {
+                shared,
+                message_rate: Some(rate),
+                ..
+            }) => shared.take_message(rate, now),
+            _ => Ok(()),
         }
     }
 }
@@ -313,6 +359,7 @@ impl Pool {
                 warm: None,
                 asked: None,
                 overflow_on: None,
+                pair: None,
             })
         })
     }

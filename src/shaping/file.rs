@@ -6,7 +6,7 @@
 use super::backoff::{ResponseRule, Scope, RULES_MAX};
 use super::egress::{self, RawPool, RawSource, SourceDef};
 use super::rate::Rate;
-use super::rules::{Partial, Retry, Rules, TenantDef};
+use super::rules::{Partial, Retry, Rules, TenantDef, Totals};
 use super::warmup::{self, Overflow, Plan};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -87,6 +87,16 @@ struct RawLimits {
     pool: Option<Spanned<String>>,
     adaptive: Option<Spanned<bool>>,
     on_response: Option<Vec<RawResponse>>,
+    /// Providers only: what each source may send the provider.
+    per_source: Option<Spanned<RawPerSource>>,
+}
+
+/// A provider's `per_source = { connections = N, message_rate = "R" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerSource {
+    connections: Option<i64>,
+    message_rate: Option<String>,
 }
 
 /// One `[[...on_response]]` rule as written.
@@ -395,6 +405,33 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
         None => None,
         Some(list) => Some(responses(list, section, text, at)?),
     };
+    let per_source = match (&raw.per_source, section.starts_with("provider.")) {
+        (None, _) => None,
+        (Some(p), false) => {
+            let reason = "per_source belongs in a [provider.NAME] rule".into();
+            return Err(at(p.span(), &key("per_source"), reason));
+        }
+        (Some(p), true) => {
+            let fail = |reason: String| at(p.span(), &key("per_source"), reason);
+            let raw = p.get_ref();
+            let connections = match raw.connections {
+                None => None,
+                Some(n) if (1..=10_000).contains(&n) => Some(n as u32),
+                Some(n) => return Err(fail(format!("connections {n} is outside 1..=10000"))),
+            };
+            let message_rate = raw
+                .message_rate
+                .as_deref()
+                .map(Rate::parse)
+                .transpose()
+                .map_err(fail)?;
+            Some(Totals {
+                connections,
+                message_rate,
+                connection_rate: None,
+            })
+        }
+    };
     if let (true, Some(a)) = (section.starts_with("provider."), &raw.adaptive) {
         let reason =
             "adaptive mode is per destination: set it in [default] or a [destination] rule".into();
@@ -468,6 +505,7 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
         on_response,
         adaptive: raw.adaptive.as_ref().map(|a| *a.get_ref()),
         pool: raw.pool.as_ref().map(|p| p.get_ref().clone()),
+        per_source,
     })
 }
 

@@ -20,9 +20,15 @@
 //!
 //! Reply rules (`backoff`), adaptive mode, egress sources and pools
 //! (`egress`) and warm-up plans (`warmup`) are built here too. Not yet
-//! built (issue 11): limits per source and provider together, and reroute
-//! and adaptive mode at provider scope. The file parser refuses those with
-//! a message naming the line, rather than ignoring them.
+//! built (issue 11): reroute and adaptive mode at provider scope. The file
+//! parser refuses those with a message naming the line, rather than
+//! ignoring them.
+//!
+//! A provider's `per_source` limits hold for each source with that
+//! provider, shared like the provider's own (one [`SharedLimits`] per pair,
+//! made on first use and kept across reloads). A connection idle on a place
+//! in a count that spans domains (a provider's, a source's, a pair's) gives
+//! it up as soon as another connection is refused one.
 //!
 //! Tenants (`[tenant.NAME]`): a message names its tenant and campaign in
 //! header fields that the listener moves into the spool record's envelope;
@@ -145,6 +151,16 @@ impl Published {
         self.file.as_deref()
     }
 
+    /// The counts of `source` with `provider` (its `per_source` limits),
+    /// shared by every core and kept across reloads.
+    fn pair_limits(&self, source: &str, provider: &str) -> Arc<SharedLimits> {
+        let mut shared = self.shared.lock().expect("not poisoned");
+        shared
+            .entry(format!("source {source} provider {provider}"))
+            .or_insert_with(|| Arc::new(SharedLimits::new(self.epoch)))
+            .clone()
+    }
+
     /// Ends the warm-up day (manual calendar): every core looks at its
     /// domains again, as after a reload. Returns the new day.
     pub fn end_warmup_day(&self) -> Option<u32> {
@@ -177,6 +193,8 @@ pub struct Shaper {
     /// Suspensions of one tenant or campaign at one destination, until
     /// when, by "DOMAIN\0t\0TENANT" or "DOMAIN\0c\0CAMPAIGN".
     lane_holds: RefCell<HashMap<String, Instant>>,
+    /// Counts of a source with a provider, by "SOURCE\0PROVIDER".
+    pairs: RefCell<HashMap<String, Arc<SharedLimits>>>,
 }
 
 /// Most tenant and campaign suspensions a core holds at once; past it the
@@ -198,6 +216,8 @@ const PROVIDER_DOMAINS_MAX: usize = 100_000;
 pub struct ProviderHandle {
     pub name: String,
     pub totals: rules::Totals,
+    /// What each source may send the provider.
+    pub per_source: Option<rules::Totals>,
     pub shared: Arc<SharedLimits>,
 }
 
@@ -234,6 +254,12 @@ impl ProviderHandle {
         Ok(slot)
     }
 
+    /// Whether another connection wants a place in the provider's
+    /// connection count.
+    pub fn place_wanted(&self) -> bool {
+        self.totals.connections.is_some() && self.shared.place_wanted()
+    }
+
     /// When the provider's total rate lets the next message go; `None`:
     /// now.
     pub fn message_due(&self, now: Instant) -> Option<Instant> {
@@ -260,6 +286,7 @@ impl ProviderHandle {
         ProviderHandle {
             name: p.name.clone(),
             totals: p.totals,
+            per_source: p.per_source,
             shared: p.shared.clone(),
         }
     }
@@ -298,7 +325,23 @@ impl Shaper {
             combined: RefCell::default(),
             progress: RefCell::default(),
             lane_holds: RefCell::default(),
+            pairs: RefCell::default(),
         }
+    }
+
+    /// The counts of `source` with `provider`, cached on this core.
+    fn pair(&self, source: &str, provider: &str) -> Arc<SharedLimits> {
+        let key = format!("{source}\0{provider}");
+        if let Some(p) = self.pairs.borrow().get(&key) {
+            return p.clone();
+        }
+        let p = self.published.pair_limits(source, provider);
+        let mut cache = self.pairs.borrow_mut();
+        if cache.len() >= warmup::PAIRS_MAX {
+            cache.clear();
+        }
+        cache.insert(key, p.clone());
+        p
     }
 
     /// The rule of tenant `name`, if the rules have one.
@@ -387,7 +430,7 @@ impl Shaper {
     pub fn source_for(
         &self,
         pool: Option<Arc<egress::Pool>>,
-        provider: Option<&str>,
+        provider: Option<&ProviderHandle>,
         expected: u64,
         now: Instant,
     ) -> Result<Option<egress::SourceLease>, Instant> {
@@ -395,15 +438,46 @@ impl Shaper {
             return Ok(None);
         };
         let asked = pool.name.clone();
-        let provider = provider.unwrap_or(warmup::OTHER);
+        let per_source = provider.and_then(|p| p.per_source);
+        let provider = provider.map_or(warmup::OTHER, |p| p.name.as_str());
         let today = self.today();
         let warm = |m: &egress::Member| {
             let plan = m.def.warmup.clone()?;
             Some((plan, self.progress(&m.name, provider)?))
         };
-        let full = |m: &egress::Member| warm(m).is_some_and(|(plan, p)| !p.has_room(&plan, today));
+        let warm_full =
+            |m: &egress::Member| warm(m).is_some_and(|(plan, p)| !p.has_room(&plan, today));
+        let pair_max = per_source.and_then(|t| t.connections);
+        let pair_full = |m: &egress::Member| {
+            pair_max.is_some_and(|max| {
+                let pair = self.pair(&m.name, provider);
+                let full = pair.open_connections() >= max;
+                if full {
+                    pair.note_wanted();
+                }
+                full
+            })
+        };
+        let full = |m: &egress::Member| warm_full(m) || pair_full(m);
         for _ in 0..OVERFLOW_HOPS_MAX {
             if let Some(mut lease) = pool.choose(expected, &full) {
+                if let Some(limits) = per_source {
+                    let shared = self.pair(&lease.source().name, provider);
+                    let slot = match limits.connections {
+                        // Another core took the last since the choice.
+                        Some(max) => Some(
+                            shared
+                                .open_connection(max)
+                                .ok_or(now + PROVIDER_FULL_RETRY)?,
+                        ),
+                        None => None,
+                    };
+                    lease.pair = Some(egress::PairLimits {
+                        shared,
+                        message_rate: limits.message_rate,
+                        _slot: slot,
+                    });
+                }
                 lease.warm = warm(lease.source()).map(|(plan, progress)| egress::Warm {
                     plan,
                     progress,
@@ -415,7 +489,7 @@ impl Shaper {
                 lease.asked = Some(asked);
                 return Ok(Some(lease));
             }
-            let overflow = pool.members.iter().filter(|m| full(m)).find_map(|m| {
+            let overflow = pool.members.iter().filter(|m| warm_full(m)).find_map(|m| {
                 match &m.def.warmup.as_ref()?.overflow {
                     warmup::Overflow::Pool(name) => Some(name.clone()),
                     warmup::Overflow::Queue => None,
@@ -424,7 +498,7 @@ impl Shaper {
             let next = overflow.and_then(|name| self.rules.borrow().pool(&name).cloned());
             match next {
                 Some(next) if next != pool => pool = next,
-                _ if pool.members.iter().all(&full) => {
+                _ if pool.members.iter().all(&warm_full) => {
                     return Err(self.published.warmups.calendar.tomorrow_at(now))
                 }
                 _ => break,

@@ -20,6 +20,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How long a refused connection counts as someone wanting a place:
+/// longer than the wait before it asks again (`PROVIDER_FULL_RETRY`).
+pub const WANTED_FOR: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One provider's counts, shared by every core.
 #[derive(Debug)]
 pub struct SharedLimits {
@@ -27,6 +31,10 @@ pub struct SharedLimits {
     connections: AtomicU32,
     message_tat_ns: AtomicU64,
     connection_tat_ns: AtomicU64,
+    /// When a connection was last refused for the count (ns after the
+    /// epoch, 0: never): an idle connection holding a place gives it up
+    /// while others want one.
+    refused_ns: AtomicU64,
     /// A suspension or throttle from one of the provider's rules.
     pub backoff: SharedBackoff,
 }
@@ -38,6 +46,7 @@ impl SharedLimits {
             connections: AtomicU32::new(0),
             message_tat_ns: AtomicU64::new(0),
             connection_tat_ns: AtomicU64::new(0),
+            refused_ns: AtomicU64::new(0),
             backoff: SharedBackoff::default(),
         }
     }
@@ -51,6 +60,7 @@ impl SharedLimits {
         let mut open = self.connections.load(Ordering::Acquire);
         loop {
             if open >= max {
+                self.note_wanted();
                 return None;
             }
             match self.connections.compare_exchange_weak(
@@ -63,6 +73,21 @@ impl SharedLimits {
                 Err(now) => open = now,
             }
         }
+    }
+
+    /// Records that a connection wanted a place and found none.
+    pub fn note_wanted(&self) {
+        let now = (self.epoch.elapsed().as_nanos() as u64).max(1);
+        self.refused_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether a connection was refused a place in the last
+    /// [`WANTED_FOR`]: then an idle holder should let its place go.
+    pub fn place_wanted(&self) -> bool {
+        let refused = self.refused_ns.load(Ordering::Relaxed);
+        refused != 0
+            && (self.epoch.elapsed().as_nanos() as u64).saturating_sub(refused)
+                < WANTED_FOR.as_nanos() as u64
     }
 
     /// Connections open now, all cores together.

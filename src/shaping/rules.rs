@@ -75,6 +75,9 @@ pub struct Partial {
     pub on_response: Option<Arc<[ResponseRule]>>,
     pub adaptive: Option<bool>,
     pub pool: Option<String>,
+    /// Providers only: what each source may send the provider, all cores
+    /// together.
+    pub per_source: Option<Totals>,
 }
 
 /// The file's rules; [`Rules::resolve`] joins them with a configuration.
@@ -209,6 +212,7 @@ impl Rules {
                     message_rate: p.message_rate,
                     connection_rate: p.connection_rate,
                 },
+                per_source: p.per_source,
                 shared: shared(name),
             })
             .collect();
@@ -449,6 +453,8 @@ pub struct Provider {
     /// The totals over all its domains and cores: only the keys the
     /// provider rule itself sets.
     pub totals: Totals,
+    /// What each source may send the provider (its own totals).
+    pub per_source: Option<Totals>,
     pub shared: Arc<SharedLimits>,
 }
 

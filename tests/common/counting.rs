@@ -26,6 +26,11 @@ pub struct Seen {
     /// Messages by the address the connection came from, and the EHLO
     /// name each address gave.
     pub per_source: std::collections::BTreeMap<std::net::IpAddr, usize>,
+    /// By the address connections came from: open now, most open at once,
+    /// and when each message arrived.
+    pub open_by_source: std::collections::BTreeMap<std::net::IpAddr, usize>,
+    pub max_open_by_source: std::collections::BTreeMap<std::net::IpAddr, usize>,
+    pub arrivals_by_source: std::collections::BTreeMap<std::net::IpAddr, Vec<Instant>>,
     pub ehlo: std::collections::BTreeMap<std::net::IpAddr, String>,
 }
 
@@ -86,12 +91,19 @@ fn counting_session(
     refusals_left: &std::sync::atomic::AtomicUsize,
     refusals: Refusals,
 ) {
+    let Ok(peer) = stream.peer_addr().map(|a| a.ip()) else {
+        return;
+    };
     {
         let mut s = seen.lock().unwrap();
         s.open += 1;
         s.max_open = s.max_open.max(s.open);
+        let open = s.open_by_source.entry(peer).or_default();
+        *open += 1;
+        let open = *open;
+        let max = s.max_open_by_source.entry(peer).or_default();
+        *max = (*max).max(open);
     }
-    let peer = stream.peer_addr().unwrap().ip();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     let _ = w.write_all(b"220 counting.mx ESMTP\r\n");
@@ -112,6 +124,10 @@ fn counting_session(
             s.arrivals.push(Instant::now());
             s.recipients_per_transaction.push(rcpts.len());
             *s.per_source.entry(peer).or_default() += 1;
+            s.arrivals_by_source
+                .entry(peer)
+                .or_default()
+                .push(Instant::now());
             s.recipients.append(&mut rcpts);
             b"250 2.0.0 queued\r\n"
         } else if upper.starts_with("EHLO") {
@@ -161,6 +177,7 @@ fn counting_session(
     }
     let mut s = seen.lock().unwrap();
     s.open -= 1;
+    *s.open_by_source.entry(peer).or_default() -= 1;
     s.per_connection.push(transactions);
 }
 
@@ -169,6 +186,19 @@ pub fn file(name: &str, text: &str) -> String {
     let path = tempfile::tempdir().unwrap().keep().join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
+}
+
+/// The most of `arrivals` (in order) that fall within any one second.
+pub fn most_in_a_second(arrivals: &[Instant]) -> usize {
+    (0..arrivals.len())
+        .map(|i| {
+            arrivals[i..]
+                .iter()
+                .take_while(|t| **t - arrivals[i] < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Injects `count` one-recipient messages for `to`.
