@@ -286,6 +286,17 @@ fn adapt(
     let delivered = outcomes
         .iter()
         .any(|(_, o)| matches!(o, Outcome::Delivered(_)));
+    let provider_cut =
+        core.shaper
+            .adapt_provider(domain, pushed_back.is_some(), delivered, Instant::now());
+    if let (Some((provider, level)), Some((index, outcome))) = (provider_cut, pushed_back) {
+        let response = format!(
+            "provider {provider} adaptive: its total connections and rate cut to {:.0}% for every core: {}",
+            level * 100.0,
+            outcome.reason()
+        );
+        log_backoff(core, entry, domain, *index, &response, remote, now);
+    }
     let cut = core
         .shaper
         .adapt(domain, pushed_back.is_some(), delivered, Instant::now());

@@ -94,10 +94,6 @@ impl ResponseRule {
             ("reroute", None) if pool.is_none() => {
                 return Err("reroute needs pool = \"NAME\"".into())
             }
-            ("reroute", None) if scope == Scope::Provider => return Err(
-                "reroute acts on one destination: write it in [default] or a [destination] rule"
-                    .into(),
-            ),
             ("reroute", None) => Action::Reroute,
             (_, Some(_)) => return Err("factor goes with action = \"throttle\" only".into()),
             (other, None) => {
@@ -302,12 +298,20 @@ impl Backoff {
 }
 
 /// A [`Backoff`] every core can read and set: deadlines in nanoseconds
-/// after an epoch, one atomic each.
+/// after an epoch, one atomic each; adaptive mode's share as the bits of
+/// an f64 (0: not cut), with its last cut and raise; and a reroute.
 #[derive(Debug, Default)]
 pub struct SharedBackoff {
     suspended_until_ns: AtomicU64,
     throttled_until_ns: AtomicU64,
     factor: AtomicU64,
+    level_bits: AtomicU64,
+    last_cut_ns: AtomicU64,
+    last_raise_ns: AtomicU64,
+    /// A reroute in force: until when (checked first, without the lock),
+    /// and the pool.
+    reroute_until_ns: AtomicU64,
+    reroute: std::sync::Mutex<Option<std::sync::Arc<super::egress::Pool>>>,
 }
 
 impl SharedBackoff {
@@ -327,14 +331,92 @@ impl SharedBackoff {
         }
     }
 
+    /// Sends the provider's mail out from `pool` until `until`.
+    pub fn reroute(
+        &self,
+        pool: std::sync::Arc<super::egress::Pool>,
+        epoch: Instant,
+        until: Instant,
+    ) {
+        *self.reroute.lock().expect("not poisoned") = Some(pool);
+        let until = until.saturating_duration_since(epoch).as_nanos() as u64;
+        self.reroute_until_ns.store(until, Ordering::Release);
+    }
+
+    /// The pool a reroute in force sends the provider's mail to.
+    pub fn rerouted(
+        &self,
+        epoch: Instant,
+        now: Instant,
+    ) -> Option<std::sync::Arc<super::egress::Pool>> {
+        let now_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
+        if self.reroute_until_ns.load(Ordering::Acquire) <= now_ns {
+            return None;
+        }
+        self.reroute.lock().expect("not poisoned").clone()
+    }
+
     pub fn load(&self, epoch: Instant) -> Backoff {
         let at = |ns: u64| (ns > 0).then(|| epoch + Duration::from_nanos(ns));
+        let level = f64::from_bits(self.level_bits.load(Ordering::Acquire));
         Backoff {
             suspended_until: at(self.suspended_until_ns.load(Ordering::Acquire)),
             throttled_until: at(self.throttled_until_ns.load(Ordering::Acquire)),
             factor: self.factor.load(Ordering::Acquire),
-            adaptive: None,
+            adaptive: (level > 0.0).then_some(Adaptive {
+                level,
+                last_cut: epoch,
+                last_raise: epoch,
+            }),
         }
+    }
+
+    /// Adaptive mode on a provider's totals, for every core: halves the
+    /// share at most once per [`ADAPTIVE_CUT_EVERY`] (the core that wins
+    /// the race cuts). Returns the new share if it was cut.
+    pub fn cut(&self, epoch: Instant, now: Instant) -> Option<f64> {
+        let now_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
+        let every = ADAPTIVE_CUT_EVERY.as_nanos() as u64;
+        let last = self.last_cut_ns.load(Ordering::Acquire);
+        if last != 0 && now_ns.saturating_sub(last) < every {
+            return None;
+        }
+        self.last_cut_ns
+            .compare_exchange(last, now_ns.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        let level = match f64::from_bits(self.level_bits.load(Ordering::Acquire)) {
+            l if l > 0.0 => l,
+            _ => 1.0,
+        };
+        let cut = (level / 2.0).max(ADAPTIVE_LEVEL_MIN);
+        self.level_bits.store(cut.to_bits(), Ordering::Release);
+        Some(cut)
+    }
+
+    /// Adaptive mode on a provider's totals: raises the share by `step`
+    /// at most once a second after the last cut or raise, back to whole.
+    pub fn raise(&self, step: f64, epoch: Instant, now: Instant) {
+        let level = f64::from_bits(self.level_bits.load(Ordering::Acquire));
+        if level <= 0.0 {
+            return;
+        }
+        let now_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
+        let every = ADAPTIVE_CUT_EVERY.as_nanos() as u64;
+        let last_raise = self.last_raise_ns.load(Ordering::Acquire);
+        let last = self.last_cut_ns.load(Ordering::Acquire).max(last_raise);
+        if now_ns.saturating_sub(last) < every {
+            return;
+        }
+        if self
+            .last_raise_ns
+            .compare_exchange(last_raise, now_ns, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let raised = level + step;
+        let bits = if raised >= 1.0 { 0 } else { raised.to_bits() };
+        self.level_bits.store(bits, Ordering::Release);
     }
 }
 

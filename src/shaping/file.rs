@@ -432,11 +432,6 @@ fn partial(raw: &RawLimits, section: &str, text: &str, at: &At) -> Result<Partia
             })
         }
     };
-    if let (true, Some(a)) = (section.starts_with("provider."), &raw.adaptive) {
-        let reason =
-            "adaptive mode is per destination: set it in [default] or a [destination] rule".into();
-        return Err(at(a.span(), &key("adaptive"), reason));
-    }
 
     let count = |v: &Option<Spanned<i64>>,
                  k: &str,

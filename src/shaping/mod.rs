@@ -19,10 +19,10 @@
 //! touches only after a reload (it watches an atomic generation first).
 //!
 //! Reply rules (`backoff`), adaptive mode, egress sources and pools
-//! (`egress`) and warm-up plans (`warmup`) are built here too. Not yet
-//! built (issue 11): reroute and adaptive mode at provider scope. The file
-//! parser refuses those with a message naming the line, rather than
-//! ignoring them.
+//! (`egress`) and warm-up plans (`warmup`) are built here too. A reply
+//! rule or `adaptive = true` in a provider rule acts on the provider's
+//! totals for every core (its suspension, throttle, reroute and adaptive
+//! share live in its [`SharedLimits`]).
 //!
 //! A provider's `per_source` limits hold for each source with that
 //! provider, shared like the provider's own (one [`SharedLimits`] per pair,
@@ -639,6 +639,12 @@ impl Shaper {
                 let rules = self.rules.borrow();
                 let p = rules.provider(index);
                 p.shared.backoff.apply(rule, p.shared.epoch(), now);
+                if let Some(pool) = rule.pool.as_ref().and_then(|name| rules.pool(name)) {
+                    let until = now + rule.duration;
+                    p.shared
+                        .backoff
+                        .reroute(pool.clone(), p.shared.epoch(), until);
+                }
                 format!("provider {}", p.name)
             }
         };
@@ -694,6 +700,39 @@ impl Shaper {
         })
     }
 
+    /// Adaptive mode on the totals of `domain`'s provider (`adaptive = true`
+    /// in its rule): a 4xx reply halves the share of the totals in use, for
+    /// every core, at most once a second; deliveries raise it by one
+    /// message per rate period each second. Returns the provider and its
+    /// new share when it was cut.
+    pub fn adapt_provider(
+        &self,
+        domain: &str,
+        pushed_back: bool,
+        delivered: bool,
+        now: Instant,
+    ) -> Option<(String, f64)> {
+        let index = self.providers.borrow().get(domain).copied()?;
+        let rules = self.rules.borrow();
+        let p = rules.provider(index);
+        if !p.adaptive {
+            return None;
+        }
+        let (backoff, epoch) = (&p.shared.backoff, p.shared.epoch());
+        if pushed_back {
+            return backoff.cut(epoch, now).map(|level| (p.name.clone(), level));
+        }
+        if delivered {
+            let steps = p
+                .totals
+                .message_rate
+                .map_or(100, |r| r.count)
+                .max(u64::from(p.totals.connections.unwrap_or(1)));
+            backoff.raise(1.0 / steps as f64, epoch, now);
+        }
+        None
+    }
+
     /// When `domain`'s provider (if it has one) lets its next message go;
     /// `None`: now, or no provider.
     pub fn provider_message_due(&self, domain: &str, now: Instant) -> Option<Instant> {
@@ -710,14 +749,22 @@ impl Shaper {
         }
     }
 
-    /// The pool a reroute rule sends `domain` to while it is in force.
+    /// The pool a reroute rule sends `domain` to while it is in force:
+    /// the destination's own, else its provider's.
     fn rerouted(&self, domain: &str, now: Instant) -> Option<Arc<egress::Pool>> {
-        self.buckets
+        let own = self
+            .buckets
             .borrow()
             .get(domain)
             .and_then(|b| b.reroute.clone())
             .filter(|(_, until)| *until > now)
-            .map(|(pool, _)| pool)
+            .map(|(pool, _)| pool);
+        own.or_else(|| {
+            let index = self.providers.borrow().get(domain).copied()?;
+            let rules = self.rules.borrow();
+            let shared = &rules.provider(index).shared;
+            shared.backoff.rerouted(shared.epoch(), now)
+        })
     }
 
     /// Takes one message of `domain`'s rate, or says when one conforms.

@@ -206,7 +206,16 @@ impl Rules {
             .map(|(name, (suffixes, p))| Provider {
                 name: name.clone(),
                 suffixes: suffixes.clone(),
-                limits: Arc::new(apply(&default, p)),
+                // `adaptive` in a provider rule adapts its totals, not
+                // each of its domains' own limits.
+                limits: Arc::new(apply(
+                    &default,
+                    &Partial {
+                        adaptive: None,
+                        ..p.clone()
+                    },
+                )),
+                adaptive: p.adaptive.unwrap_or(false),
                 totals: Totals {
                     connections: p.connections,
                     message_rate: p.message_rate,
@@ -455,6 +464,8 @@ pub struct Provider {
     pub totals: Totals,
     /// What each source may send the provider (its own totals).
     pub per_source: Option<Totals>,
+    /// Its totals adapt to its 4xx replies (shared by every core).
+    pub adaptive: bool,
     pub shared: Arc<SharedLimits>,
 }
 
