@@ -748,3 +748,62 @@ fn adaptive_mode_on_a_provider_converges_over_both_cores() {
         seen.refused.len()
     );
 }
+
+/// Reload under load: smtp-source injects 2,000 messages over 10 sessions
+/// while the shaping file is rewritten and reloaded, at least ten times
+/// and until the injection ends (rates, connections, pools changing, a bad
+/// file among them); every message is delivered, exactly once, and the
+/// process never restarts.
+#[test]
+fn reloads_under_load_lose_nothing() {
+    require("smtp-source");
+    let mx = CountingMx::start(Duration::ZERO);
+    let variants = [
+        "[default]\nconnections = 2\nmessage_rate = \"2000/s\"\n",
+        "[default]\nconnections = 5\npool = \"p\"\n[source.s1]\naddress = \"127.0.0.251\"\n[pool.p]\nsources = { s1 = 1 }\n",
+        "[default]\nconnections = 3\nmessages_per_connection = 7\n",
+        "[default]\nconnections = nonsense\n",
+        "[destination.\"d.test\"]\nconnections = 3\nrecipients_per_transaction = 1\n",
+    ];
+    let rules = file("s.toml", variants[0]);
+    let mut spate = Spate::start(&["--smarthost", &mx.addr, "--shaping", &rules]);
+    let addr = spate.addr.clone();
+    let source = std::thread::spawn(move || {
+        run(
+            "smtp-source",
+            &[
+                "-s", "10", "-m", "2000", "-f", "s@a.test", "-t", "r@d.test", &addr,
+            ],
+        )
+    });
+    // At least ten reloads, and on until the injection ends.
+    let mut bad = 0;
+    let mut round = 0;
+    while round < 10 || !source.is_finished() {
+        round += 1;
+        let variant = variants[round % variants.len()];
+        bad += usize::from(variant.contains("nonsense"));
+        std::fs::write(&rules, variant).unwrap();
+        signal_spate(&spate, "-HUP");
+        // Each reload is answered on stderr before the next is sent.
+        wait_until(LONG, "the reload's answer", || {
+            spate.log_text().matches("spate: SIGHUP:").count() == round
+        });
+    }
+    let (ok, out) = source.join().unwrap();
+    assert!(ok, "smtp-source: {out}");
+    wait_until(LONG, "2,000 deliveries", || mx.delivered() == 2000);
+    assert_eq!(spate.stop(), 0);
+    let log = spate.log_text();
+    assert_eq!(log.matches("spate: ready").count(), 1, "no restart");
+    assert_eq!(
+        log.matches("the old rules stay in force").count(),
+        bad,
+        "{log}"
+    );
+    assert_eq!(
+        mx.seen.lock().unwrap().arrivals.len(),
+        2000,
+        "each message once"
+    );
+}
