@@ -105,6 +105,7 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> Result<(), String> {
                             Ok(m) => json!({
                                 "segment": seg, "offset": offset, "kind": "Message", "id": id,
                                 "received_ms": m.received_ms, "flags": m.flags, "sender": text(m.sender),
+                                "tenant": text(m.tenant), "campaign": text(m.campaign),
                                 "recipients": m.recipients().map(text).collect::<Vec<_>>(), "body_bytes": m.body.len(),
                             }),
                             Err(e) => {

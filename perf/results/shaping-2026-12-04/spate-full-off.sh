@@ -1,0 +1,2 @@
+#!/bin/sh
+exec /tmp/shp/spate "$@" --config /tmp/shp/dkim.toml
