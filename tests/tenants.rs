@@ -221,3 +221,40 @@ fn explain_shows_a_tenants_rate_and_pool() {
         "{out}"
     );
 }
+
+/// A tenant's `connections` count every connection carrying its mail, all
+/// destinations and cores together: its 40 messages to four domains on
+/// both cores never use more than 2 connections at once at the sink (each
+/// domain alone may have 10 per core); mail that names no tenant, sent
+/// after, is not held by the tenant's count.
+#[test]
+fn a_tenant_connection_limit_holds_over_both_cores() {
+    let mx = CountingMx::start(Duration::from_millis(30));
+    let domains: Vec<String> = (0..2)
+        .flat_map(|core| {
+            (0..)
+                .map(|i| format!("c{i}.test"))
+                .filter(move |d| spate::router::owner_of(d, 2) == core)
+                .take(2)
+        })
+        .collect();
+    let rules = file("s.toml", "[tenant.few]\nconnections = 2\n");
+    let (_dns, mut spate) = provider_spate(&mx, &domains, &rules);
+    let mut smtp = spate.connect();
+    for i in 0..40 {
+        let to = format!("r{i}@{}", domains[i % domains.len()]);
+        smtp.transaction("s@a.test", &[&to], &tagged("few", "c", "few"));
+    }
+    wait_until(LONG, "40 deliveries", || mx.delivered() == 40);
+    let max_open = mx.seen.lock().unwrap().max_open;
+    assert!(
+        max_open <= 2,
+        "{max_open} connections at once for the tenant"
+    );
+    for i in 0..40 {
+        let to = format!("u{i}@{}", domains[i % domains.len()]);
+        smtp.transaction("s@a.test", &[&to], b"Subject: free\r\n\r\nx\r\n");
+    }
+    wait_until(LONG, "40 more", || mx.delivered() == 80);
+    assert_eq!(spate.stop(), 0);
+}

@@ -22,7 +22,7 @@ use crate::dns::DnsError;
 use crate::engine::Core;
 use crate::queue::{Allow, Entry, Pop, Tags};
 use crate::shaping::egress::SourceLease;
-use crate::shaping::{self, Limits, ProviderHandle};
+use crate::shaping::{self, Limits, ProviderHandle, TenantPlaces};
 use client::{Client, OpenError, OpenSpec, Timeouts};
 use next_hop::{Hop, Myself, NoHop};
 use outcome::Outcome;
@@ -341,19 +341,22 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     let mut broken = false;
     let provider = plan.provider.as_ref();
     let mut look_again = None;
+    // Places in tenants' connection counts, held until the connection ends.
+    let places = TenantPlaces::default();
     loop {
-        let entry = match next_entry(core, domain, &limits, provider, egress.as_ref()).await {
-            Ok((entry, warm)) => {
-                if let Some(taken) = warm.filter(|t| t.last) {
-                    settle::log_warmup_full(core, domain, &entry, taken, &remote);
+        let entry =
+            match next_entry(core, domain, &limits, provider, egress.as_ref(), &places).await {
+                Ok((entry, warm)) => {
+                    if let Some(taken) = warm.filter(|t| t.last) {
+                        settle::log_warmup_full(core, domain, &entry, taken, &remote);
+                    }
+                    entry
                 }
-                entry
-            }
-            Err(at) => {
-                look_again = at.map(LookAgain);
-                break;
-            }
-        };
+                Err(at) => {
+                    look_again = at.map(LookAgain);
+                    break;
+                }
+            };
         let (outcomes, lost) = send(&mut client, &entry).await;
         if let Some(e) = &egress {
             e.sent();
@@ -396,6 +399,7 @@ async fn next_entry(
     limits: &Limits,
     provider: Option<&ProviderHandle>,
     egress: Option<&SourceLease>,
+    places: &TenantPlaces,
 ) -> Result<(Entry, Option<shaping::warmup::Taken>), Option<Instant>> {
     let idle = core.cfg.delivery.idle_timeout;
     let deadline = Instant::now() + idle;
@@ -417,7 +421,7 @@ async fn next_entry(
         let (work, seen) = core.queues.work_event(domain);
         // Only lanes whose pool is this connection's: after a reroute
         // (or its end), the next connection goes out from the pool in force.
-        let asked = Some(egress.map(|e| e.asked_pool()));
+        let asked = Some((egress.map(|e| e.asked_pool()), places));
         let popped = core
             .queues
             .pop_allowed(domain, |tags| allow(core, domain, tags, asked, now));
@@ -434,7 +438,8 @@ async fn next_entry(
             Pop::Empty => None,
         };
         let holds_shared_place = provider.is_some_and(|p| p.totals.connections.is_some())
-            || egress.is_some_and(|e| e.holds_shared_place());
+            || egress.is_some_and(|e| e.holds_shared_place())
+            || places.holds_any();
         if let Some((entry, tags)) = next {
             let now = Instant::now();
             if egress.is_some_and(|e| !e.has_room(today)) {
@@ -470,7 +475,10 @@ async fn next_entry(
                 }
             }
         }
-        if provider.is_some_and(|p| p.place_wanted()) || egress.is_some_and(|e| e.place_wanted()) {
+        if provider.is_some_and(|p| p.place_wanted())
+            || egress.is_some_and(|e| e.place_wanted())
+            || places.wanted()
+        {
             // Idle, and holding a place in a count that spans domains
             // (the provider's, the source's) that another connection
             // wants: let it go rather than idle on it.
@@ -553,10 +561,10 @@ fn allow(
     core: &Core,
     domain: &str,
     tags: &Tags,
-    asked: Option<Option<&str>>,
+    asked: Option<(Option<&str>, &TenantPlaces)>,
     now: Instant,
 ) -> Allow {
-    if let Some(asked) = asked {
+    if let Some((asked, _)) = asked {
         let pool = core.shaper.pool_for(domain, &tags.tenant, now);
         if pool.as_ref().map(|p| p.name.as_str()) != asked {
             return Allow::No;
@@ -565,11 +573,23 @@ fn allow(
     if let Some(until) = core.shaper.lane_held(domain, tags, now) {
         return Allow::Until(until);
     }
-    let tenant = core.shaper.tenant(&tags.tenant);
-    let due = tenant.and_then(|t| t.shared.message_due(t.message_rate.as_ref()?, now));
-    match due {
-        Some(at) => Allow::Until(at),
-        None => Allow::Yes,
+    let Some(tenant) = core.shaper.tenant(&tags.tenant) else {
+        return Allow::Yes;
+    };
+    if let Some(at) = tenant
+        .message_rate
+        .and_then(|rate| tenant.shared.message_due(&rate, now))
+    {
+        return Allow::Until(at);
+    }
+    // Last: a place in the tenant's connection count is taken here.
+    let admitted = match asked {
+        Some((_, places)) => places.admit(&tenant, now),
+        None => TenantPlaces::would_admit(&tenant, now),
+    };
+    match admitted {
+        Ok(()) => Allow::Yes,
+        Err(at) => Allow::Until(at),
     }
 }
 

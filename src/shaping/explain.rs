@@ -38,7 +38,13 @@ pub fn print(cfg: &Config, domain: &str, tenant: Option<&str>) -> Result<(), Str
         match rules.tenant(t) {
             Some(def) => {
                 let rate = def.message_rate.map_or("unlimited".into(), |r| r.to_string());
-                println!("tenant {t}: message_rate {rate} (all destinations and cores), pool {}", def.pool.as_deref().unwrap_or("(the destination's)"));
+                let connections = def
+                    .connections
+                    .map_or(String::new(), |n| format!(", connections {n} at once"));
+                println!(
+                    "tenant {t}: message_rate {rate} (all destinations and cores), pool {}{connections}",
+                    def.pool.as_deref().unwrap_or("(the destination's)")
+                );
             }
             None => println!("tenant {t}: no [tenant.{t}] rule; its mail is queued in lanes of its own but gets the destination's limits"),
         }

@@ -62,6 +62,7 @@ struct RawFile {
 struct RawTenant {
     pool: Option<String>,
     message_rate: Option<String>,
+    connections: Option<i64>,
 }
 
 /// One `[warmup.NAME]` plan as written.
@@ -388,9 +389,15 @@ fn tenant_sections(
             .map(Rate::parse)
             .transpose()
             .map_err(|e| fail(".message_rate", e))?;
+        let connections = match t.connections {
+            None => None,
+            Some(n) if (1..=100_000).contains(&n) => Some(n as u32),
+            Some(n) => return Err(fail(".connections", format!("{n} is outside 1..=100000"))),
+        };
         let def = TenantDef {
             pool: t.pool.clone(),
             message_rate,
+            connections,
         };
         tenants.insert(name.clone(), def);
     }

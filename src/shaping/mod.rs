@@ -202,6 +202,54 @@ pub struct Shaper {
 /// (its mail is retried as a deferral instead).
 const LANE_HOLDS_MAX: usize = 100_000;
 
+/// The places in tenants' connection counts that one connection holds:
+/// taken when it first carries a tenant's message, given back when it
+/// closes.
+#[derive(Default)]
+pub struct TenantPlaces(RefCell<Vec<(String, provider::ConnectionSlot)>>);
+
+impl TenantPlaces {
+    /// Whether this connection may carry `tenant`'s mail: it holds a place
+    /// in the tenant's count, or takes one now. `Err`: when to look again.
+    pub fn admit(&self, tenant: &rules::Tenant, now: Instant) -> Result<(), Instant> {
+        let Some(max) = tenant.connections else {
+            return Ok(());
+        };
+        if self.0.borrow().iter().any(|(name, _)| *name == tenant.name) {
+            return Ok(());
+        }
+        let slot = tenant
+            .shared
+            .open_connection(max)
+            .ok_or(now + PROVIDER_FULL_RETRY)?;
+        self.0.borrow_mut().push((tenant.name.clone(), slot));
+        Ok(())
+    }
+
+    /// Whether a connection not yet open could take a place for `tenant`.
+    pub fn would_admit(tenant: &rules::Tenant, now: Instant) -> Result<(), Instant> {
+        match tenant.connections {
+            Some(max) if tenant.shared.open_connections() >= max => {
+                tenant.shared.note_wanted();
+                Err(now + PROVIDER_FULL_RETRY)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn holds_any(&self) -> bool {
+        !self.0.borrow().is_empty()
+    }
+
+    /// Whether another connection was refused a place this one holds.
+    pub fn wanted(&self) -> bool {
+        self.0
+            .borrow()
+            .iter()
+            .any(|(_, slot)| slot.limits().place_wanted())
+    }
+}
+
 /// Most pools one connection's choice goes through (a warming source's
 /// overflow pool may have warming sources that overflow in turn).
 const OVERFLOW_HOPS_MAX: usize = 4;

@@ -144,6 +144,13 @@ impl SharedLimits {
 #[derive(Debug)]
 pub struct ConnectionSlot(Arc<SharedLimits>);
 
+impl ConnectionSlot {
+    /// The counts this is a place in.
+    pub fn limits(&self) -> &SharedLimits {
+        &self.0
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);

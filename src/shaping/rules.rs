@@ -100,6 +100,9 @@ pub struct TenantDef {
     pub pool: Option<String>,
     /// The tenant's messages over all destinations and cores.
     pub message_rate: Option<Rate>,
+    /// Connections carrying the tenant's mail at once, all destinations
+    /// and cores together.
+    pub connections: Option<u32>,
 }
 
 /// A tenant rule, resolved.
@@ -108,7 +111,8 @@ pub struct Tenant {
     pub name: String,
     pub pool: Option<Arc<Pool>>,
     pub message_rate: Option<Rate>,
-    /// Its rate's state, shared by every core.
+    pub connections: Option<u32>,
+    /// Its rate's and connections' state, shared by every core.
     pub shared: Arc<SharedLimits>,
 }
 
@@ -233,6 +237,7 @@ impl Rules {
                     name: name.clone(),
                     pool: t.pool.as_ref().and_then(|p| pools.get(p).cloned()),
                     message_rate: t.message_rate,
+                    connections: t.connections,
                     shared: shared(&format!("tenant {name}")),
                 };
                 (name.clone(), Arc::new(tenant))
