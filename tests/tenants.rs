@@ -258,3 +258,64 @@ fn a_tenant_connection_limit_holds_over_both_cores() {
     wait_until(LONG, "40 more", || mx.delivered() == 80);
     assert_eq!(spate.stop(), 0);
 }
+
+/// A campaign suspension written in a provider rule holds the campaign at
+/// every domain of the provider, on every core: after a refusal at the
+/// first domain, the campaign's mail to the second domain (the other
+/// core) waits out the suspension, while another campaign's goes first.
+#[test]
+fn a_campaign_suspension_in_a_provider_holds_on_every_core() {
+    let mx = CountingMx::refusing(
+        Duration::ZERO,
+        Refusals {
+            count: 1,
+            reply: "451 4.7.1 campaign blocked for content",
+            per_second: None,
+        },
+    );
+    let domains: Vec<String> = (0..2)
+        .flat_map(|core| {
+            (0..)
+                .map(|i| format!("k{i}.test"))
+                .filter(move |d| spate::router::owner_of(d, 2) == core)
+                .take(1)
+        })
+        .collect();
+    let rules = file(
+        "s.toml",
+        "[default]\nretry = [\"1h\"]\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\n[[provider.bigmail.on_response]]\nmatch = 'campaign blocked'\naction = \"suspend\"\nscope = \"campaign\"\nduration = \"2s\"\n",
+    );
+    let (_dns, mut spate) = provider_spate(&mx, &domains, &rules);
+    let mut smtp = spate.connect();
+    let first = format!("bad1@{}", domains[0]);
+    smtp.transaction("s@a.test", &[&first], &tagged("acme", "bad", "bad 1"));
+    wait_until(LONG, "the suspension", || {
+        log_of(&spate.log_dir(), "Backoff").len() == 1
+    });
+    let (bad2, good) = (
+        format!("bad2@{}", domains[1]),
+        format!("good@{}", domains[1]),
+    );
+    smtp.transaction("s@a.test", &[&bad2], &tagged("acme", "bad", "bad 2"));
+    smtp.transaction("s@a.test", &[&good], &tagged("acme", "good", "good"));
+    wait_until(LONG, "all three", || mx.delivered() == 3);
+    assert_eq!(spate.stop(), 0);
+    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
+    assert!(
+        backoff["response"]
+            .as_str()
+            .unwrap()
+            .starts_with("campaign bad at provider bigmail suspended for 2s"),
+        "{backoff}"
+    );
+    let seen = mx.seen.lock().unwrap();
+    let order: Vec<&str> = seen
+        .recipients
+        .iter()
+        .map(|r| r.split('@').next().unwrap())
+        .collect();
+    let at = |name: &str| order.iter().position(|r| *r == name).unwrap();
+    assert!(at("good") < at("bad2"), "{order:?}");
+    let retries = log_of(&spate.log_dir(), "TransientFailure");
+    assert_eq!(retries.len(), 1, "no retry spent: {retries:?}");
+}

@@ -422,17 +422,26 @@ impl Shaper {
         tags: &crate::queue::Tags,
         now: Instant,
     ) -> Option<Instant> {
+        let named = || {
+            [("t", &tags.tenant), ("c", &tags.campaign)]
+                .into_iter()
+                .filter(|(_, name)| !name.is_empty())
+        };
+        let by_provider = self.providers.borrow().get(domain).and_then(|&index| {
+            let rules = self.rules.borrow();
+            let keys = named().map(|(kind, name)| format!("{kind}\0{name}"));
+            rules.provider(index).shared.lane_held(keys, now)
+        });
         let holds = self.lane_holds.borrow();
         if holds.is_empty() {
-            return None;
+            return by_provider;
         }
-        [("t", &tags.tenant), ("c", &tags.campaign)]
-            .into_iter()
-            .filter(|(_, name)| !name.is_empty())
+        let own = named()
             .filter_map(|(kind, name)| holds.get(&format!("{domain}\0{kind}\0{name}")))
             .filter(|until| **until > now)
             .max()
-            .copied()
+            .copied();
+        own.max(by_provider)
     }
 
     fn hold_lane(&self, key: String, until: Instant, now: Instant) -> bool {
@@ -659,8 +668,21 @@ impl Shaper {
             .find(|r| r.matches(reply) && r.lane.is_none_or(|lane| !lane_of(lane).2.is_empty()))?;
         if let Some(lane) = rule.lane {
             let (kind, what, name) = lane_of(lane);
-            let key = format!("{domain}\0{kind}\0{name}");
-            if !self.hold_lane(key, now + rule.duration, now) {
+            let until = now + rule.duration;
+            if rule.scope == backoff::Scope::Provider {
+                // Held for the whole provider, on every core.
+                let index = *self.providers.borrow().get(domain)?;
+                let rules = self.rules.borrow();
+                let p = rules.provider(index);
+                if !p.shared.hold_lane(format!("{kind}\0{name}"), until, now) {
+                    return None;
+                }
+                return Some(Reaction {
+                    rule: rule.clone(),
+                    target: format!("{what} {name} at provider {}", p.name),
+                });
+            }
+            if !self.hold_lane(format!("{domain}\0{kind}\0{name}"), until, now) {
                 return None;
             }
             return Some(Reaction {

@@ -37,7 +37,15 @@ pub struct SharedLimits {
     refused_ns: AtomicU64,
     /// A suspension or throttle from one of the provider's rules.
     pub backoff: SharedBackoff,
+    /// Suspensions of one tenant or campaign at the whole provider, by
+    /// "t\0NAME" or "c\0NAME", until when; `lane_holds_count` says whether
+    /// there are any without taking the lock.
+    lane_holds: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    lane_holds_count: std::sync::atomic::AtomicUsize,
 }
+
+/// Most tenant and campaign suspensions one provider holds at once.
+pub const PROVIDER_LANE_HOLDS_MAX: usize = 10_000;
 
 impl SharedLimits {
     pub fn new(epoch: Instant) -> SharedLimits {
@@ -48,7 +56,35 @@ impl SharedLimits {
             connection_tat_ns: AtomicU64::new(0),
             refused_ns: AtomicU64::new(0),
             backoff: SharedBackoff::default(),
+            lane_holds: Default::default(),
+            lane_holds_count: Default::default(),
         }
+    }
+
+    /// Holds the mail of a tenant or campaign (`key`) for the provider on
+    /// every core until `until`; false if the table is full of holds in
+    /// force.
+    pub fn hold_lane(&self, key: String, until: Instant, now: Instant) -> bool {
+        let mut holds = self.lane_holds.lock().expect("not poisoned");
+        holds.retain(|_, t| *t > now);
+        if holds.len() >= PROVIDER_LANE_HOLDS_MAX {
+            return false;
+        }
+        let at = holds.entry(key).or_insert(until);
+        *at = (*at).max(until);
+        self.lane_holds_count.store(holds.len(), Ordering::Release);
+        true
+    }
+
+    /// Until when the provider holds any of `keys`; `None`: not held.
+    pub fn lane_held(&self, keys: impl Iterator<Item = String>, now: Instant) -> Option<Instant> {
+        if self.lane_holds_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let holds = self.lane_holds.lock().expect("not poisoned");
+        keys.filter_map(|k| holds.get(&k).copied())
+            .filter(|t| *t > now)
+            .max()
     }
 
     pub fn epoch(&self) -> Instant {
