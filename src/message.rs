@@ -175,6 +175,15 @@ impl Envelope {
     /// The tenant and campaign the message named (empty: none); checked
     /// at reception to be short ASCII names.
     pub fn tags(&self) -> (Cow<'_, str>, Cow<'_, str>) {
+        // Most messages name none: the flags say so without walking the
+        // recipients (a message may have thousands).
+        let at = spool_format::RECORD_HEADER_BYTES + 8;
+        let flags = self.record[at..at + 4]
+            .try_into()
+            .map_or(0, u32::from_le_bytes);
+        if flags & spool_format::FLAG_TAGS == 0 {
+            return (Cow::Borrowed(""), Cow::Borrowed(""));
+        }
         let v = self.view();
         (text(v.tenant), text(v.campaign))
     }
@@ -190,8 +199,23 @@ impl MessageHandle {
     /// lives in an anonymous mapping, for tests and benchmarks.
     #[doc(hidden)]
     pub fn in_memory(id: u64, sender: &str, recipients: &[&str], body: &[u8]) -> MessageHandle {
+        MessageHandle::in_memory_tagged(id, sender, recipients, body, ("", ""))
+    }
+
+    /// [`MessageHandle::in_memory`] naming a tenant and a campaign.
+    #[doc(hidden)]
+    pub fn in_memory_tagged(
+        id: u64,
+        sender: &str,
+        recipients: &[&str],
+        body: &[u8],
+        (tenant, campaign): (&str, &str),
+    ) -> MessageHandle {
         let rcpts: Vec<&[u8]> = recipients.iter().map(|r| r.as_bytes()).collect();
         let mut b = spool_format::MessageBuilder::new(Vec::new(), 0, 0, sender.as_bytes(), &rcpts);
+        if !(tenant.is_empty() && campaign.is_empty()) {
+            b.set_tags(tenant.as_bytes(), campaign.as_bytes());
+        }
         b.body_mut().extend_from_slice(body);
         let (body_start, body_len) = (b.body_start(), b.body_len());
         let record = b.finish(id);

@@ -74,21 +74,41 @@ pub enum Allow {
 /// What [`Queues::pop_allowed`] found.
 pub enum Pop {
     Entry(Entry, Rc<Tags>),
-    /// Every lane with work must wait; the earliest may go then.
-    Wait(Instant),
-    /// Only lanes this connection may never take have work.
+    /// Every lane this connection may take must wait; the earliest may go
+    /// then. True if other lanes may go now on a connection from another
+    /// pool.
+    Wait(Instant, bool),
+    /// No lane may go on this connection, and some of them may go on a
+    /// connection from another pool.
     Elsewhere,
     Empty,
 }
 
+/// Lanes one domain keeps on one core before a tenant's further campaigns
+/// share one lane (campaign `*`); past twice as many, every further
+/// tenant's mail shares the lane `*`/`*`, which no tenant rule limits.
+/// Pushing and popping walk the lanes, so their number is kept small.
+pub const LANES_MAX: usize = 256;
+/// The name that stands for many tenants or campaigns sharing a lane.
+pub const SHARED_LANE: &str = "*";
+
 impl DomainQueue {
     fn push(&mut self, entry: Entry, front: bool) {
         let envelope = entry.message.envelope();
-        let (tenant, campaign) = envelope.tags();
-        let at = self
-            .lanes
-            .iter()
-            .position(|l| *l.tags.tenant == *tenant && *l.tags.campaign == *campaign);
+        let (mut tenant, mut campaign) = envelope.tags();
+        let find = |lanes: &[Lane], tenant: &str, campaign: &str| {
+            lanes
+                .iter()
+                .position(|l| *l.tags.tenant == *tenant && *l.tags.campaign == *campaign)
+        };
+        let mut at = find(&self.lanes, &tenant, &campaign);
+        if at.is_none() && self.lanes.len() >= LANES_MAX {
+            campaign = SHARED_LANE.into();
+            if self.lanes.len() >= 2 * LANES_MAX {
+                tenant = SHARED_LANE.into();
+            }
+            at = find(&self.lanes, &tenant, &campaign);
+        }
         let lane = match at {
             Some(i) => &mut self.lanes[i],
             None => {
@@ -124,13 +144,18 @@ impl DomainQueue {
                     let entry = lane.entries.pop_front().expect("lanes are never empty");
                     let tags = lane.tags.clone();
                     self.ready -= 1;
-                    if lane.entries.is_empty() {
-                        self.lanes.swap_remove(i);
-                    }
+                    // The next in turn is the lane after this one: at i
+                    // itself once this one is gone (order is kept).
+                    let next = if lane.entries.is_empty() {
+                        self.lanes.remove(i);
+                        i
+                    } else {
+                        i + 1
+                    };
                     self.cursor = if self.lanes.is_empty() {
                         0
                     } else {
-                        (i + 1) % self.lanes.len()
+                        next % self.lanes.len()
                     };
                     return Pop::Entry(entry, tags);
                 }
@@ -139,7 +164,7 @@ impl DomainQueue {
             }
         }
         match (wait, elsewhere) {
-            (Some(t), _) => Pop::Wait(t),
+            (Some(t), elsewhere) => Pop::Wait(t, elsewhere),
             (None, true) => Pop::Elsewhere,
             (None, false) => Pop::Empty,
         }
@@ -476,6 +501,49 @@ mod tests {
         // A million deferred messages hold a million of these in the heap.
         assert!(std::mem::size_of::<Scheduled>() <= 56);
         assert!(std::mem::size_of::<Entry>() <= 40);
+    }
+
+    #[test]
+    fn lanes_are_taken_in_turn_and_kept_few() {
+        let q = Queues::new(0);
+        let tagged = |tenant: &str, campaign: &str| {
+            MessageHandle::in_memory_tagged(1, "s@a.test", &["r@x.test"], b"x", (tenant, campaign))
+        };
+        for _ in 0..3 {
+            q.enqueue(tagged("a", "1"));
+        }
+        q.enqueue(tagged("b", "1"));
+        q.enqueue(handle(&["r@x.test"]));
+        let mut order = Vec::new();
+        while let Pop::Entry(_, tags) = q.pop_allowed("x.test", |_| Allow::Yes) {
+            order.push(format!("{}/{}", tags.tenant, tags.campaign));
+        }
+        assert_eq!(order, ["a/1", "b/1", "/", "a/1", "a/1"], "in turn");
+        // A lane that must wait does not hold up the others.
+        q.enqueue(tagged("a", "1"));
+        q.enqueue(tagged("b", "1"));
+        let later = Instant::now() + std::time::Duration::from_secs(9);
+        let held = |t: &Tags| {
+            if &*t.tenant == "a" {
+                Allow::Until(later)
+            } else {
+                Allow::Yes
+            }
+        };
+        assert!(matches!(q.pop_allowed("x.test", held), Pop::Entry(_, t) if &*t.tenant == "b"));
+        assert!(matches!(q.pop_allowed("x.test", held), Pop::Wait(t, false) if t == later));
+        assert!(matches!(
+            q.pop_allowed("x.test", |_| Allow::No),
+            Pop::Elsewhere
+        ));
+        // Past LANES_MAX, a tenant's further campaigns share one lane.
+        let many = Queues::new(0);
+        for i in 0..LANES_MAX + 10 {
+            many.enqueue(tagged("a", &i.to_string()));
+        }
+        let lanes = many.domains.borrow()["x.test"].lanes.len();
+        assert_eq!(lanes, LANES_MAX + 1);
+        assert_eq!(many.load("x.test").0, LANES_MAX + 10, "nothing lost");
     }
 
     #[test]

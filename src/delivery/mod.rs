@@ -287,12 +287,11 @@ async fn open_client(
 /// It serves the lane (tenant and campaign) first in turn that may send
 /// now, and the lanes whose mail goes out from the same pool.
 async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
-    let lane = match core.queues.next_lane(domain, |tags| {
+    if let Err(at) = core.queues.next_lane(domain, |tags| {
         allow(core, domain, tags, None, Instant::now())
     }) {
-        Ok(lane) => lane,
-        Err(at) => return at.map(LookAgain),
-    };
+        return at.map(LookAgain);
+    }
     let plan = match plan(core, domain).await {
         Ok(plan) => plan,
         Err(outcome) => {
@@ -310,20 +309,21 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
         Some(Ok(slot)) => slot,
         None => None,
     };
-    let now = Instant::now();
-    let expected = u64::from(core.shaper.limits(domain).messages_per_connection);
-    let pool = core.shaper.pool_for(domain, &lane.tenant, now);
-    let egress = match core
-        .shaper
-        .source_for(pool, plan.provider.as_ref(), expected, now)
-    {
+    let egress = match choose_source(core, domain, plan.provider.as_ref()) {
         Ok(egress) => egress,
-        Err(at) => return Some(LookAgain(at)),
+        Err(at) => return at.map(LookAgain),
     };
+    let asked = egress.as_ref().map(|e| e.asked_pool().to_string());
     let mut client = match open_client(core, &plan, egress.as_ref()).await {
         Ok(c) => c,
         Err(why) => {
-            settle::fail_domain(core, domain, Outcome::Deferred(why), None).await;
+            // Only the mail that would have gone out from this pool: other
+            // tenants' pools may reach the destination.
+            let same_pool = |tags: &Tags| {
+                let pool = core.shaper.pool_for(domain, &tags.tenant, Instant::now());
+                pool.map(|p| p.name.clone()) == asked
+            };
+            settle::fail_domain_where(core, domain, Outcome::Deferred(why), None, same_pool).await;
             return None;
         }
     };
@@ -372,6 +372,48 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
         client.quit().await;
     }
     look_again
+}
+
+/// Most pools one new connection tries, one lane's each, before it waits.
+const POOLS_TRIED_MAX: usize = 8;
+
+/// The source of a new connection to `domain`: for the first lane (in
+/// turn) that may send now, from its pool; when that pool has no source to
+/// spare, the next lane of another pool. `Ok(None)`: no pool, the
+/// configured source address. `Err`: none has a source, and when one may
+/// (`None`: no lane may send).
+fn choose_source(
+    core: &Core,
+    domain: &str,
+    provider: Option<&ProviderHandle>,
+) -> Result<Option<SourceLease>, Option<Instant>> {
+    let expected = u64::from(core.shaper.limits(domain).messages_per_connection);
+    let mut tried: Vec<Option<String>> = Vec::new();
+    let mut earliest: Option<Instant> = None;
+    while tried.len() < POOLS_TRIED_MAX {
+        let now = Instant::now();
+        let pool_of = |tags: &Tags| core.shaper.pool_for(domain, &tags.tenant, now);
+        let lane = core.queues.next_lane(domain, |tags| {
+            if tried.contains(&pool_of(tags).map(|p| p.name.clone())) {
+                return Allow::No;
+            }
+            allow(core, domain, tags, None, now)
+        });
+        let lane = match lane {
+            Ok(lane) => lane,
+            Err(at) => return Err(at.into_iter().chain(earliest).min()),
+        };
+        let pool = pool_of(&lane);
+        let name = pool.as_ref().map(|p| p.name.clone());
+        match core.shaper.source_for(pool, provider, expected, now) {
+            Ok(egress) => return Ok(egress),
+            Err(at) => {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                tried.push(name);
+            }
+        }
+    }
+    Err(earliest)
 }
 
 /// One transaction for `entry`, its addresses read from the spool record.
@@ -428,8 +470,20 @@ async fn next_entry(
         let next = match popped {
             Pop::Entry(entry, tags) => Some((entry, tags)),
             Pop::Elsewhere => return Err(None),
-            Pop::Wait(at) if at.saturating_duration_since(now) > idle => return Err(Some(at)),
-            Pop::Wait(at) => {
+            Pop::Wait(at, elsewhere)
+                if at.saturating_duration_since(now) > idle
+                    || now >= deadline
+                    || places.wanted()
+                    || provider.is_some_and(|p| p.place_wanted())
+                    || egress.is_some_and(|e| e.place_wanted()) =>
+            {
+                // A long wait, the idle time spent, or another connection
+                // wanting a place this one holds: close. The driver looks
+                // again at once if lanes of another pool may go now, else
+                // when this lane may.
+                return Err((!elsewhere).then_some(at));
+            }
+            Pop::Wait(at, _) => {
                 let wait = glommio::timer::sleep(at.saturating_duration_since(now));
                 let woken = futures_lite::future::or(wait, work.wait(seen));
                 futures_lite::future::or(woken, core.stop.wait()).await;

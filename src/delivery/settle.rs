@@ -377,9 +377,27 @@ async fn dsn_first(
 /// run whenever this one has had its share of time, and the taken entries
 /// are never copied into a list of their own.
 pub async fn fail_domain(core: &Rc<Core>, domain: &str, outcome: Outcome, remote: Option<&Remote>) {
+    fail_domain_where(core, domain, outcome, remote, |_| true).await
+}
+
+/// [`fail_domain`] for the lanes (tenant and campaign) `lanes` picks only.
+pub async fn fail_domain_where(
+    core: &Rc<Core>,
+    domain: &str,
+    outcome: Outcome,
+    remote: Option<&Remote>,
+    lanes: impl Fn(&crate::queue::Tags) -> bool,
+) {
     let ready = core.queues.load(domain).0;
     for _ in 0..ready {
-        let Some(entry) = core.queues.pop_ready(domain) else {
+        let popped = core.queues.pop_allowed(domain, |tags| {
+            if lanes(tags) {
+                crate::queue::Allow::Yes
+            } else {
+                crate::queue::Allow::No
+            }
+        });
+        let crate::queue::Pop::Entry(entry, _) = popped else {
             return;
         };
         let outcomes = entry

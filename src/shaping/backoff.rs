@@ -312,6 +312,8 @@ pub struct SharedBackoff {
     /// and the pool.
     reroute_until_ns: AtomicU64,
     reroute: std::sync::Mutex<Option<std::sync::Arc<super::egress::Pool>>>,
+    /// Bumped by every reroute, so a core may keep the pool it last read.
+    reroute_generation: AtomicU64,
 }
 
 impl SharedBackoff {
@@ -339,20 +341,22 @@ impl SharedBackoff {
         until: Instant,
     ) {
         *self.reroute.lock().expect("not poisoned") = Some(pool);
+        self.reroute_generation.fetch_add(1, Ordering::AcqRel);
         let until = until.saturating_duration_since(epoch).as_nanos() as u64;
         self.reroute_until_ns.store(until, Ordering::Release);
     }
 
-    /// The pool a reroute in force sends the provider's mail to.
-    pub fn rerouted(
-        &self,
-        epoch: Instant,
-        now: Instant,
-    ) -> Option<std::sync::Arc<super::egress::Pool>> {
+    /// Whether a reroute is in force, and its generation (a lock-free
+    /// look, for every message).
+    pub fn reroute_in_force(&self, epoch: Instant, now: Instant) -> Option<u64> {
         let now_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
-        if self.reroute_until_ns.load(Ordering::Acquire) <= now_ns {
-            return None;
-        }
+        (self.reroute_until_ns.load(Ordering::Acquire) > now_ns)
+            .then(|| self.reroute_generation.load(Ordering::Acquire))
+    }
+
+    /// The pool of the reroute in force (takes the lock: a core reads it
+    /// once per reroute and keeps it).
+    pub fn reroute_pool(&self) -> Option<std::sync::Arc<super::egress::Pool>> {
         self.reroute.lock().expect("not poisoned").clone()
     }
 
@@ -384,12 +388,17 @@ impl SharedBackoff {
         self.last_cut_ns
             .compare_exchange(last, now_ns.max(1), Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        let level = match f64::from_bits(self.level_bits.load(Ordering::Acquire)) {
-            l if l > 0.0 => l,
-            _ => 1.0,
-        };
-        let cut = (level / 2.0).max(ADAPTIVE_LEVEL_MIN);
-        self.level_bits.store(cut.to_bits(), Ordering::Release);
+        let mut cut = 0.0;
+        let _ = self
+            .level_bits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let level = match f64::from_bits(bits) {
+                    l if l > 0.0 => l,
+                    _ => 1.0,
+                };
+                cut = (level / 2.0).max(ADAPTIVE_LEVEL_MIN);
+                Some(cut.to_bits())
+            });
         Some(cut)
     }
 
@@ -414,9 +423,18 @@ impl SharedBackoff {
         {
             return;
         }
-        let raised = level + step;
-        let bits = if raised >= 1.0 { 0 } else { raised.to_bits() };
-        self.level_bits.store(bits, Ordering::Release);
+        // A cut on another core since `level` was read is kept: the raise
+        // applies to whatever the share is now.
+        let _ = self
+            .level_bits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let level = f64::from_bits(bits);
+                if level <= 0.0 {
+                    return None;
+                }
+                let raised = level + step;
+                Some(if raised >= 1.0 { 0 } else { raised.to_bits() })
+            });
     }
 }
 

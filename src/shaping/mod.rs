@@ -195,6 +195,11 @@ pub struct Shaper {
     lane_holds: RefCell<HashMap<String, Instant>>,
     /// Counts of a source with a provider, by "SOURCE\0PROVIDER".
     pairs: RefCell<HashMap<String, Arc<SharedLimits>>>,
+    /// The pool of each provider's reroute as this core last read it, with
+    /// the reroute's generation (forgotten on reload).
+    provider_reroutes: RefCell<HashMap<usize, (u64, Arc<egress::Pool>)>>,
+    /// The latest end of the holds in `lane_holds`.
+    lane_holds_until: Cell<Option<Instant>>,
 }
 
 /// Most tenant and campaign suspensions a core holds at once; past it the
@@ -202,9 +207,9 @@ pub struct Shaper {
 /// (its mail is retried as a deferral instead).
 const LANE_HOLDS_MAX: usize = 100_000;
 
-/// The places in tenants' connection counts that one connection holds:
-/// taken when it first carries a tenant's message, given back when it
-/// closes.
+/// The place in a tenant's connection count that one connection holds:
+/// taken when it first carries the tenant's message, given back when it
+/// carries another tenant's or closes.
 #[derive(Default)]
 pub struct TenantPlaces(RefCell<Vec<(String, provider::ConnectionSlot)>>);
 
@@ -218,6 +223,10 @@ impl TenantPlaces {
         if self.0.borrow().iter().any(|(name, _)| *name == tenant.name) {
             return Ok(());
         }
+        // One tenant's place at a time: a connection that moves on to
+        // another tenant's mail gives the last one's place back first, so
+        // two connections never wait on each other's places.
+        self.0.borrow_mut().clear();
         let slot = tenant
             .shared
             .open_connection(max)
@@ -374,6 +383,8 @@ impl Shaper {
             progress: RefCell::default(),
             lane_holds: RefCell::default(),
             pairs: RefCell::default(),
+            provider_reroutes: RefCell::default(),
+            lane_holds_until: Cell::new(None),
         }
     }
 
@@ -432,10 +443,15 @@ impl Shaper {
             let keys = named().map(|(kind, name)| format!("{kind}\0{name}"));
             rules.provider(index).shared.lane_held(keys, now)
         });
-        let holds = self.lane_holds.borrow();
-        if holds.is_empty() {
+        if self.lane_holds_until.get().is_none_or(|until| until <= now) {
+            // Every hold has ended: forget them, so tagged mail costs no
+            // lookups from here on.
+            if self.lane_holds_until.take().is_some() {
+                self.lane_holds.borrow_mut().clear();
+            }
             return by_provider;
         }
+        let holds = self.lane_holds.borrow();
         let own = named()
             .filter_map(|(kind, name)| holds.get(&format!("{domain}\0{kind}\0{name}")))
             .filter(|until| **until > now)
@@ -454,6 +470,8 @@ impl Shaper {
         }
         let at = holds.entry(key).or_insert(until);
         *at = (*at).max(until);
+        let latest = self.lane_holds_until.get().map_or(until, |t| t.max(until));
+        self.lane_holds_until.set(Some(latest));
         true
     }
 
@@ -629,6 +647,7 @@ impl Shaper {
             self.seen.set(generation);
             self.providers.borrow_mut().clear();
             self.combined.borrow_mut().clear();
+            self.provider_reroutes.borrow_mut().clear();
         }
         generation
     }
@@ -833,7 +852,16 @@ impl Shaper {
             let index = self.providers.borrow().get(domain).copied()?;
             let rules = self.rules.borrow();
             let shared = &rules.provider(index).shared;
-            shared.backoff.rerouted(shared.epoch(), now)
+            let generation = shared.backoff.reroute_in_force(shared.epoch(), now)?;
+            let mut seen = self.provider_reroutes.borrow_mut();
+            if let Some((g, pool)) = seen.get(&index) {
+                if *g == generation {
+                    return Some(pool.clone());
+                }
+            }
+            let pool = shared.backoff.reroute_pool()?;
+            seen.insert(index, (generation, pool.clone()));
+            Some(pool)
         })
     }
 

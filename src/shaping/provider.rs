@@ -38,10 +38,11 @@ pub struct SharedLimits {
     /// A suspension or throttle from one of the provider's rules.
     pub backoff: SharedBackoff,
     /// Suspensions of one tenant or campaign at the whole provider, by
-    /// "t\0NAME" or "c\0NAME", until when; `lane_holds_count` says whether
-    /// there are any without taking the lock.
+    /// "t\0NAME" or "c\0NAME", until when; `lane_holds_until_ns` (the
+    /// latest end, ns after the epoch) says whether any is in force without
+    /// taking the lock.
     lane_holds: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
-    lane_holds_count: std::sync::atomic::AtomicUsize,
+    lane_holds_until_ns: AtomicU64,
 }
 
 /// Most tenant and campaign suspensions one provider holds at once.
@@ -57,7 +58,7 @@ impl SharedLimits {
             refused_ns: AtomicU64::new(0),
             backoff: SharedBackoff::default(),
             lane_holds: Default::default(),
-            lane_holds_count: Default::default(),
+            lane_holds_until_ns: AtomicU64::new(0),
         }
     }
 
@@ -72,13 +73,16 @@ impl SharedLimits {
         }
         let at = holds.entry(key).or_insert(until);
         *at = (*at).max(until);
-        self.lane_holds_count.store(holds.len(), Ordering::Release);
+        let until_ns = until.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.lane_holds_until_ns
+            .fetch_max(until_ns, Ordering::AcqRel);
         true
     }
 
     /// Until when the provider holds any of `keys`; `None`: not held.
     pub fn lane_held(&self, keys: impl Iterator<Item = String>, now: Instant) -> Option<Instant> {
-        if self.lane_holds_count.load(Ordering::Acquire) == 0 {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        if self.lane_holds_until_ns.load(Ordering::Acquire) <= now_ns {
             return None;
         }
         let holds = self.lane_holds.lock().expect("not poisoned");

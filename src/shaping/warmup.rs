@@ -137,9 +137,11 @@ impl State {
     }
 
     /// The state on `today`: a past date on which the source sent and was
-    /// not held moves the plan on a day.
+    /// not held moves the plan on a day. A `today` before the stored date
+    /// (a core that read the calendar just before midnight, a clock stepped
+    /// back) is the stored date: the plan never goes back or skips a day.
     pub fn on(self, today: u32) -> State {
-        if self.date == today & DATE_MASK {
+        if today & DATE_MASK <= self.date {
             return self;
         }
         let counts = self.sent > 0 && !self.held;
@@ -432,6 +434,8 @@ mod tests {
             assert!(p.take(&plan, 14).is_some(), "warm after the plan");
         }
         assert!(p.has_room(&plan, 14));
+        assert_eq!(p.state(13).day, 2, "a late reader does not roll back");
+        assert!(p.take(&plan, 13).is_some_and(|t| t.state.date == 14));
     }
 
     #[test]
