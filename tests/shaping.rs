@@ -349,14 +349,7 @@ fn a_reply_rule_can_bounce_a_temporary_reply() {
             .contains("bounced by a reply rule"),
         "{bounce}"
     );
-    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
-    assert!(
-        backoff["response"]
-            .as_str()
-            .unwrap()
-            .starts_with("bounce by rule /no such user/"),
-        "{backoff}"
-    );
+    assert_first_backoff(&spate, "bounce by rule /no such user/");
     assert!(log_of(&spate.log_dir(), "TransientFailure").is_empty());
     assert_eq!(spate.stop(), 0);
 }
@@ -382,13 +375,9 @@ fn a_throttling_reply_divides_the_connections() {
     wait_until(LONG, "the throttle", || {
         !log_of(&spate.log_dir(), "Backoff").is_empty()
     });
-    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
-    assert!(
-        backoff["response"]
-            .as_str()
-            .unwrap()
-            .starts_with("destination d.test throttled (limits divided by 4) for 3600s"),
-        "{backoff}"
+    assert_first_backoff(
+        &spate,
+        "destination d.test throttled (limits divided by 4) for 3600s",
     );
     send(&spate, "r@d.test", 20);
     wait_until(LONG, "21 deliveries", || mx.delivered() == 21);
@@ -528,14 +517,7 @@ fn a_reply_rule_can_reroute_a_destination_to_another_pool() {
     send(&spate, "r@d.test", 1);
     wait_until(LONG, "the delivery", || mx.delivered() == 1);
     assert_eq!(spate.stop(), 0);
-    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
-    assert!(
-        backoff["response"]
-            .as_str()
-            .unwrap()
-            .starts_with("destination d.test rerouted to pool b for 3600s"),
-        "{backoff}"
-    );
+    assert_first_backoff(&spate, "destination d.test rerouted to pool b for 3600s");
     let seen = mx.seen.lock().unwrap();
     let s3: std::net::IpAddr = "127.0.0.203".parse().unwrap();
     assert_eq!(
@@ -574,14 +556,7 @@ fn a_source_address_this_host_does_not_have_is_refused() {
 #[test]
 fn a_source_limit_holds_at_the_sink() {
     let mx = CountingMx::start(Duration::from_millis(20));
-    let domains: Vec<String> = (0..2)
-        .flat_map(|core| {
-            (0..)
-                .map(|i| format!("s{i}.test"))
-                .filter(move |d| spate::router::owner_of(d, 2) == core)
-                .take(1)
-        })
-        .collect();
+    let domains = domains_on_each_core("s", 1);
     let rules = file(
         "s.toml",
         "[default]\npool = \"p\"\n[source.s1]\naddress = \"127.0.0.231\"\nconnections = 2\nmessage_rate = \"20/s,burst=1\"\n[pool.p]\nsources = { s1 = 1 }\n",
@@ -615,14 +590,7 @@ fn a_source_limit_holds_at_the_sink() {
 #[test]
 fn a_limit_per_source_and_provider_holds_at_the_sink() {
     let mx = CountingMx::start(Duration::from_millis(20));
-    let domains: Vec<String> = (0..2)
-        .flat_map(|core| {
-            (0..)
-                .map(|i| format!("q{i}.test"))
-                .filter(move |d| spate::router::owner_of(d, 2) == core)
-                .take(2)
-        })
-        .collect();
+    let domains = domains_on_each_core("q", 2);
     let rules = file(
         "s.toml",
         "[default]\npool = \"p\"\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\nper_source = { connections = 1, message_rate = \"10/s,burst=1\" }\n[source.a]\naddress = \"127.0.0.232\"\n[source.b]\naddress = \"127.0.0.233\"\n[pool.p]\nsources = { a = 1, b = 1 }\n",
@@ -647,18 +615,6 @@ fn a_limit_per_source_and_provider_holds_at_the_sink() {
     }
 }
 
-/// Two domains of one provider, owned by different cores.
-fn two_core_domains(prefix: &str) -> Vec<String> {
-    (0..2)
-        .flat_map(|core| {
-            (0..)
-                .map(|i| format!("{prefix}{i}.test"))
-                .filter(move |d| spate::router::owner_of(d, 2) == core)
-                .take(1)
-        })
-        .collect()
-}
-
 /// A reroute rule in a provider moves every domain of the provider, on
 /// every core, to the other pool: the refused message's retry and the
 /// other core's domain's mail, sent after, all come from pool b's source.
@@ -672,7 +628,7 @@ fn a_provider_reply_rule_reroutes_all_its_domains() {
             per_second: None,
         },
     );
-    let domains = two_core_domains("rr");
+    let domains = domains_on_each_core("rr", 1);
     let rules = file(
         "s.toml",
         "[default]\npool = \"a\"\nretry = [\"1s\"]\n\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\n\n[[provider.bigmail.on_response]]\nmatch = 'use another'\naction = \"reroute\"\npool = \"b\"\nduration = \"1h\"\n\n[source.s1]\naddress = \"127.0.0.241\"\n[source.s2]\naddress = \"127.0.0.242\"\n\n[pool.a]\nsources = { s1 = 1 }\n[pool.b]\nsources = { s2 = 1 }\n",
@@ -685,14 +641,7 @@ fn a_provider_reply_rule_reroutes_all_its_domains() {
     send(&spate, &format!("r@{}", domains[1]), 3);
     wait_until(LONG, "4 deliveries", || mx.delivered() == 4);
     assert_eq!(spate.stop(), 0);
-    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
-    assert!(
-        backoff["response"]
-            .as_str()
-            .unwrap()
-            .starts_with("provider bigmail rerouted to pool b for 3600s"),
-        "{backoff}"
-    );
+    assert_first_backoff(&spate, "provider bigmail rerouted to pool b for 3600s");
     let seen = mx.seen.lock().unwrap();
     let s2: std::net::IpAddr = "127.0.0.242".parse().unwrap();
     assert_eq!(seen.per_source.get(&s2), Some(&4), "{:?}", seen.per_source);
@@ -714,7 +663,7 @@ fn adaptive_mode_on_a_provider_converges_over_both_cores() {
             per_second: Some(10),
         },
     );
-    let domains = two_core_domains("ad");
+    let domains = domains_on_each_core("ad", 1);
     let rules = file(
         "s.toml",
         "[default]\nretry = [\"1s\"]\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\nmessage_rate = \"100/s,burst=10\"\nconnections = 4\nadaptive = true\n",

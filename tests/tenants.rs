@@ -56,14 +56,7 @@ fn tenant_fields_are_kept_in_the_spool_and_not_delivered() {
 #[test]
 fn a_tenant_rate_holds_over_both_cores_without_holding_up_other_mail() {
     let mx = CountingMx::start(Duration::ZERO);
-    let domains: Vec<String> = (0..2)
-        .flat_map(|core| {
-            (0..)
-                .map(|i| format!("t{i}.test"))
-                .filter(move |d| spate::router::owner_of(d, 2) == core)
-                .take(1)
-        })
-        .collect();
+    let domains = domains_on_each_core("t", 1);
     let rules = file("s.toml", "[tenant.slow]\nmessage_rate = \"5/s,burst=1\"\n");
     let (_dns, mut spate) = provider_spate(&mx, &domains, &rules);
     let mut smtp = spate.connect();
@@ -153,13 +146,9 @@ fn a_tenant_pool_and_a_campaign_suspension() {
     );
     wait_until(LONG, "all four", || mx.delivered() == 4);
     assert_eq!(spate.stop(), 0);
-    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
-    assert!(
-        backoff["response"]
-            .as_str()
-            .unwrap()
-            .starts_with("campaign bad at destination d.test suspended for 2s"),
-        "{backoff}"
+    assert_first_backoff(
+        &spate,
+        "campaign bad at destination d.test suspended for 2s",
     );
     let seen = mx.seen.lock().unwrap();
     let order: Vec<&str> = seen
@@ -230,14 +219,7 @@ fn explain_shows_a_tenants_rate_and_pool() {
 #[test]
 fn a_tenant_connection_limit_holds_over_both_cores() {
     let mx = CountingMx::start(Duration::from_millis(30));
-    let domains: Vec<String> = (0..2)
-        .flat_map(|core| {
-            (0..)
-                .map(|i| format!("c{i}.test"))
-                .filter(move |d| spate::router::owner_of(d, 2) == core)
-                .take(2)
-        })
-        .collect();
+    let domains = domains_on_each_core("c", 2);
     let rules = file("s.toml", "[tenant.few]\nconnections = 2\n");
     let (_dns, mut spate) = provider_spate(&mx, &domains, &rules);
     let mut smtp = spate.connect();
@@ -273,14 +255,7 @@ fn a_campaign_suspension_in_a_provider_holds_on_every_core() {
             per_second: None,
         },
     );
-    let domains: Vec<String> = (0..2)
-        .flat_map(|core| {
-            (0..)
-                .map(|i| format!("k{i}.test"))
-                .filter(move |d| spate::router::owner_of(d, 2) == core)
-                .take(1)
-        })
-        .collect();
+    let domains = domains_on_each_core("k", 1);
     let rules = file(
         "s.toml",
         "[default]\nretry = [\"1h\"]\n[provider.bigmail]\nmx_suffix = [\".bigmail.test\"]\n[[provider.bigmail.on_response]]\nmatch = 'campaign blocked'\naction = \"suspend\"\nscope = \"campaign\"\nduration = \"2s\"\n",
@@ -300,14 +275,7 @@ fn a_campaign_suspension_in_a_provider_holds_on_every_core() {
     smtp.transaction("s@a.test", &[&good], &tagged("acme", "good", "good"));
     wait_until(LONG, "all three", || mx.delivered() == 3);
     assert_eq!(spate.stop(), 0);
-    let backoff = log_of(&spate.log_dir(), "Backoff").swap_remove(0);
-    assert!(
-        backoff["response"]
-            .as_str()
-            .unwrap()
-            .starts_with("campaign bad at provider bigmail suspended for 2s"),
-        "{backoff}"
-    );
+    assert_first_backoff(&spate, "campaign bad at provider bigmail suspended for 2s");
     let seen = mx.seen.lock().unwrap();
     let order: Vec<&str> = seen
         .recipients

@@ -263,3 +263,23 @@ pub fn provider_spate_with(
     let spate = Spate::start(&args);
     (dns, spate)
 }
+
+/// `per_core` domains that each core of a two-core spate owns (picked
+/// with spate's own ownership function), named PREFIX0.test, PREFIX1.test...
+pub fn domains_on_each_core(prefix: &str, per_core: usize) -> Vec<String> {
+    (0..2)
+        .flat_map(|core| {
+            (0..)
+                .map(move |i| format!("{prefix}{i}.test"))
+                .filter(move |d| spate::router::owner_of(d, 2) == core)
+                .take(per_core)
+        })
+        .collect()
+}
+
+/// Checks that the run's first `Backoff` record starts with `prefix`.
+pub fn assert_first_backoff(spate: &Spate, prefix: &str) {
+    let backoff = super::log_of(&spate.log_dir(), "Backoff").swap_remove(0);
+    let response = backoff["response"].as_str().unwrap();
+    assert!(response.starts_with(prefix), "{backoff}");
+}
