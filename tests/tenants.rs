@@ -287,3 +287,49 @@ fn a_campaign_suspension_in_a_provider_holds_on_every_core() {
     let retries = log_of(&spate.log_dir(), "TransientFailure");
     assert_eq!(retries.len(), 1, "no retry spent: {retries:?}");
 }
+
+/// A lane whose pool has no source to spare does not hold up the other
+/// lanes of the domain: tenant "a" goes out from a warming source whose
+/// one message a day is spent and whose plan keeps the rest queued, while
+/// tenant "b", with a pool of its own, is delivered at once; "a"'s second
+/// message goes the next warm-up day.
+#[test]
+fn a_tenant_waiting_for_its_pool_does_not_hold_up_another() {
+    let mx = CountingMx::start(Duration::ZERO);
+    let rules = file(
+        "s.toml",
+        "[source.w]\naddress = \"127.0.0.224\"\nwarmup = \"tiny\"\n[source.b]\naddress = \"127.0.0.225\"\n[pool.pa]\nsources = { w = 1 }\n[pool.pb]\nsources = { b = 1 }\n[warmup.tiny]\ndaily = [1, 1]\noverflow = \"queue\"\n[tenant.a]\npool = \"pa\"\n[tenant.b]\npool = \"pb\"\n",
+    );
+    let cfg = file("c.toml", "[delivery]\nwarmup_clock = \"manual\"\n");
+    let args = [
+        "--smarthost",
+        &mx.addr,
+        "--shaping",
+        &rules,
+        "--config",
+        &cfg,
+    ];
+    let mut spate = Spate::start(&args);
+    let mut smtp = spate.connect();
+    for i in 0..2 {
+        let to = format!("a{i}@d.test");
+        smtp.transaction("s@a.test", &[&to], &tagged("a", "c", "a"));
+    }
+    wait_until(LONG, "a's one message today", || mx.delivered() == 1);
+    for i in 0..3 {
+        let to = format!("b{i}@d.test");
+        smtp.transaction("s@a.test", &[&to], &tagged("b", "c", "b"));
+    }
+    wait_until(LONG, "b's three", || mx.delivered() == 4);
+    signal_spate(&spate, "-USR2");
+    spate.wait_for_log("warm-up day 1 begins", LONG);
+    wait_until(LONG, "a's second, the next day", || mx.delivered() == 5);
+    assert_eq!(spate.stop(), 0);
+    let seen = mx.seen.lock().unwrap();
+    let (w, b): (std::net::IpAddr, std::net::IpAddr) = (
+        "127.0.0.224".parse().unwrap(),
+        "127.0.0.225".parse().unwrap(),
+    );
+    assert_eq!(seen.per_source.get(&w), Some(&2), "{:?}", seen.per_source);
+    assert_eq!(seen.per_source.get(&b), Some(&3), "{:?}", seen.per_source);
+}
