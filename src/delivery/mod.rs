@@ -309,7 +309,10 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
         Some(Ok(slot)) => slot,
         None => None,
     };
-    let egress = match choose_source(core, domain, plan.provider.as_ref()) {
+    // Places in tenants' connection counts: the first lane's tenant's is
+    // taken before connecting, and kept until the connection ends.
+    let places = TenantPlaces::default();
+    let egress = match choose_source(core, domain, plan.provider.as_ref(), &places) {
         Ok(egress) => egress,
         Err(at) => return at.map(LookAgain),
     };
@@ -341,8 +344,6 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     let mut broken = false;
     let provider = plan.provider.as_ref();
     let mut look_again = None;
-    // Places in tenants' connection counts, held until the connection ends.
-    let places = TenantPlaces::default();
     loop {
         let entry =
             match next_entry(core, domain, &limits, provider, egress.as_ref(), &places).await {
@@ -378,23 +379,28 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
 const POOLS_TRIED_MAX: usize = 8;
 
 /// The source of a new connection to `domain`: for the first lane (in
-/// turn) that may send now, from its pool; when that pool has no source to
-/// spare, the next lane of another pool. `Ok(None)`: no pool, the
-/// configured source address. `Err`: none has a source, and when one may
-/// (`None`: no lane may send).
+/// turn) that may send now, a place in its tenant's connection count (in
+/// `places`) and a source from its pool; when either has none to spare,
+/// the next lane of another tenant or pool. `Ok(None)`: no pool, the
+/// configured source address. `Err`: no lane can have a connection now,
+/// and when one may (`None`: no lane may send).
 fn choose_source(
     core: &Core,
     domain: &str,
     provider: Option<&ProviderHandle>,
+    places: &TenantPlaces,
 ) -> Result<Option<SourceLease>, Option<Instant>> {
     let expected = u64::from(core.shaper.limits(domain).messages_per_connection);
-    let mut tried: Vec<Option<String>> = Vec::new();
+    let (mut pools_tried, mut tenants_tried) = (Vec::new(), Vec::new());
     let mut earliest: Option<Instant> = None;
-    while tried.len() < POOLS_TRIED_MAX {
+    let mut later = |at: Instant| earliest = Some(earliest.map_or(at, |e: Instant| e.min(at)));
+    while pools_tried.len() + tenants_tried.len() < POOLS_TRIED_MAX {
         let now = Instant::now();
         let pool_of = |tags: &Tags| core.shaper.pool_for(domain, &tags.tenant, now);
         let lane = core.queues.next_lane(domain, |tags| {
-            if tried.contains(&pool_of(tags).map(|p| p.name.clone())) {
+            if tenants_tried.contains(&tags.tenant)
+                || pools_tried.contains(&pool_of(tags).map(|p| p.name.clone()))
+            {
                 return Allow::No;
             }
             allow(core, domain, tags, None, now)
@@ -403,13 +409,21 @@ fn choose_source(
             Ok(lane) => lane,
             Err(at) => return Err(at.into_iter().chain(earliest).min()),
         };
+        if let Some(tenant) = core.shaper.tenant(&lane.tenant) {
+            if let Err(at) = places.admit(&tenant, now) {
+                later(at);
+                tenants_tried.push(lane.tenant.clone());
+                continue;
+            }
+        }
         let pool = pool_of(&lane);
         let name = pool.as_ref().map(|p| p.name.clone());
         match core.shaper.source_for(pool, provider, expected, now) {
             Ok(egress) => return Ok(egress),
             Err(at) => {
-                earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                tried.push(name);
+                places.release();
+                later(at);
+                pools_tried.push(name);
             }
         }
     }

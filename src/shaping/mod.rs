@@ -246,6 +246,11 @@ impl TenantPlaces {
         }
     }
 
+    /// Gives back the place held, if any.
+    pub fn release(&self) {
+        self.0.borrow_mut().clear();
+    }
+
     pub fn holds_any(&self) -> bool {
         !self.0.borrow().is_empty()
     }

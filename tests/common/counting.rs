@@ -169,8 +169,11 @@ fn counting_session(
             in_data = true;
             b"354 go\r\n"
         } else if upper == "QUIT" {
+            // Counted closed before the 221: once the client has it, it may
+            // open its next connection at once.
+            close(seen, peer, transactions);
             let _ = w.write_all(b"221 bye\r\n");
-            break;
+            return;
         } else {
             rcpts.clear();
             b"250 ok\r\n"
@@ -179,6 +182,10 @@ fn counting_session(
             break;
         }
     }
+    close(seen, peer, transactions);
+}
+
+fn close(seen: &Mutex<Seen>, peer: std::net::IpAddr, transactions: usize) {
     let mut s = seen.lock().unwrap();
     s.open -= 1;
     *s.open_by_source.entry(peer).or_default() -= 1;
