@@ -239,6 +239,9 @@ pub struct Warmups {
     pub calendar: Calendar,
     pairs: Mutex<HashMap<(String, String), Arc<Progress>>>,
     file: Option<PathBuf>,
+    /// What the file holds (as last written or read), so an unchanged
+    /// state is not written and synced again.
+    written: Mutex<Vec<u8>>,
 }
 
 /// The state file as written.
@@ -264,9 +267,9 @@ impl Warmups {
     /// unreadable or damaged file is an error, not a fresh start, which
     /// would send a cold address's full volume.
     pub fn open(file: Option<PathBuf>, manual: bool) -> Result<Warmups, String> {
-        let saved = match &file {
+        let (saved, written) = match &file {
             Some(path) => read(path)?,
-            None => None,
+            None => (None, Vec::new()),
         };
         let manual_day = saved.as_ref().map_or(0, |s| s.manual_day);
         let pairs = saved
@@ -290,6 +293,7 @@ impl Warmups {
             },
             pairs: Mutex::new(pairs),
             file,
+            written: Mutex::new(written),
         })
     }
 
@@ -330,7 +334,9 @@ impl Warmups {
     }
 
     /// Writes the progress to the state file: a new file, synced, renamed
-    /// over the old one. Blocking: never called on a core.
+    /// over the old one; nothing when it has not changed (nor when no
+    /// source has warmed and the file does not exist). Blocking: never
+    /// called on a core.
     pub fn save(&self) -> Result<(), String> {
         let Some(path) = &self.file else {
             return Ok(());
@@ -358,27 +364,42 @@ impl Warmups {
                 })
                 .collect(),
         };
-        write(path, &saved).map_err(|e| format!("{}: {e}", path.display()))
+        let mut saved = saved;
+        // In a fixed order, so the same state makes the same bytes.
+        saved
+            .pairs
+            .sort_by(|a, b| (&a.source, &a.provider).cmp(&(&b.source, &b.provider)));
+        let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
+        let mut written = self.written.lock().expect("not poisoned");
+        let unused = saved.pairs.is_empty() && saved.manual_day == 0;
+        if *written == bytes || (written.is_empty() && unused) {
+            return Ok(());
+        }
+        write(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        *written = bytes;
+        Ok(())
     }
 }
 
-fn read(path: &Path) -> Result<Option<Saved>, String> {
+/// The saved state and the file's bytes; none if there is no file yet.
+fn read(path: &Path) -> Result<(Option<Saved>, Vec<u8>), String> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            format!(
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(saved) => Ok((Some(saved), bytes)),
+            Err(e) => Err(format!(
                 "warm-up state {}: {e} (restore it, or remove it to start every warming source from its first day)",
                 path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, Vec::new())),
         Err(e) => Err(format!("warm-up state {}: {e}", path.display())),
     }
 }
 
-fn write(path: &Path, saved: &Saved) -> std::io::Result<()> {
+fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.new");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?)?;
+    f.write_all(bytes)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -451,6 +472,10 @@ mod tests {
         assert_eq!(again.calendar.today(), 1);
         let s = again.progress("ip2", "big").unwrap().state(1);
         assert_eq!((s.day, s.sent), (1, 0));
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        again.save().unwrap();
+        let after = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(before, after, "an unchanged state is not written again");
         std::fs::write(&path, "{ not json").unwrap();
         let e = Warmups::open(Some(path), true).unwrap_err();
         assert!(e.contains("remove it"), "{e}");
