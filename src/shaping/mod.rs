@@ -44,10 +44,13 @@ pub mod file;
 pub mod provider;
 pub mod rate;
 pub mod rules;
+pub mod tenant;
 pub mod warmup;
 
 pub use file::ShapingError;
+pub use provider::{ProviderHandle, PROVIDER_FULL_RETRY};
 pub use rules::{Limits, Resolved, Retry, Rules};
+pub use tenant::TenantPlaces;
 
 use provider::SharedLimits;
 
@@ -207,63 +210,6 @@ pub struct Shaper {
 /// (its mail is retried as a deferral instead).
 const LANE_HOLDS_MAX: usize = 100_000;
 
-/// The place in a tenant's connection count that one connection holds:
-/// taken when it first carries the tenant's message, given back when it
-/// carries another tenant's or closes.
-#[derive(Default)]
-pub struct TenantPlaces(RefCell<Vec<(String, provider::ConnectionSlot)>>);
-
-impl TenantPlaces {
-    /// Whether this connection may carry `tenant`'s mail: it holds a place
-    /// in the tenant's count, or takes one now. `Err`: when to look again.
-    pub fn admit(&self, tenant: &rules::Tenant, now: Instant) -> Result<(), Instant> {
-        let Some(max) = tenant.connections else {
-            return Ok(());
-        };
-        if self.0.borrow().iter().any(|(name, _)| *name == tenant.name) {
-            return Ok(());
-        }
-        // One tenant's place at a time: a connection that moves on to
-        // another tenant's mail gives the last one's place back first, so
-        // two connections never wait on each other's places.
-        self.0.borrow_mut().clear();
-        let slot = tenant
-            .shared
-            .open_connection(max)
-            .ok_or(now + PROVIDER_FULL_RETRY)?;
-        self.0.borrow_mut().push((tenant.name.clone(), slot));
-        Ok(())
-    }
-
-    /// Whether a connection not yet open could take a place for `tenant`.
-    pub fn would_admit(tenant: &rules::Tenant, now: Instant) -> Result<(), Instant> {
-        match tenant.connections {
-            Some(max) if tenant.shared.open_connections() >= max => {
-                tenant.shared.note_wanted();
-                Err(now + PROVIDER_FULL_RETRY)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Gives back the place held, if any.
-    pub fn release(&self) {
-        self.0.borrow_mut().clear();
-    }
-
-    pub fn holds_any(&self) -> bool {
-        !self.0.borrow().is_empty()
-    }
-
-    /// Whether another connection was refused a place this one holds.
-    pub fn wanted(&self) -> bool {
-        self.0
-            .borrow()
-            .iter()
-            .any(|(_, slot)| slot.limits().place_wanted())
-    }
-}
-
 /// Most pools one connection's choice goes through (a warming source's
 /// overflow pool may have warming sources that overflow in turn).
 const OVERFLOW_HOPS_MAX: usize = 4;
@@ -271,88 +217,6 @@ const OVERFLOW_HOPS_MAX: usize = 4;
 /// Past this many domains with a known provider, a core forgets them all
 /// (each is learnt again at its next connection).
 const PROVIDER_DOMAINS_MAX: usize = 100_000;
-
-/// A domain's provider as a connection holds it: its limits (the totals)
-/// and the counts shared by every core.
-#[derive(Clone)]
-pub struct ProviderHandle {
-    pub name: String,
-    pub totals: rules::Totals,
-    /// What each source may send the provider.
-    pub per_source: Option<rules::Totals>,
-    pub shared: Arc<SharedLimits>,
-}
-
-/// How long a connection that found its provider's connections all taken
-/// waits before trying again (a slot freed on another core cannot wake
-/// this one).
-pub const PROVIDER_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
-
-impl ProviderHandle {
-    /// A connection within the provider's totals, or when to try again.
-    pub fn open_connection(
-        &self,
-        now: Instant,
-    ) -> Result<Option<provider::ConnectionSlot>, Instant> {
-        let effect = self.shared.backoff.load(self.shared.epoch()).effect(now);
-        if let Some(until) = effect.suspended_until {
-            return Err(until);
-        }
-        let slot = match self.totals.connections {
-            Some(max) => {
-                let max = effect.connections(max);
-                Some(
-                    self.shared
-                        .open_connection(max)
-                        .ok_or(now + PROVIDER_FULL_RETRY)?,
-                )
-            }
-            None => None,
-        };
-        if let Some(rate) = &self.totals.connection_rate {
-            self.shared
-                .take_connection(&rate.scaled(effect.scale), now)?;
-        }
-        Ok(slot)
-    }
-
-    /// Whether another connection wants a place in the provider's
-    /// connection count.
-    pub fn place_wanted(&self) -> bool {
-        self.totals.connections.is_some() && self.shared.place_wanted()
-    }
-
-    /// When the provider's total rate lets the next message go; `None`:
-    /// now.
-    pub fn message_due(&self, now: Instant) -> Option<Instant> {
-        self.shared.message_due(&self.message_rate(now)?, now)
-    }
-
-    /// One message within the provider's total rate, or when one conforms.
-    pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
-        match self.message_rate(now) {
-            Some(rate) => self.shared.take_message(&rate, now),
-            None => Ok(()),
-        }
-    }
-
-    /// The provider's total message rate at `now`, under its throttle.
-    fn message_rate(&self, now: Instant) -> Option<rate::Rate> {
-        let effect = self.shared.backoff.load(self.shared.epoch()).effect(now);
-        Some(self.totals.message_rate?.scaled(effect.scale))
-    }
-}
-
-impl ProviderHandle {
-    fn of(p: &rules::Provider) -> ProviderHandle {
-        ProviderHandle {
-            name: p.name.clone(),
-            totals: p.totals,
-            per_source: p.per_source,
-            shared: p.shared.clone(),
-        }
-    }
-}
 
 #[derive(Default)]
 struct Buckets {

@@ -13,6 +13,9 @@
 //!
 //! The state outlives reloads: a provider keeps its counts when the file is
 //! read again, so connections already open still count.
+//!
+//! [`ProviderHandle`] is a domain's provider as one connection holds it:
+//! its totals and these shared counts.
 
 use super::backoff::SharedBackoff;
 use super::rate::Rate;
@@ -194,6 +197,85 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A domain's provider as a connection holds it: its limits (the totals)
+/// and the counts shared by every core.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    pub name: String,
+    pub totals: super::rules::Totals,
+    /// What each source may send the provider.
+    pub per_source: Option<super::rules::Totals>,
+    pub shared: Arc<SharedLimits>,
+}
+
+/// How long a connection that found its provider's connections all taken
+/// waits before trying again (a slot freed on another core cannot wake
+/// this one).
+pub const PROVIDER_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl ProviderHandle {
+    /// A connection within the provider's totals, or when to try again.
+    pub fn open_connection(&self, now: Instant) -> Result<Option<ConnectionSlot>, Instant> {
+        let effect = self.shared.backoff.load(self.shared.epoch()).effect(now);
+        if let Some(until) = effect.suspended_until {
+            return Err(until);
+        }
+        let slot = match self.totals.connections {
+            Some(max) => {
+                let max = effect.connections(max);
+                Some(
+                    self.shared
+                        .open_connection(max)
+                        .ok_or(now + PROVIDER_FULL_RETRY)?,
+                )
+            }
+            None => None,
+        };
+        if let Some(rate) = &self.totals.connection_rate {
+            self.shared
+                .take_connection(&rate.scaled(effect.scale), now)?;
+        }
+        Ok(slot)
+    }
+
+    /// Whether another connection wants a place in the provider's
+    /// connection count.
+    pub fn place_wanted(&self) -> bool {
+        self.totals.connections.is_some() && self.shared.place_wanted()
+    }
+
+    /// When the provider's total rate lets the next message go; `None`:
+    /// now.
+    pub fn message_due(&self, now: Instant) -> Option<Instant> {
+        self.shared.message_due(&self.message_rate(now)?, now)
+    }
+
+    /// One message within the provider's total rate, or when one conforms.
+    pub fn take_message(&self, now: Instant) -> Result<(), Instant> {
+        match self.message_rate(now) {
+            Some(rate) => self.shared.take_message(&rate, now),
+            None => Ok(()),
+        }
+    }
+
+    /// The provider's total message rate at `now`, under its throttle.
+    fn message_rate(&self, now: Instant) -> Option<super::rate::Rate> {
+        let effect = self.shared.backoff.load(self.shared.epoch()).effect(now);
+        Some(self.totals.message_rate?.scaled(effect.scale))
+    }
+}
+
+impl ProviderHandle {
+    pub(super) fn of(p: &super::rules::Provider) -> ProviderHandle {
+        ProviderHandle {
+            name: p.name.clone(),
+            totals: p.totals,
+            per_source: p.per_source,
+            shared: p.shared.clone(),
+        }
     }
 }
 
