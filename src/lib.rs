@@ -21,10 +21,12 @@
 //! `listener::data`) are plain functions over bytes and are unit-tested
 //! directly; the spool has fault hooks so tests can make syncs hang or fail.
 
+pub mod admin;
 pub mod bench;
 pub mod bounce;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod delivery;
 pub mod delivery_log;
 pub mod dkim;
@@ -36,6 +38,7 @@ pub mod listener;
 pub mod local;
 pub mod mesh;
 pub mod message;
+pub mod meter;
 pub mod queue;
 pub mod router;
 pub mod shaping;

@@ -225,6 +225,9 @@ struct ServeArgs {
     /// PEM private key for STARTTLS.
     #[arg(long = "tls-key", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Admin server address (repeatable); "" turns it off [default: 127.0.0.1:8025].
+    #[arg(long = "admin", value_name = "ADDR")]
+    admin: Vec<String>,
 }
 
 impl ServeArgs {
@@ -249,6 +252,7 @@ impl ServeArgs {
             hostname: self.hostname.clone(),
             tls_certificate: self.tls_cert.clone(),
             tls_private_key: self.tls_key.clone(),
+            admin: self.admin.clone(),
         };
         Config::build(file, o).map_err(|e| e.to_string())
     }

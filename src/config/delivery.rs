@@ -294,7 +294,7 @@ fn parse_tls(key: &'static str, s: &str) -> Result<TlsPolicy, ConfigError> {
 }
 
 /// `HOST:PORT` or `[IPv6]:PORT`; empty means none.
-fn parse_hop(key: &'static str, hop: &str) -> Result<Option<NextHop>, ConfigError> {
+pub fn parse_hop(key: &'static str, hop: &str) -> Result<Option<NextHop>, ConfigError> {
     if hop.is_empty() {
         return Ok(None);
     }

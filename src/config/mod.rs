@@ -15,12 +15,14 @@ macro_rules! pick {
     };
 }
 
+mod admin;
 mod cores;
 mod delivery;
 mod dkim;
 
+pub use admin::Admin;
 pub use cores::CoreSpec;
-pub use delivery::{Delivery, Dns, NextHop, RawDelivery, RawDns, Route, TlsPolicy};
+pub use delivery::{parse_hop, Delivery, Dns, NextHop, RawDelivery, RawDns, Route, TlsPolicy};
 pub use dkim::{DkimDomain, RawDkim, DEFAULT_SIGNED_HEADERS};
 
 use ipnet::IpNet;
@@ -78,6 +80,8 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub dkim: Vec<RawDkim>,
+    #[serde(default)]
+    pub admin: admin::RawAdmin,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +148,8 @@ pub struct Overrides {
     pub hostname: Option<String>,
     pub tls_certificate: Option<PathBuf>,
     pub tls_private_key: Option<PathBuf>,
+    /// `--admin` addresses; one empty string: no admin server.
+    pub admin: Vec<String>,
 }
 
 /// The validated configuration the engine runs with.
@@ -193,6 +199,7 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// Domains to DKIM-sign for; empty: nothing is signed.
     pub dkim: Vec<DkimDomain>,
+    pub admin: Admin,
 }
 
 #[derive(Debug, Clone)]
@@ -389,6 +396,11 @@ impl Config {
             delivery,
             log_dir,
             dkim: dkim::build_dkim(std::mem::take(&mut u.dkim))?,
+            admin: admin::build(
+                std::mem::take(&mut u.admin),
+                std::mem::take(&mut d.admin),
+                o.admin,
+            )?,
         };
         cfg.check_segment_size()?;
         Ok(cfg)
@@ -449,7 +461,10 @@ pub(crate) fn parse_cidrs(key: &'static str, list: &[String]) -> Result<Vec<IpNe
         .collect()
 }
 
-fn tls_files(certificate: PathBuf, private_key: PathBuf) -> Result<Option<TlsFiles>, ConfigError> {
+pub(crate) fn tls_files(
+    certificate: PathBuf,
+    private_key: PathBuf,
+) -> Result<Option<TlsFiles>, ConfigError> {
     match (
         certificate.as_os_str().is_empty(),
         private_key.as_os_str().is_empty(),

@@ -13,7 +13,7 @@ pub mod client;
 mod connect;
 pub mod next_hop;
 pub mod outcome;
-mod settle;
+pub(crate) mod settle;
 
 pub use connect::{check_source, TlsClients};
 
@@ -173,8 +173,10 @@ async fn plan(core: &Core, domain: &str) -> Result<Plan, Outcome> {
     let d = &core.cfg.delivery;
     let route = d.route(domain);
     let tls = route.and_then(|r| r.tls).unwrap_or(d.tls);
-    let hop = route
-        .and_then(|r| r.next_hop.as_ref())
+    let operated = core.shaper.operated_next_hop(domain);
+    let hop = operated
+        .as_ref()
+        .or(route.and_then(|r| r.next_hop.as_ref()))
         .or(d.smarthost.as_ref());
     let dns = |e| dns_outcome(domain, &e);
     let mut hops = Vec::new();

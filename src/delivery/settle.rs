@@ -426,6 +426,7 @@ fn log(
     let sender = envelope.sender();
     let final_failure = matches!(kind, Kind::Bounce | Kind::Expiration);
     let double = final_failure && sender.is_empty();
+    let (tenant, campaign) = envelope.tags();
     let lost;
     let mut record = Record {
         kind,
@@ -443,6 +444,10 @@ fn log(
         size: entry.message.body_len(),
         queue_time_ms: now.saturating_sub(envelope.received_ms()),
         core: core.index,
+        tenant: &tenant,
+        campaign: &campaign,
+        by: None,
+        reason: None,
     };
     core.log.write(&record);
     if double {

@@ -85,6 +85,9 @@ pub struct Resolver {
     attempts: u32,
     cache: RefCell<Cache<Key, Answer>>,
     rng: RefCell<fastrand::Rng>,
+    /// Questions answered from the cache, and sent to the servers.
+    hits: std::cell::Cell<u64>,
+    queries: std::cell::Cell<u64>,
 }
 
 impl Resolver {
@@ -103,7 +106,14 @@ impl Resolver {
             attempts: attempts.max(1),
             cache: RefCell::new(Cache::new(cache_entries_max)),
             rng: RefCell::new(fastrand::Rng::new()),
+            hits: Default::default(),
+            queries: Default::default(),
         }
+    }
+
+    /// Questions sent to the servers, and answered from the cache.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.queries.get(), self.hits.get())
     }
 
     /// How many answers the cache holds (expired ones included until seen).
@@ -243,8 +253,10 @@ impl Resolver {
     async fn lookup_one(&self, name: &Name, qtype: RecordType) -> Result<Answer, DnsError> {
         let key = (answer::host_string(name), qtype);
         if let Some(hit) = self.cache.borrow_mut().get(&key, Instant::now()) {
+            self.hits.set(self.hits.get() + 1);
             return Ok(hit);
         }
+        self.queries.set(self.queries.get() + 1);
         let reply = transport::ask(&self.servers, self.timeout, self.attempts, name, qtype)
             .await
             .map_err(DnsError::Temporary)?;

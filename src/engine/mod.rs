@@ -75,6 +75,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     let dkim = Arc::new(crate::dkim::Signers::load(&cfg.dkim)?);
     // Held until the engine returns: one engine per spool.
     let _lock = lock_spool(&cfg.spool_dir)?;
+    let admin = admin_start(&cfg)?;
     let Recovered {
         next_segment_id,
         messages,
@@ -117,6 +118,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     watch_signals(stop.clone(), shaping.clone());
     let keeper = keep_warmups(warmups.clone(), stop.clone());
     let mesh = mesh::builder(n);
+    let control = crate::control::builder(n);
     let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
     let mut joins = Vec::new();
     let mut per_core_books = per_core_books.into_iter();
@@ -133,6 +135,8 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             books: per_core_books.next().unwrap_or_default(),
             next_segment_id,
             mesh: mesh.clone(),
+            control: control.clone(),
+            admin: admin.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
         };
@@ -147,8 +151,14 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     let failure = wait_ready(&ready_rx, n, &stop);
     if failure.is_none() {
         let addrs: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
+        let admin: Vec<String> = cfg.admin.listen.iter().map(|a| a.to_string()).collect();
+        let admin = if admin.is_empty() {
+            "no admin server".to_string()
+        } else {
+            format!("admin on {}", admin.join(", "))
+        };
         eprintln!(
-            "spate: ready: {n} cores on CPUs {cpus:?}, listening on {}",
+            "spate: ready: {n} cores on CPUs {cpus:?}, listening on {}; {admin}",
             addrs.join(", ")
         );
     } else {
@@ -168,6 +178,40 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             Ok(())
         }
     }
+}
+
+/// What every core's admin server shares: the tokens and TLS settings.
+#[derive(Clone)]
+pub(crate) struct AdminStart {
+    pub(crate) tokens: Arc<crate::admin::Tokens>,
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+/// Loads (or makes) the admin tokens and TLS settings, and makes sure no
+/// other process serves the admin addresses: the cores bind them with
+/// SO_REUSEPORT, which would silently share them with another spate.
+fn admin_start(cfg: &Config) -> Result<Option<AdminStart>, EngineError> {
+    if cfg.admin.listen.is_empty() {
+        return Ok(None);
+    }
+    for addr in &cfg.admin.listen {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| EngineError::Failed(format!("admin.listen {addr}: {e}")))?;
+    }
+    let tokens =
+        crate::admin::Tokens::load_or_make(cfg.admin.token_file.as_deref(), &cfg.spool_dir)
+            .map_err(EngineError::Failed)?;
+    let tls = cfg
+        .admin
+        .tls
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()?
+        .map(TlsAcceptor::from);
+    Ok(Some(AdminStart {
+        tokens: Arc::new(tokens),
+        tls,
+    }))
 }
 
 /// How long the cores may take to report ready.

@@ -87,6 +87,8 @@ impl Core {
             recipients: Recipient::first_attempts(a.recipients.len()),
         };
         let first = &a.recipients[0];
+        let envelope = handle.envelope();
+        let (tenant, campaign) = envelope.tags();
         self.log.write(&Record {
             kind: Kind::Reception,
             time_ms: a.received_ms,
@@ -103,7 +105,12 @@ impl Core {
             size: a.body_len,
             queue_time_ms: 0,
             core: self.index,
+            tenant: &tenant,
+            campaign: &campaign,
+            by: None,
+            reason: None,
         });
+        drop(envelope);
         self.hand_off(handle).await;
         Ok(())
     }
@@ -193,6 +200,8 @@ pub(super) struct CoreStart {
     pub(super) books: Vec<SegmentBook>,
     pub(super) next_segment_id: u64,
     pub(super) mesh: mesh::Builder,
+    pub(super) control: crate::control::Builder,
+    pub(super) admin: Option<super::AdminStart>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) ready: crossbeam::channel::Sender<Result<(), String>>,
 }
@@ -209,6 +218,7 @@ pub(super) async fn run_core(s: CoreStart) {
     let mesh = Mesh::join(s.mesh, queues.clone()).await;
     // glommio numbers mesh peers in executor order, which is core order.
     assert_eq!(mesh.core(), s.index, "mesh peer id matches the core index");
+    let control = crate::control::join(s.control).await;
     let ids = IdSpace::new(s.next_segment_id, s.index, s.cores);
     let settings = spool::Settings {
         segment_bytes: s.cfg.segment_bytes,
@@ -237,6 +247,13 @@ pub(super) async fn run_core(s: CoreStart) {
         match glommio::net::TcpListener::bind(addr) {
             Ok(l) => listeners.push(l),
             Err(e) => return fail(&s.ready, &s.stop, format!("listen {addr}: {e}")).await,
+        }
+    }
+    let mut admin_listeners = Vec::new();
+    for addr in s.admin.iter().flat_map(|_| &s.cfg.admin.listen) {
+        match glommio::net::TcpListener::bind(addr) {
+            Ok(l) => admin_listeners.push(l),
+            Err(e) => return fail(&s.ready, &s.stop, format!("admin.listen {addr}: {e}")).await,
         }
     }
     let log = match DeliveryLog::open(&s.cfg.log_dir, s.index).await {
@@ -279,6 +296,15 @@ pub(super) async fn run_core(s: CoreStart) {
         shaper: Shaper::new(s.shaping),
         dkim: s.dkim,
     });
+    let control = control.serve(core.clone());
+    if let Some(a) = &s.admin {
+        let beyond_loopback = s.cfg.admin.listen.iter().any(|l| !l.ip().is_loopback());
+        let admin =
+            crate::admin::Admin::new(control, a.tokens.clone(), beyond_loopback, a.tls.clone());
+        for l in admin_listeners {
+            glommio::spawn_local(crate::admin::accept_loop(l, admin.clone())).detach();
+        }
+    }
     work.outbound(delivery::run(core.clone())).detach();
     for l in listeners {
         work.inbound(listener::accept_loop(l, core.clone()))

@@ -18,6 +18,9 @@ pub const DATA_FREE_BYTES: usize = 64 * 1024;
 
 /// One core's admission state.
 pub struct Inbound {
+    /// From each final dot to its reply (the listener's whole latency:
+    /// signing, append, group commit).
+    pub final_dot: crate::meter::Histogram,
     sessions: Cell<usize>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     data: Rc<DataBudget>,
@@ -33,6 +36,7 @@ pub enum Refusal {
 impl Inbound {
     pub fn new(data_bytes_max: u64) -> Inbound {
         Inbound {
+            final_dot: crate::meter::Histogram::new(crate::meter::LATENCY_BOUNDS),
             sessions: Cell::new(0),
             per_ip: RefCell::default(),
             data: Rc::new(DataBudget {

@@ -351,6 +351,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Err(e) = self.receive(&mut builder, &mut lease).await? {
             return Ok(data_error_reply(e));
         }
+        let dot = Instant::now();
+        let reply = self.seal(id, received_ms, tx, builder, lease).await;
+        self.core.inbound.final_dot.observe_duration(dot.elapsed());
+        reply
+    }
+
+    /// From the final dot to the reply: signs, appends and waits (within
+    /// the deadline) for the record to be durable.
+    async fn seal(
+        &mut self,
+        id: u64,
+        received_ms: u64,
+        tx: Transaction,
+        mut builder: MessageBuilder,
+        lease: DataLease,
+    ) -> Result<Reply, Stop> {
         match self.core.dkim.sign_record(&mut builder) {
             Ok(()) => {}
             Err(SignError::TooBig) => {

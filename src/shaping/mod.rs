@@ -41,6 +41,8 @@ pub mod backoff;
 pub mod egress;
 pub mod explain;
 pub mod file;
+mod operated;
+pub mod operator;
 pub mod provider;
 pub mod rate;
 pub mod rules;
@@ -203,6 +205,8 @@ pub struct Shaper {
     provider_reroutes: RefCell<HashMap<usize, (u64, Arc<egress::Pool>)>>,
     /// The latest end of the holds in `lane_holds`.
     lane_holds_until: Cell<Option<Instant>>,
+    /// The operator's actions in force (admin API), the same on every core.
+    operator: operator::Actions,
 }
 
 /// Most tenant and campaign suspensions a core holds at once; past it the
@@ -254,6 +258,7 @@ impl Shaper {
             pairs: RefCell::default(),
             provider_reroutes: RefCell::default(),
             lane_holds_until: Cell::new(None),
+            operator: operator::Actions::default(),
         }
     }
 
@@ -285,6 +290,9 @@ impl Shaper {
     /// a reroute's while one is in force, else the tenant's, else the
     /// domain's rule's; `None`: `delivery.source_address`.
     pub fn pool_for(&self, domain: &str, tenant: &str, now: Instant) -> Option<Arc<egress::Pool>> {
+        if let Some(operated) = self.operated_pool(domain, tenant, now) {
+            return Some(operated);
+        }
         if let Some(rerouted) = self.rerouted(domain, now) {
             return Some(rerouted);
         }
@@ -312,6 +320,7 @@ impl Shaper {
             let keys = named().map(|(kind, name)| format!("{kind}\0{name}"));
             rules.provider(index).shared.lane_held(keys, now)
         });
+        let by_provider = by_provider.max(self.operated_lane(tags, now));
         if self.lane_holds_until.get().is_none_or(|until| until <= now) {
             // Every hold has ended: forget them, so tagged mail costs no
             // lookups from here on.
@@ -402,7 +411,12 @@ impl Shaper {
                 full
             })
         };
-        let full = |m: &egress::Member| warm_full(m) || pair_full(m);
+        let held = |m: &egress::Member| self.source_held(&m.name, now);
+        if let Some(until) = pool.members.iter().map(held).min().flatten() {
+            // Every source of the pool is suspended by the operator.
+            return Err(until);
+        }
+        let full = |m: &egress::Member| held(m).is_some() || warm_full(m) || pair_full(m);
         for _ in 0..OVERFLOW_HOPS_MAX {
             if let Some(mut lease) = pool.choose(expected, &full) {
                 if let Some(limits) = per_source {
@@ -492,6 +506,12 @@ impl Shaper {
 
     /// The limits for `domain` under the rules now in force.
     pub fn limits(&self, domain: &str) -> Arc<Limits> {
+        let limits = self.rule_limits(domain);
+        self.operated_limits(domain, limits)
+    }
+
+    /// The limits for `domain` under the rules alone.
+    fn rule_limits(&self, domain: &str) -> Arc<Limits> {
         self.refresh();
         let Some(provider) = self.providers.borrow().get(domain).copied() else {
             return self.rules.borrow().limits(domain, None);
@@ -621,11 +641,13 @@ impl Shaper {
             .get(domain)
             .map_or(backoff::Effect::NONE, |b| b.backoff.effect(now));
         let Some(index) = self.providers.borrow().get(domain).copied() else {
-            return own;
+            return self.operated_backoff(domain, own, now);
         };
         let rules = self.rules.borrow();
         let shared = &rules.provider(index).shared;
-        own.and(shared.backoff.load(shared.epoch()).effect(now))
+        let effect = own.and(shared.backoff.load(shared.epoch()).effect(now));
+        drop(rules);
+        self.operated_backoff(domain, effect, now)
     }
 
     /// Adaptive mode (`adaptive = true` for the destination): a 4xx reply
@@ -701,6 +723,9 @@ impl Shaper {
     /// The pool `domain`'s connections go out from: a reroute's while one
     /// is in force, else its rule's; `None`: `delivery.source_address`.
     pub fn pool(&self, domain: &str, now: Instant) -> Option<Arc<egress::Pool>> {
+        if let Some(operated) = self.operated_pool(domain, "", now) {
+            return Some(operated);
+        }
         match self.rerouted(domain, now) {
             Some(pool) => Some(pool),
             None => self.limits(domain).pool.clone(),

@@ -535,6 +535,11 @@ impl Resolved {
         }
     }
 
+    /// Whether `domain` (lower-cased) has a rule of its own.
+    pub fn has_destination(&self, domain: &str) -> bool {
+        self.destinations.contains_key(domain)
+    }
+
     /// The provider whose suffixes every one of `mx_hosts` ends in (the
     /// first by name if several do); none for no hosts.
     pub fn provider_of<'a>(
@@ -549,6 +554,10 @@ impl Resolved {
 
     pub fn provider(&self, index: usize) -> &Provider {
         &self.providers[index]
+    }
+
+    pub fn provider_count(&self) -> usize {
+        self.providers.len()
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

@@ -102,7 +102,11 @@ async fn flush(
             return Ok(());
         }
         spool.faults.before_sync().await?;
-        seg.file.fdatasync().await.map_err(std::io::Error::from)
+        let began = std::time::Instant::now();
+        seg.file.fdatasync().await.map_err(std::io::Error::from)?;
+        spool.stats.sync_seconds.observe_duration(began.elapsed());
+        spool.stats.batch_records.observe(placed.len() as f64);
+        Ok(())
     }
     .await;
     match result {

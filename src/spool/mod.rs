@@ -128,8 +128,7 @@ impl IdSpace {
     }
 }
 
-/// Counters of one core's spool, for logs and tests.
-#[derive(Debug, Default)]
+/// Counters of one core's spool, for logs, metrics and tests.
 pub struct SpoolStats {
     pub records: Cell<u64>,
     pub bytes: Cell<u64>,
@@ -138,6 +137,38 @@ pub struct SpoolStats {
     pub segments: Cell<u64>,
     pub segments_deleted: Cell<u64>,
     pub records_moved: Cell<u64>,
+    /// Records made durable by each fdatasync (group commit).
+    pub batch_records: crate::meter::Histogram,
+    /// How long each fdatasync took.
+    pub sync_seconds: crate::meter::Histogram,
+}
+
+impl Default for SpoolStats {
+    fn default() -> SpoolStats {
+        SpoolStats {
+            records: Cell::default(),
+            bytes: Cell::default(),
+            syncs: Cell::default(),
+            failed_syncs: Cell::default(),
+            segments: Cell::default(),
+            segments_deleted: Cell::default(),
+            records_moved: Cell::default(),
+            batch_records: crate::meter::Histogram::new(crate::meter::BATCH_BOUNDS),
+            sync_seconds: crate::meter::Histogram::new(crate::meter::LATENCY_BOUNDS),
+        }
+    }
+}
+
+impl Spool {
+    /// Segments this core holds now, and their bytes on disk.
+    pub fn segments_held(&self) -> (usize, u64) {
+        let n = self.books.borrow().len();
+        (n, n as u64 * self.segment_bytes)
+    }
+
+    pub fn dir_path(&self) -> &std::path::Path {
+        &self.dir_path
+    }
 }
 
 /// How a core's spool is laid out and cleaned.

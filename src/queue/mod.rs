@@ -12,6 +12,10 @@
 //! mail that names none), taken in turn: a tenant whose mail must wait (its
 //! rate, a suspension, another pool) never holds up the others'.
 
+mod inspect;
+
+pub use inspect::{DomainView, Found};
+
 use crate::local::{Event, Notify};
 use crate::message::MessageHandle;
 use smallvec::SmallVec;

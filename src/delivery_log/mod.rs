@@ -8,6 +8,14 @@
 //! and then they are counted and the count is reported. The log is not
 //! fsync'd: the spool is the record of truth, the log is for people and
 //! tools.
+//!
+//! Each record is also counted ([`tally`]: by kind and tenant, and each
+//! destination's last replies, for the admin API and metrics) and offered
+//! to live subscribers ([`stream`]: the admin server's event streams),
+//! which get it at the next flush. Neither may make a write wait.
+
+pub mod stream;
+pub mod tally;
 
 use crate::local::Notify;
 use glommio::io::{BufferedFile, OpenOptions};
@@ -26,7 +34,7 @@ pub const BUFFER_BYTES_MAX: usize = 1 << 20;
 /// take the core's memory.
 pub const PENDING_BYTES_MAX: usize = 64 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Kind {
     Reception,
     Delivery,
@@ -44,6 +52,42 @@ pub enum Kind {
     /// provider; the response says how much, which day of which plan, and
     /// where more mail goes today.
     Warmup,
+    /// An operator's change through the admin API (suspend, resume,
+    /// bounce, reroute, override, reload): the response says what, `by`
+    /// names the token, `reason` is theirs.
+    Admin,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Reception,
+        Kind::Delivery,
+        Kind::TransientFailure,
+        Kind::Bounce,
+        Kind::Expiration,
+        Kind::DoubleBounce,
+        Kind::Backoff,
+        Kind::Warmup,
+        Kind::Admin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Reception => "Reception",
+            Kind::Delivery => "Delivery",
+            Kind::TransientFailure => "TransientFailure",
+            Kind::Bounce => "Bounce",
+            Kind::Expiration => "Expiration",
+            Kind::DoubleBounce => "DoubleBounce",
+            Kind::Backoff => "Backoff",
+            Kind::Warmup => "Warmup",
+            Kind::Admin => "Admin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// One event. Field meanings are documented in the README.
@@ -70,6 +114,45 @@ pub struct Record<'a> {
     /// Milliseconds from reception to this event.
     pub queue_time_ms: u64,
     pub core: usize,
+    /// The message's tenant and campaign (`X-Spate-Tenant`,
+    /// `X-Spate-Campaign`); left out when it named none.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub tenant: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub campaign: &'a str,
+    /// `Admin` records: the name of the token that made the change, and
+    /// the reason given with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+impl Record<'_> {
+    /// An `Admin` record: `what` was done by `by`, for `reason`.
+    pub fn admin<'a>(what: &'a str, by: &'a str, reason: &'a str, core: usize) -> Record<'a> {
+        Record {
+            kind: Kind::Admin,
+            time_ms: now_ms(),
+            id: String::new(),
+            sender: "",
+            recipient: "",
+            domain: "",
+            mx_host: None,
+            mx_ip: None,
+            connection: None,
+            source: None,
+            response: what,
+            attempt: 0,
+            size: 0,
+            queue_time_ms: 0,
+            core,
+            tenant: "",
+            campaign: "",
+            by: Some(by),
+            reason: Some(reason),
+        }
+    }
 }
 
 pub struct DeliveryLog {
@@ -83,6 +166,8 @@ pub struct DeliveryLog {
     /// Records dropped since the last report.
     dropped: Cell<u64>,
     core: usize,
+    pub tally: tally::Tally,
+    pub stream: stream::Stream,
 }
 
 impl DeliveryLog {
@@ -110,6 +195,8 @@ impl DeliveryLog {
             kick: Notify::default(),
             dropped: Cell::new(0),
             core,
+            tally: tally::Tally::default(),
+            stream: stream::Stream::default(),
         });
         let flusher = log.clone();
         glommio::spawn_local(async move {
@@ -129,14 +216,17 @@ impl DeliveryLog {
 
     /// Adds one record; never waits.
     pub fn write(&self, record: &Record<'_>) {
+        self.tally.count(record);
         let mut pending = self.pending.borrow_mut();
         if pending.len() > PENDING_BYTES_MAX {
             // The disk is far behind: drop rather than grow without bound.
             self.dropped.set(self.dropped.get() + 1);
             return;
         }
+        let start = pending.len();
         serde_json::to_writer(&mut *pending, record).expect("records serialize");
         pending.push(b'\n');
+        self.stream.offer(record, &pending[start..]);
         if pending.len() > BUFFER_BYTES_MAX {
             self.kick.notify();
         }
@@ -147,6 +237,7 @@ impl DeliveryLog {
         let Ok(_permit) = self.flushing.acquire_permit(1).await else {
             return;
         };
+        self.stream.dispatch();
         let dropped = self.dropped.replace(0);
         if dropped > 0 {
             eprintln!(
@@ -209,6 +300,10 @@ mod tests {
                         size: 1000,
                         queue_time_ms: 0,
                         core: 0,
+                        tenant: "",
+                        campaign: "",
+                        by: None,
+                        reason: None,
                     });
                 }
                 log.flush().await;

@@ -1,0 +1,317 @@
+//! How a core answers a control [`Request`]: from its own queues, shaper,
+//! delivery log and spool, on its own thread. Bouncing settles entries the
+//! way delivery does (DSNs included); everything else only reads, or
+//! changes this core's copy of the operator's actions.
+
+use super::report::*;
+use super::{Reply, Request};
+use crate::delivery::outcome::Outcome;
+use crate::delivery_log::{Kind, Record};
+use crate::engine::Core;
+use crate::queue::{DomainView, Tags};
+use crate::shaping::operator::Selector;
+use std::rc::Rc;
+use std::time::Instant;
+
+pub(super) async fn answer(core: &Rc<Core>, request: Request) -> Reply {
+    match request {
+        Request::Summary => Reply::Summary(summary(core)),
+        Request::Queues { sort, limit } => Reply::Queues(queues(core, sort, limit)),
+        Request::Queue { domain } => Reply::Queue(queue(core, &domain).map(Box::new)),
+        Request::Act(action) => {
+            let ok = core.shaper.act(action);
+            // Mail held or released by it is looked at again now.
+            core.queues.mark_all_dirty();
+            Reply::Acted(ok)
+        }
+        Request::End(id) => {
+            let ended = core.shaper.end_action(id);
+            core.queues.mark_all_dirty();
+            Reply::Ended(ended)
+        }
+        Request::Actions => Reply::Actions(core.shaper.actions()),
+        Request::Bounce {
+            selector,
+            by,
+            reason,
+        } => Reply::Bounced(bounce(core, &selector, &by, &reason).await),
+        Request::Find { id, recipient } => Reply::Found(find(core, id, recipient.as_deref())),
+        Request::Metrics => Reply::Metrics(Box::new(metrics(core))),
+        Request::Subscribe { filter, tx } => {
+            Reply::Subscribed(core.log.stream.subscribe(filter, tx))
+        }
+        Request::Log { what, by, reason } => {
+            core.log
+                .write(&Record::admin(&what, &by, &reason, core.index));
+            Reply::Done
+        }
+    }
+}
+
+fn summary(core: &Core) -> CoreSummary {
+    let k = core.log.tally.by_kind();
+    let at = |kind: Kind| k[Kind::ALL.iter().position(|x| *x == kind).expect("in ALL")];
+    let q = core.queues.summary();
+    CoreSummary {
+        received: at(Kind::Reception),
+        delivered: at(Kind::Delivery),
+        deferred: at(Kind::TransientFailure),
+        bounced: at(Kind::Bounce),
+        expired: at(Kind::Expiration),
+        ready: q.ready as u64,
+        waiting: q.scheduled as u64,
+        connections_in: core.inbound.sessions() as u64,
+        connections_out: u64::from(core.queues.open_connections()),
+        domains: q.domains as u64,
+    }
+}
+
+fn row(core: &Core, v: &DomainView, now: Instant, now_ms: u64) -> QueueRow {
+    let d = &v.domain;
+    let until = core.shaper.backoff(d, now).suspended_until;
+    let lane_held = |tags: &Tags| core.shaper.lane_held(d, tags, now).is_some();
+    let suspended = if until.is_some() {
+        v.ready()
+    } else {
+        v.lanes
+            .iter()
+            .filter(|(t, _)| lane_held(t))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (deferred, last) = core.log.tally.last(d);
+    let limits = core.shaper.limits(d);
+    QueueRow {
+        domain: d.clone(),
+        core: core.index,
+        ready: v.ready() - suspended,
+        waiting: v.waiting,
+        suspended,
+        suspended_until_ms: until
+            .map(|u| now_ms + u.saturating_duration_since(now).as_millis() as u64),
+        oldest_age_s: v
+            .oldest_ms
+            .map_or(0.0, |o| now_ms.saturating_sub(o) as f64 / 1000.0),
+        connections: v.connections,
+        deferred,
+        last_reply: last.map(|r| ReplySeen {
+            time_ms: r.time_ms,
+            text: r.text.into(),
+        }),
+        limits: LimitsView {
+            connections: limits.connections,
+            message_rate: limits.message_rate.map(|r| r.to_string()),
+            connection_rate: limits.connection_rate.map(|r| r.to_string()),
+            rule: core.shaper.rule_of(d),
+        },
+        actions: core
+            .shaper
+            .actions_for(d)
+            .into_iter()
+            .map(|id| format!("a{id}"))
+            .collect(),
+    }
+}
+
+fn queues(core: &Core, sort: Sort, limit: usize) -> Vec<QueueRow> {
+    let (now, now_ms) = (Instant::now(), crate::delivery_log::now_ms());
+    let mut views = core.queues.views();
+    // Domains that only deferred (nothing queued now) still sort by it.
+    if sort == Sort::Deferred {
+        for (domain, _) in core.log.tally.deferred_domains() {
+            if crate::router::owner_of(&domain, core.cores) == core.index
+                && !views.iter().any(|v| v.domain == domain)
+            {
+                views.push(DomainView {
+                    domain,
+                    lanes: Vec::new(),
+                    waiting: 0,
+                    connections: 0,
+                    oldest_ms: None,
+                });
+            }
+        }
+    }
+    let mut rows: Vec<QueueRow> = views.iter().map(|v| row(core, v, now, now_ms)).collect();
+    sort.order(&mut rows);
+    rows.truncate(limit);
+    rows
+}
+
+fn queue(core: &Core, domain: &str) -> Option<QueueDetail> {
+    let history = core.log.tally.history(domain);
+    let view = core.queues.view(domain);
+    if view.is_none() && history.is_none() {
+        return None;
+    }
+    let view = view.unwrap_or(DomainView {
+        domain: domain.to_string(),
+        lanes: Vec::new(),
+        waiting: 0,
+        connections: 0,
+        oldest_ms: None,
+    });
+    let row = row(core, &view, Instant::now(), crate::delivery_log::now_ms());
+    let replies = history.map_or_else(Vec::new, |h| {
+        h.replies
+            .iter()
+            .map(|r| ReplySeen {
+                time_ms: r.time_ms,
+                text: r.text.to_string(),
+            })
+            .collect()
+    });
+    Some(QueueDetail { row, replies })
+}
+
+/// Whether mail for `domain` can be what `selector` names.
+fn domain_selected(core: &Core, selector: &Selector, domain: &str) -> bool {
+    match selector {
+        Selector::Domain(d) => d.eq_ignore_ascii_case(domain),
+        Selector::Provider(p) => core.shaper.provider_name(domain).as_deref() == Some(p),
+        Selector::Tenant(_) | Selector::Campaign(_) => true,
+        // Mail is not tied to a source until a connection takes it.
+        Selector::Source(_) => false,
+    }
+}
+
+/// Whether the lane's tags are what `selector` names.
+fn lane_selected(selector: &Selector, tenant: &str, campaign: &str) -> bool {
+    match selector {
+        Selector::Tenant(t) => t == tenant,
+        Selector::Campaign(c) => c == campaign,
+        _ => true,
+    }
+}
+
+/// Bounces every queued entry the selector names, with DSNs; returns the
+/// recipients bounced.
+async fn bounce(core: &Rc<Core>, selector: &Selector, by: &str, reason: &str) -> u64 {
+    let released = core.queues.release_where(|domain, entry| {
+        let envelope = entry.message.envelope();
+        let (tenant, campaign) = envelope.tags();
+        domain_selected(core, selector, domain) && lane_selected(selector, &tenant, &campaign)
+    });
+    let mut domains = core.queues.ready_domains();
+    domains.retain(|d| domain_selected(core, selector, d));
+    debug_assert!(released.iter().all(|d| domains.contains(d)));
+    let text = format!("550 5.7.1 Bounced by the operator ({by}): {reason}");
+    let bounces = || {
+        let i = Kind::ALL
+            .iter()
+            .position(|k| *k == Kind::Bounce)
+            .expect("in ALL");
+        core.log.tally.by_kind()[i]
+    };
+    let before = bounces();
+    for domain in domains {
+        crate::delivery::settle::fail_domain_where(
+            core,
+            &domain,
+            Outcome::Bounced(text.clone()),
+            None,
+            |tags: &Tags| lane_selected(selector, &tags.tenant, &tags.campaign),
+        )
+        .await;
+    }
+    bounces() - before
+}
+
+fn find(core: &Core, id: Option<u64>, recipient: Option<&str>) -> Vec<Queued> {
+    let found = core.queues.find(|e| match (id, recipient) {
+        (Some(id), _) => e.message.id == id,
+        (None, Some(r)) => {
+            let env = e.message.envelope();
+            e.recipients
+                .iter()
+                .any(|&i| env.address(i).eq_ignore_ascii_case(r))
+        }
+        (None, None) => false,
+    });
+    let mut out = Vec::new();
+    for f in found {
+        let env = f.entry.message.envelope();
+        for &i in &f.entry.recipients {
+            let address = env.address(i);
+            if recipient.is_some_and(|r| !address.eq_ignore_ascii_case(r)) {
+                continue;
+            }
+            out.push(Queued {
+                id: f.entry.message.id_text(),
+                recipient: address.into_owned(),
+                domain: f.domain.clone(),
+                core: core.index,
+                state: if f.waiting { "waiting" } else { "ready" },
+                attempts: f.entry.attempts,
+            });
+        }
+    }
+    out
+}
+
+fn metrics(core: &Core) -> CoreMetrics {
+    let now = Instant::now();
+    let rows = queues(core, Sort::Ready, usize::MAX);
+    let suspended = rows.iter().map(|r| r.suspended as u64).sum();
+    let top = rows
+        .iter()
+        .take(TOP_DESTINATIONS)
+        .map(|r| {
+            (
+                r.domain.clone(),
+                (r.ready + r.suspended) as u64,
+                r.waiting as u64,
+            )
+        })
+        .collect();
+    let (held, throttled) = core.shaper.held_destinations(now);
+    let (dns_queries, dns_cache_hits) = core.resolver.counts();
+    let (segments, bytes) = core.spool.segments_held();
+    let st = &core.spool.stats;
+    let first = core.index == 0;
+    CoreMetrics {
+        core: core.index,
+        records: core.log.tally.by_kind(),
+        by_tenant: core.log.tally.by_tenant(),
+        summary: summary(core),
+        suspended,
+        top,
+        destinations_suspended: held,
+        destinations_throttled: throttled,
+        batch_records: st.batch_records.snapshot(),
+        sync_seconds: st.sync_seconds.snapshot(),
+        final_dot_seconds: core.inbound.final_dot.snapshot(),
+        dns_queries,
+        dns_cache_hits,
+        dns_cache_entries: core.resolver.cache_len() as u64,
+        spool_segments: segments as u64,
+        spool_bytes: bytes,
+        spool_free_bytes: if first {
+            free_bytes(core.spool.dir_path())
+        } else {
+            0
+        },
+        spool_records: st.records.get(),
+        spool_syncs: st.syncs.get(),
+        spool_failed_syncs: st.failed_syncs.get(),
+        event_subscribers: core.log.stream.subscribers() as u64,
+        actions: core.shaper.actions().len() as u64,
+        providers: if first {
+            core.shaper.provider_states(now)
+        } else {
+            Vec::new()
+        },
+        warmups: if first {
+            core.shaper.warmup_states()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Bytes free to spate on the spool's file system.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir).map_or(0, |s| {
+        s.blocks_available() as u64 * s.fragment_size() as u64
+    })
+}

@@ -1,0 +1,169 @@
+//! Looking into one core's queues for the operator (admin API): what each
+//! domain holds, where a message is, and taking entries out to bounce
+//! them. Walks every entry, so these run only on the operator's request,
+//! never on the delivery path.
+
+use super::{Entry, Queues, Tags};
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// One domain's queue on this core.
+#[derive(Debug)]
+pub struct DomainView {
+    pub domain: String,
+    /// Each lane's tags and its ready entries.
+    pub lanes: Vec<(Rc<Tags>, usize)>,
+    /// Entries waiting for a retry.
+    pub waiting: usize,
+    pub connections: u32,
+    /// When the oldest queued message was received (ms since the epoch).
+    pub oldest_ms: Option<u64>,
+}
+
+impl DomainView {
+    pub fn ready(&self) -> usize {
+        self.lanes.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// A queued entry that matched a search.
+#[derive(Debug)]
+pub struct Found {
+    pub domain: String,
+    pub entry: Entry,
+    pub waiting: bool,
+}
+
+fn received(entry: &Entry) -> u64 {
+    entry.message.envelope().received_ms()
+}
+
+impl Queues {
+    /// Every domain with ready or waiting entries or open connections.
+    pub fn views(&self) -> Vec<DomainView> {
+        let mut views: HashMap<String, DomainView> = HashMap::new();
+        let blank = |domain: &str| DomainView {
+            domain: domain.to_string(),
+            lanes: Vec::new(),
+            waiting: 0,
+            connections: 0,
+            oldest_ms: None,
+        };
+        for (domain, q) in self.domains.borrow().iter() {
+            let v = views
+                .entry(domain.to_string())
+                .or_insert_with(|| blank(domain));
+            v.connections = q.connections;
+            for lane in &q.lanes {
+                v.lanes.push((lane.tags.clone(), lane.entries.len()));
+                let oldest = lane.entries.iter().map(received).min();
+                v.oldest_ms = v.oldest_ms.min(oldest).or(v.oldest_ms).or(oldest);
+            }
+        }
+        let names = self.names.borrow();
+        for Reverse(s) in self.scheduled.borrow().iter() {
+            let name = names.name(s.domain);
+            let v = views
+                .entry(name.to_string())
+                .or_insert_with(|| blank(&name));
+            v.waiting += 1;
+            let r = received(&s.entry);
+            v.oldest_ms = Some(v.oldest_ms.map_or(r, |o| o.min(r)));
+        }
+        views.into_values().collect()
+    }
+
+    /// The view of one domain, if it has anything queued or open.
+    pub fn view(&self, domain: &str) -> Option<DomainView> {
+        self.views().into_iter().find(|v| v.domain == domain)
+    }
+
+    /// Queued entries that `matches`, ready and waiting.
+    pub fn find(&self, matches: impl Fn(&Entry) -> bool) -> Vec<Found> {
+        let mut found = Vec::new();
+        for (domain, q) in self.domains.borrow().iter() {
+            for lane in &q.lanes {
+                for e in lane.entries.iter().filter(|e| matches(e)) {
+                    found.push(Found {
+                        domain: domain.to_string(),
+                        entry: e.clone(),
+                        waiting: false,
+                    });
+                }
+            }
+        }
+        let names = self.names.borrow();
+        for Reverse(s) in self.scheduled.borrow().iter() {
+            if matches(&s.entry) {
+                found.push(Found {
+                    domain: names.name(s.domain).to_string(),
+                    entry: s.entry.clone(),
+                    waiting: true,
+                });
+            }
+        }
+        found
+    }
+
+    /// Makes every waiting entry of a domain that `matches` ready now (to
+    /// be bounced); returns the domains they went to.
+    pub fn release_where(&self, matches: impl Fn(&str, &Entry) -> bool) -> Vec<String> {
+        let mut heap = self.scheduled.borrow_mut();
+        let all = std::mem::take(&mut *heap).into_vec();
+        let mut released = Vec::new();
+        {
+            let names = self.names.borrow();
+            for Reverse(s) in all {
+                let domain = names.name(s.domain);
+                if matches(&domain, &s.entry) {
+                    released.push((domain, s.entry));
+                } else {
+                    heap.push(Reverse(s));
+                }
+            }
+        }
+        drop(heap);
+        let mut domains: Vec<String> = released.iter().map(|(d, _)| d.to_string()).collect();
+        for (domain, entry) in released {
+            self.push_ready(&domain, entry, true);
+        }
+        domains.sort_unstable();
+        domains.dedup();
+        domains
+    }
+
+    /// Domains with ready entries.
+    pub fn ready_domains(&self) -> Vec<String> {
+        let domains = self.domains.borrow();
+        domains
+            .iter()
+            .filter(|(_, q)| q.ready > 0)
+            .map(|(d, _)| d.to_string())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::handle;
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn views_count_ready_and_waiting_and_release_makes_waiting_ready() {
+        let q = Queues::new(0);
+        q.enqueue(handle(&["a@x.test", "b@y.test"]));
+        let e = q.pop_ready("y.test").unwrap();
+        q.schedule("y.test", e, Instant::now() + Duration::from_secs(3600));
+        let mut views = q.views();
+        views.sort_by(|a, b| a.domain.cmp(&b.domain));
+        assert_eq!((views[0].ready(), views[0].waiting), (1, 0));
+        assert_eq!((views[1].ready(), views[1].waiting), (0, 1));
+        assert!(views[1].oldest_ms.is_some());
+        assert_eq!(q.find(|_| true).len(), 2);
+        assert_eq!(q.release_where(|d, _| d == "y.test"), vec!["y.test"]);
+        assert_eq!(q.view("y.test").unwrap().ready(), 1);
+        assert_eq!(q.summary().scheduled, 0);
+    }
+}
