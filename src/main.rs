@@ -33,6 +33,13 @@ enum Cmd {
     /// Load tools: a fault-injecting sink, a load generator, a peak-day run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Speak to a running spate's admin API: queues, suspend, resume,
+    /// bounce, reroute, override, reload, trace, events.
+    Ctl(spate::ctl::CtlArgs),
+    /// A live terminal view of a running spate: throughput, deepest and
+    /// most-deferring destinations, suspensions; keys to sort, filter,
+    /// suspend and resume.
+    Top(spate::top::TopArgs),
 }
 
 #[derive(Subcommand)]
@@ -291,6 +298,8 @@ fn main() -> ExitCode {
             .config()
             .and_then(|cfg| spate::shaping::explain::print(&cfg, &domain, tenant.as_deref())),
         Cmd::Bench(cmd) => bench(cmd),
+        Cmd::Ctl(args) => spate::ctl::run(args),
+        Cmd::Top(args) => spate::top::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

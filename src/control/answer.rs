@@ -187,34 +187,24 @@ fn lane_selected(selector: &Selector, tenant: &str, campaign: &str) -> bool {
 /// Bounces every queued entry the selector names, with DSNs; returns the
 /// recipients bounced.
 async fn bounce(core: &Rc<Core>, selector: &Selector, by: &str, reason: &str) -> u64 {
-    let released = core.queues.release_where(|domain, entry| {
+    let taken = core.queues.take_where(|domain, entry| {
         let envelope = entry.message.envelope();
         let (tenant, campaign) = envelope.tags();
         domain_selected(core, selector, domain) && lane_selected(selector, &tenant, &campaign)
     });
-    let mut domains = core.queues.ready_domains();
-    domains.retain(|d| domain_selected(core, selector, d));
-    debug_assert!(released.iter().all(|d| domains.contains(d)));
-    let text = format!("550 5.7.1 Bounced by the operator ({by}): {reason}");
-    let bounces = || {
-        let i = Kind::ALL
+    let text = format!("{} ({by}): {reason}", crate::delivery::settle::OPERATOR_BOUNCE);
+    let mut bounced = 0u64;
+    for (domain, entry) in taken {
+        let outcomes = entry
+            .recipients
             .iter()
-            .position(|k| *k == Kind::Bounce)
-            .expect("in ALL");
-        core.log.tally.by_kind()[i]
-    };
-    let before = bounces();
-    for domain in domains {
-        crate::delivery::settle::fail_domain_where(
-            core,
-            &domain,
-            Outcome::Bounced(text.clone()),
-            None,
-            |tags: &Tags| lane_selected(selector, &tags.tenant, &tags.campaign),
-        )
-        .await;
+            .map(|&i| (i, Outcome::Bounced(text.clone())))
+            .collect::<Vec<_>>();
+        bounced += outcomes.len() as u64;
+        crate::delivery::settle::settle(core, &domain, entry, outcomes, None).await;
+        glommio::yield_if_needed().await;
     }
-    bounces() - before
+    bounced
 }
 
 fn find(core: &Core, id: Option<u64>, recipient: Option<&str>) -> Vec<Queued> {

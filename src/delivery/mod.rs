@@ -162,6 +162,8 @@ impl Egress {
 /// the provider its MX hosts make it part of.
 struct Plan {
     hops: Vec<Hop>,
+    /// The operator's reroute of the domain this plan follows, if any.
+    rerouted: Option<crate::config::NextHop>,
     tls: TlsPolicy,
     provider: Option<ProviderHandle>,
 }
@@ -205,6 +207,7 @@ async fn plan(core: &Core, domain: &str) -> Result<Plan, Outcome> {
     hops.truncate(HOPS_TRIED_MAX);
     Ok(Plan {
         hops,
+        rerouted: operated,
         tls,
         provider,
     })
@@ -348,7 +351,7 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     let mut look_again = None;
     loop {
         let entry =
-            match next_entry(core, domain, &limits, provider, egress.as_ref(), &places).await {
+            match next_entry(core, domain, &limits, provider, egress.as_ref(), &places, plan.rerouted.as_ref()).await {
                 Ok((entry, warm)) => {
                     if let Some(taken) = warm.filter(|t| t.last) {
                         settle::log_warmup_full(core, domain, &entry, taken, &remote);
@@ -458,6 +461,7 @@ async fn next_entry(
     provider: Option<&ProviderHandle>,
     egress: Option<&SourceLease>,
     places: &TenantPlaces,
+    rerouted: Option<&crate::config::NextHop>,
 ) -> Result<(Entry, Option<shaping::warmup::Taken>), Option<Instant>> {
     let idle = core.cfg.delivery.idle_timeout;
     let deadline = Instant::now() + idle;
@@ -468,6 +472,11 @@ async fn next_entry(
         let now = Instant::now();
         if core.shaper.backoff(domain, now).suspended_until.is_some() {
             // The driver opens connections again when the suspension ends.
+            return Err(None);
+        }
+        if core.shaper.operated_next_hop(domain).as_ref() != rerouted {
+            // The operator rerouted the domain (or ended a reroute): the
+            // next connection goes where it says.
             return Err(None);
         }
         let today = core.shaper.today();

@@ -177,6 +177,10 @@ pub async fn settle(
 /// Runs each distinct reply of the attempt through the destination's reply
 /// rules; every rule that acts gets a `Backoff` record of its own, naming
 /// what it did and the reply that made it.
+/// How the reply of an operator's bounce (admin API) begins: it is no
+/// destination's reply, so no reply rule reacts to it.
+pub const OPERATOR_BOUNCE: &str = "550 5.7.1 Bounced by the operator";
+
 fn react(
     core: &Core,
     entry: &Entry,
@@ -191,7 +195,7 @@ fn react(
     let (tenant, campaign) = envelope.tags();
     for (index, outcome) in outcomes {
         let reply = outcome.reason();
-        if seen.contains(&reply) {
+        if seen.contains(&reply) || reply.starts_with(OPERATOR_BOUNCE) {
             continue;
         }
         seen.push(reply);

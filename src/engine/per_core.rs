@@ -315,7 +315,7 @@ pub(super) async fn run_core(s: CoreStart) {
         glommio::timer::sleep(STOP_POLL).await;
         // New shaping rules (SIGHUP): every domain with mail is looked at
         // again under them, not only when its next timer fires.
-        if core.shaper.reloaded() {
+        if core.shaper.reloaded() || core.shaper.actions_ended() {
             core.queues.mark_all_dirty();
         }
     }

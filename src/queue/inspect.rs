@@ -106,31 +106,43 @@ impl Queues {
         found
     }
 
-    /// Makes every waiting entry of a domain that `matches` ready now (to
-    /// be bounced); returns the domains they went to.
-    pub fn release_where(&self, matches: impl Fn(&str, &Entry) -> bool) -> Vec<String> {
-        let mut heap = self.scheduled.borrow_mut();
-        let all = std::mem::take(&mut *heap).into_vec();
-        let mut released = Vec::new();
+    /// Takes every queued entry (ready or waiting) that `matches` out of
+    /// the queues, to be settled by the caller (bounced); connections
+    /// never see them again.
+    pub fn take_where(&self, matches: impl Fn(&str, &Entry) -> bool) -> Vec<(Rc<str>, Entry)> {
+        let mut taken = Vec::new();
         {
+            let mut heap = self.scheduled.borrow_mut();
+            let all = std::mem::take(&mut *heap).into_vec();
             let names = self.names.borrow();
             for Reverse(s) in all {
                 let domain = names.name(s.domain);
                 if matches(&domain, &s.entry) {
-                    released.push((domain, s.entry));
+                    taken.push((domain, s.entry));
                 } else {
                     heap.push(Reverse(s));
                 }
             }
         }
-        drop(heap);
-        let mut domains: Vec<String> = released.iter().map(|(d, _)| d.to_string()).collect();
-        for (domain, entry) in released {
-            self.push_ready(&domain, entry, true);
+        let mut domains = self.domains.borrow_mut();
+        for (domain, q) in domains.iter_mut() {
+            let name: Rc<str> = Rc::from(&**domain);
+            for lane in q.lanes.iter_mut() {
+                let entries = std::mem::take(&mut lane.entries);
+                for e in entries {
+                    if matches(&name, &e) {
+                        taken.push((name.clone(), e));
+                    } else {
+                        lane.entries.push_back(e);
+                    }
+                }
+            }
+            q.lanes.retain(|l| !l.entries.is_empty());
+            q.ready = q.lanes.iter().map(|l| l.entries.len()).sum();
+            q.cursor = 0;
         }
-        domains.sort_unstable();
-        domains.dedup();
-        domains
+        domains.retain(|_, q| q.ready > 0 || q.connections > 0);
+        taken
     }
 
     /// Domains with ready entries.
@@ -151,7 +163,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn views_count_ready_and_waiting_and_release_makes_waiting_ready() {
+    fn views_count_ready_and_waiting_and_take_empties_both() {
         let q = Queues::new(0);
         q.enqueue(handle(&["a@x.test", "b@y.test"]));
         let e = q.pop_ready("y.test").unwrap();
@@ -162,8 +174,11 @@ mod tests {
         assert_eq!((views[1].ready(), views[1].waiting), (0, 1));
         assert!(views[1].oldest_ms.is_some());
         assert_eq!(q.find(|_| true).len(), 2);
-        assert_eq!(q.release_where(|d, _| d == "y.test"), vec!["y.test"]);
-        assert_eq!(q.view("y.test").unwrap().ready(), 1);
+        let taken = q.take_where(|d, _| d == "y.test");
+        assert_eq!(taken.len(), 1);
+        assert_eq!(&*taken[0].0, "y.test");
         assert_eq!(q.summary().scheduled, 0);
+        assert_eq!(q.take_where(|_, _| true).len(), 1);
+        assert!(q.views().is_empty());
     }
 }

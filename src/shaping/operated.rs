@@ -10,13 +10,29 @@ use std::time::Instant;
 
 impl Shaper {
     /// Puts an action in force on this core; false if the list is full.
+    /// Every domain's pending look is forgotten: the caller has the queues
+    /// look at every domain again, under the action.
     pub fn act(&self, action: Action) -> bool {
+        self.waking.borrow_mut().clear();
         self.operator.add(action, Instant::now())
     }
 
-    /// Ends action `id` on this core.
+    /// Ends action `id` on this core (the caller looks at every domain
+    /// again, as after [`Shaper::act`]).
     pub fn end_action(&self, id: u64) -> Option<Action> {
+        self.waking.borrow_mut().clear();
         self.operator.end(id, Instant::now())
+    }
+
+    /// For the core's poll: true when an action has ended by itself, and
+    /// every domain should be looked at again (one waiting for a rate of
+    /// an override that has ended, say).
+    pub fn actions_ended(&self) -> bool {
+        if self.operator.is_empty() || !self.operator.expired(Instant::now()) {
+            return false;
+        }
+        self.waking.borrow_mut().clear();
+        true
     }
 
     pub fn actions(&self) -> Vec<Action> {

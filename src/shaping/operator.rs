@@ -195,6 +195,15 @@ impl Actions {
         self.list.borrow().is_empty()
     }
 
+    /// True once each time an action has ended by itself since the last
+    /// call: its destinations must be looked at again.
+    pub fn expired(&self, now: Instant) -> bool {
+        let mut list = self.list.borrow_mut();
+        let before = list.len();
+        list.retain(|a| a.until > now);
+        list.len() < before
+    }
+
     /// Ids of the actions in force that apply to the subject.
     pub fn applying(&self, subject: &Subject<'_>, now: Instant) -> Vec<u64> {
         let list = self.list.borrow();

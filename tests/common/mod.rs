@@ -83,6 +83,31 @@ impl Spate {
             .unwrap_or_else(|| self.dir.path().join("spool"))
     }
 
+    /// The admin server's address: the SMTP address's host, port 10026.
+    pub fn admin_addr(&self) -> String {
+        let host = self.addr.rsplit_once(':').unwrap().0;
+        format!("{host}:{}", TEST_PORT + 1)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr())
+    }
+
+    /// The token spate made for its admin server.
+    pub fn admin_token(&self) -> String {
+        let text = std::fs::read_to_string(self.spool_dir().join("admin.token")).unwrap();
+        text.trim().split_once(':').unwrap().1.to_string()
+    }
+
+    /// Runs `spate ctl` against this spate's admin server.
+    pub fn ctl(&self, args: &[&str]) -> (bool, String) {
+        let url = self.admin_url();
+        let spool = self.spool_dir();
+        let mut all = vec!["ctl", "--admin", &url, "--spool", spool.to_str().unwrap()];
+        all.extend_from_slice(args);
+        spate_cmd(&all)
+    }
+
     /// Starts `spate serve` with a fresh spool and the extra flags given.
     pub fn start(extra: &[&str]) -> Spate {
         Spate::start_with_env(extra, &[])
@@ -161,6 +186,13 @@ impl Spate {
                 &[][..]
             } else {
                 &["--dns", "127.0.0.1:9"][..]
+            })
+            // The admin server on this test's own address: never the
+            // default 127.0.0.1:8025, which parallel tests would share.
+            .args(if self.args.iter().any(|a| a == "--admin") {
+                Vec::new()
+            } else {
+                vec!["--admin".to_string(), self.admin_addr()]
             })
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

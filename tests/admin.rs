@@ -1,0 +1,338 @@
+//! The admin server and `spate ctl` against the binary, judged at real
+//! sinks (Postfix's smtp-sink, the counting sink) and in the delivery log:
+//! suspend stops delivery and resume restarts it; no token (or a wrong
+//! one) changes nothing; bounce sends DSNs; reroute changes the
+//! destination and the source; an override changes a rate and expires;
+//! `/metrics` parses with Prometheus's own parser and matches the log;
+//! events stream live; a trace finds a message; reload takes new rules.
+
+mod common;
+use common::counting::*;
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn ctl_json(spate: &Spate, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out) = spate.ctl(&all);
+    assert!(ok, "spate ctl {args:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn queue(spate: &Spate, domain: &str) -> Option<Value> {
+    let (ok, out) = spate.ctl(&["--json", "queue", domain]);
+    ok.then(|| serde_json::from_str(&out).unwrap())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+/// A POST to the admin API; its status and JSON.
+fn post(spate: &Spate, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = agent().post(format!("{}{path}", spate.admin_url()));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut r = req.send(body).unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    (r.status().as_u16(), serde_json::from_str(&text).unwrap())
+}
+
+fn send_as(spate: &Spate, from: &str, to: &str, count: usize) {
+    let mut smtp = spate.connect();
+    for i in 0..count {
+        smtp.transaction(from, &[to], format!("Subject: {i}\r\n\r\nx\r\n").as_bytes());
+    }
+}
+
+/// A suspension through `spate ctl` holds a destination's mail (the sink
+/// gets only the other domain's) while a request without a valid token
+/// changes nothing; resume lets the held mail go. Both are logged with
+/// the token's name and the reason.
+#[test]
+fn suspend_stops_delivery_and_resume_restarts_it_and_no_token_changes_nothing() {
+    let sink = Sink::start(&free_addr(), &[]);
+    let spate = Spate::start(&["--smarthost", &sink.addr, "--cores", "0-1"]);
+    let s = ctl_json(&spate, &["suspend", "--domain", "held.test", "--for", "1h", "--reason", "peak day"]);
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(s["kind"], "suspend");
+    send(&spate, "r@held.test", 3);
+    send(&spate, "r@free.test", 1);
+    wait_until(LONG, "free.test delivered", || sink.count() == 1);
+    wait_until(LONG, "held.test's 3 held", || {
+        queue(&spate, "held.test").is_some_and(|q| q["suspended"] == 3 && q["ready"] == 0)
+    });
+    // No token, a wrong one: 401, and the suspension stays.
+    let body = r#"{"reason": "x"}"#;
+    for token in [None, Some("not-the-token-0123456789")] {
+        let (status, v) = post(&spate, "/api/v1/suspend", token, r#"{"domain": "free.test", "duration_s": 60}"#);
+        assert_eq!(status, 401, "{v}");
+        let mut req = agent().delete(format!("{}/api/v1/suspend/{id}", spate.admin_url())).force_send_body();
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        assert_eq!(req.send(body).unwrap().status().as_u16(), 401);
+    }
+    let actions = ctl_json(&spate, &["actions"]);
+    assert_eq!(actions["actions"].as_array().unwrap().len(), 1, "{actions}");
+    assert!(queue(&spate, "held.test").is_some_and(|q| q["suspended"] == 3));
+    assert_eq!(sink.count(), 1);
+    let (ok, out) = spate.ctl(&["resume", &id, "--reason", "over"]);
+    assert!(ok && out.contains("ended"), "{out}");
+    wait_until(LONG, "held mail delivered", || sink.count() == 4);
+    let log = spate.dir.path().join("log");
+    wait_until(LONG, "two Admin records", || log_of(&log, "Admin").len() == 2);
+    let mut admin = log_of(&log, "Admin");
+    admin.sort_by_key(|r| r["time_ms"].as_u64());
+    assert_eq!(admin[0]["by"], "admin");
+    assert_eq!(admin[0]["reason"], "peak day");
+    assert!(admin[0]["response"].as_str().unwrap().contains("suspend domain held.test"));
+    assert_eq!(admin[1]["reason"], "over");
+}
+
+/// Bouncing a destination's queue sends each sender a DSN (through the
+/// smarthost, to smtp-sink) and leaves nothing queued.
+#[test]
+fn bounce_sends_dsns_to_the_senders() {
+    let sink = Sink::start(&free_addr(), &[]);
+    let spate = Spate::start(&["--smarthost", &sink.addr, "--route", "dead.test=127.0.0.1:9"]);
+    send_as(&spate, "s@back.test", "x@dead.test", 2);
+    wait_until(LONG, "both deferred", || {
+        queue(&spate, "dead.test").is_some_and(|q| q["waiting"] == 2)
+    });
+    let (ok, out) = spate.ctl(&["bounce", "--domain", "dead.test", "--reason", "cleanup"]);
+    assert!(ok && out.contains("2 recipients bounced"), "{out}");
+    wait_until(LONG, "two DSNs at the sink", || sink.count() == 2);
+    for m in sink.messages() {
+        assert!(m.contains("Bounced by the operator (admin): cleanup"), "{m}");
+        assert!(m.contains("x@dead.test"), "{m}");
+    }
+    let q = queue(&spate, "dead.test").unwrap();
+    assert_eq!((q["ready"].as_u64(), q["waiting"].as_u64()), (Some(0), Some(0)), "{q}");
+}
+
+/// A reroute to another pool changes the source address the next message
+/// comes from; a reroute to a next hop changes where it goes.
+#[test]
+fn reroute_changes_the_source_and_the_destination() {
+    let (mx1, mx2) = (CountingMx::start(Duration::ZERO), CountingMx::start(Duration::ZERO));
+    let rules = file(
+        "s.toml",
+        "[default]\npool = \"a\"\n\n[source.s1]\naddress = \"127.0.0.201\"\n[source.s3]\naddress = \"127.0.0.203\"\n\n[pool.a]\nsources = { s1 = 1 }\n[pool.b]\nsources = { s3 = 1 }\n",
+    );
+    let spate = Spate::start(&["--smarthost", &mx1.addr, "--shaping", &rules]);
+    let from = |mx: &CountingMx, ip: &str| mx.seen.lock().unwrap().per_source.get(&ip.parse().unwrap()).copied().unwrap_or(0);
+    send(&spate, "r@d.test", 1);
+    wait_until(LONG, "the first from s1", || from(&mx1, "127.0.0.201") == 1);
+    let (ok, out) = spate.ctl(&["reroute", "--domain", "d.test", "--pool", "b", "--for", "1h"]);
+    assert!(ok, "{out}");
+    send(&spate, "r@d.test", 1);
+    wait_until(LONG, "the second from s3", || from(&mx1, "127.0.0.203") == 1);
+    let (ok, out) = spate.ctl(&["reroute", "--domain", "d.test", "--next-hop", &mx2.addr, "--for", "1h"]);
+    assert!(ok, "{out}");
+    send(&spate, "r@d.test", 1);
+    wait_until(LONG, "the third at the other host", || mx2.delivered() == 1);
+    assert_eq!(mx1.delivered(), 2);
+    assert_eq!(from(&mx2, "127.0.0.203"), 1, "the pool reroute still holds");
+    let (ok, out) = spate.ctl(&["reroute", "--domain", "d.test", "--pool", "nope", "--for", "1h"]);
+    assert!(!ok && out.contains("no pool \"nope\""), "{out}");
+}
+
+/// An override of a destination's rate holds its mail back (one message
+/// of 1/h goes) until the override ends by itself; then the rest go.
+#[test]
+fn an_override_changes_a_rate_and_expires() {
+    let sink = Sink::start(&free_addr(), &[]);
+    let spate = Spate::start(&["--smarthost", &sink.addr]);
+    let o = ctl_json(
+        &spate,
+        &["override", "--domain", "slow.test", "--set", "message_rate=1/h", "--for", "5s", "--reason", "cool down"],
+    );
+    assert_eq!(o["set"]["message_rate"].as_str().map(|r| r.starts_with("1/")), Some(true), "{o}");
+    send(&spate, "r@slow.test", 3);
+    wait_until(LONG, "one through", || sink.count() == 1);
+    let q = queue(&spate, "slow.test").unwrap();
+    assert!(q["limits"]["rule"].as_str().unwrap().contains("+ override"), "{q}");
+    assert_eq!(q["actions"], serde_json::json!([o["id"]]));
+    wait_until(LONG, "the rest once it expired", || sink.count() == 3);
+    let actions = ctl_json(&spate, &["actions"]);
+    assert_eq!(actions["actions"].as_array().unwrap().len(), 0, "{actions}");
+}
+
+fn metrics(spate: &Spate) -> Vec<Value> {
+    let text = agent()
+        .get(format!("{}/metrics", spate.admin_url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let parser = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics_check.py");
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg(parser)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Prometheus parser refused /metrics: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The sum over labels of the samples named `name` (and matching `label`).
+fn total(samples: &[Value], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s["name"] == name)
+        .filter(|s| label.is_none_or(|(k, v)| s["labels"][k] == v))
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum()
+}
+
+/// `/metrics` parses with Prometheus's OpenMetrics parser, and its
+/// counters match the delivery log's records.
+#[test]
+fn metrics_parse_and_match_the_delivery_log() {
+    require("python3");
+    let sink = Sink::start(&free_addr(), &[]);
+    let spate = Spate::start(&["--smarthost", &sink.addr, "--route", "dead.test=127.0.0.1:9", "--cores", "0-1"]);
+    send(&spate, "r@ok.test", 5);
+    send(&spate, "x@dead.test", 2);
+    let log = spate.dir.path().join("log");
+    wait_until(LONG, "5 delivered, 2 deferred", || {
+        sink.count() == 5 && log_of(&log, "TransientFailure").len() >= 2
+    });
+    let pairs = [
+        ("spate_messages_received_total", "Reception"),
+        ("spate_recipients_delivered_total", "Delivery"),
+        ("spate_recipients_deferred_total", "TransientFailure"),
+        ("spate_recipients_bounced_total", "Bounce"),
+    ];
+    // The log is written every 100 ms; the counters at once.
+    let mut samples = Vec::new();
+    wait_until(LONG, "the counters and the log agree", || {
+        samples = metrics(&spate);
+        pairs.iter().all(|(m, kind)| total(&samples, m, None) == log_of(&log, kind).len() as f64)
+    });
+    assert_eq!(total(&samples, "spate_messages_received_total", None), 7.0);
+    assert_eq!(total(&samples, "spate_smtp_final_dot_seconds_count", None), 7.0);
+    assert!(total(&samples, "spate_spool_fdatasync_seconds_count", None) >= 1.0);
+    assert!(total(&samples, "spate_spool_commit_batch_records_count", None) >= 1.0);
+    assert_eq!(total(&samples, "spate_queue_entries", Some(("state", "waiting"))), 2.0);
+    let dead = total(&samples, "spate_destination_queue_entries", Some(("destination", "dead.test")));
+    assert_eq!(dead, 2.0);
+    assert!(total(&samples, "spate_process_resident_memory_bytes", None) > 0.0);
+    assert!(total(&samples, "spate_spool_free_bytes", None) > 0.0);
+    assert_eq!(samples.iter().filter(|s| s["name"] == "spate_messages_received_total").count(), 2, "one per core");
+}
+
+/// An event stream gets the records written after it subscribed, only of
+/// the kind and domain asked for; `spate ctl events` prints them.
+#[test]
+fn events_stream_live_records_filtered_by_kind_and_domain() {
+    use std::io::BufRead;
+    let sink = Sink::start(&free_addr(), &[]);
+    let spate = Spate::start(&["--smarthost", &sink.addr, "--cores", "0-1"]);
+    let url = format!("{}/api/v1/events?kind=Delivery&domain=one.test", spate.admin_url());
+    let r = agent().get(url).call().unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut lines = std::io::BufReader::new(r.into_body().into_reader()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), ": subscribed");
+    send(&spate, "r@two.test", 2);
+    send(&spate, "r@one.test", 2);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            got.push(serde_json::from_str::<Value>(data).unwrap());
+        }
+    }
+    for r in &got {
+        assert_eq!((r["type"].as_str(), r["domain"].as_str()), (Some("Delivery"), Some("one.test")), "{r}");
+    }
+    // `spate ctl events` prints the next reception; mail is sent until it
+    // has one (it cannot say when it has subscribed).
+    let url = spate.admin_url();
+    let spool = spate.spool_dir();
+    let mut ctl = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["ctl", "--admin", &url, "--spool", spool.to_str().unwrap(), "events", "--kind", "Reception", "--count", "1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(LONG, "spate ctl events to print one", || {
+        send(&spate, "r@three.test", 1);
+        ctl.try_wait().unwrap().is_some()
+    });
+    let out = ctl.wait_with_output().unwrap();
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["type"], "Reception");
+}
+
+/// A trace by id and by recipient finds a message half delivered: its
+/// queued recipient and its records, attempt by attempt.
+#[test]
+fn a_trace_finds_where_a_message_is() {
+    let sink = Sink::start(&free_addr(), &[]);
+    let spate = Spate::start(&["--smarthost", &sink.addr, "--route", "dead.test=127.0.0.1:9"]);
+    let reply = spate.connect().transaction("s@a.test", &["y@ok.test", "x@dead.test"], b"Subject: t\r\n\r\nx\r\n");
+    let id = reply.rsplit(' ').next().unwrap().trim().to_string();
+    assert_eq!(id.len(), 16, "{reply}");
+    wait_until(LONG, "its records", || {
+        let t = ctl_json(&spate, &["trace", &id]);
+        let kinds: Vec<&str> = t["messages"][0]["history"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
+        kinds.contains(&"Delivery") && kinds.contains(&"TransientFailure")
+    });
+    let t = ctl_json(&spate, &["trace", &id]);
+    let queued = &t["messages"][0]["queued"];
+    assert_eq!(queued.as_array().unwrap().len(), 1, "{t}");
+    assert_eq!((queued[0]["recipient"].as_str(), queued[0]["state"].as_str()), (Some("x@dead.test"), Some("waiting")));
+    let by_rcpt = ctl_json(&spate, &["trace", "x@dead.test"]);
+    assert_eq!(by_rcpt["messages"][0]["id"], id.as_str());
+    let (ok, out) = spate.ctl(&["trace", "00000000deadbeef"]);
+    assert!(!ok && out.contains("404"), "{out}");
+}
+
+/// Reload over the API takes a changed shaping file, and refuses a broken
+/// one with the old rules left in force.
+#[test]
+fn reload_over_the_api_takes_new_rules_and_refuses_a_broken_file() {
+    let rules = file("s.toml", "[destination.\"a.test\"]\nconnections = 2\n");
+    let spate = Spate::start(&["--shaping", &rules]);
+    std::fs::write(&rules, "[destination.\"a.test\"]\nconnections = 3\n[destination.\"b.test\"]\nconnections = 1\n").unwrap();
+    let (ok, out) = spate.ctl(&["reload", "--reason", "new limits"]);
+    assert!(ok && out.contains("2 destination rules"), "{out}");
+    std::fs::write(&rules, "[destination.\"a.test\"]\nconections = 3\n").unwrap();
+    let (ok, out) = spate.ctl(&["reload"]);
+    assert!(!ok && out.contains("old rules stay in force"), "{out}");
+    let log = spate.dir.path().join("log");
+    wait_until(LONG, "the reload's record", || log_of(&log, "Admin").len() == 1);
+    assert_eq!(log_of(&log, "Admin")[0]["reason"], "new limits");
+}
+
+/// The API's document is served, and the server refuses to listen beyond
+/// loopback without a token file.
+#[test]
+fn the_api_document_is_served_and_wide_listening_needs_a_token_file() {
+    let spate = Spate::start(&[]);
+    let text = agent()
+        .get(format!("{}/api/v1/openapi.json", spate.admin_url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["paths"]["/api/v1/queues/{domain}"]["get"].is_object());
+    let (ok, out) = spate_cmd(&["serve", "--admin", "0.0.0.0:10026", "--spool", "/nonexistent/x"]);
+    assert!(!ok && out.contains("admin.listen: 0.0.0.0:10026 is beyond loopback"), "{out}");
+}
