@@ -60,7 +60,18 @@ fn send_as(spate: &Spate, from: &str, to: &str, count: usize) {
 fn suspend_stops_delivery_and_resume_restarts_it_and_no_token_changes_nothing() {
     let sink = Sink::start(&free_addr(), &[]);
     let spate = Spate::start(&["--smarthost", &sink.addr, "--cores", "0-1"]);
-    let s = ctl_json(&spate, &["suspend", "--domain", "held.test", "--for", "1h", "--reason", "peak day"]);
+    let s = ctl_json(
+        &spate,
+        &[
+            "suspend",
+            "--domain",
+            "held.test",
+            "--for",
+            "1h",
+            "--reason",
+            "peak day",
+        ],
+    );
     let id = s["id"].as_str().unwrap().to_string();
     assert_eq!(s["kind"], "suspend");
     send(&spate, "r@held.test", 3);
@@ -72,9 +83,16 @@ fn suspend_stops_delivery_and_resume_restarts_it_and_no_token_changes_nothing() 
     // No token, a wrong one: 401, and the suspension stays.
     let body = r#"{"reason": "x"}"#;
     for token in [None, Some("not-the-token-0123456789")] {
-        let (status, v) = post(&spate, "/api/v1/suspend", token, r#"{"domain": "free.test", "duration_s": 60}"#);
+        let (status, v) = post(
+            &spate,
+            "/api/v1/suspend",
+            token,
+            r#"{"domain": "free.test", "duration_s": 60}"#,
+        );
         assert_eq!(status, 401, "{v}");
-        let mut req = agent().delete(format!("{}/api/v1/suspend/{id}", spate.admin_url())).force_send_body();
+        let mut req = agent()
+            .delete(format!("{}/api/v1/suspend/{id}", spate.admin_url()))
+            .force_send_body();
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
@@ -88,12 +106,17 @@ fn suspend_stops_delivery_and_resume_restarts_it_and_no_token_changes_nothing() 
     assert!(ok && out.contains("ended"), "{out}");
     wait_until(LONG, "held mail delivered", || sink.count() == 4);
     let log = spate.dir.path().join("log");
-    wait_until(LONG, "two Admin records", || log_of(&log, "Admin").len() == 2);
+    wait_until(LONG, "two Admin records", || {
+        log_of(&log, "Admin").len() == 2
+    });
     let mut admin = log_of(&log, "Admin");
     admin.sort_by_key(|r| r["time_ms"].as_u64());
     assert_eq!(admin[0]["by"], "admin");
     assert_eq!(admin[0]["reason"], "peak day");
-    assert!(admin[0]["response"].as_str().unwrap().contains("suspend domain held.test"));
+    assert!(admin[0]["response"]
+        .as_str()
+        .unwrap()
+        .contains("suspend domain held.test"));
     assert_eq!(admin[1]["reason"], "over");
 }
 
@@ -102,7 +125,12 @@ fn suspend_stops_delivery_and_resume_restarts_it_and_no_token_changes_nothing() 
 #[test]
 fn bounce_sends_dsns_to_the_senders() {
     let sink = Sink::start(&free_addr(), &[]);
-    let spate = Spate::start(&["--smarthost", &sink.addr, "--route", "dead.test=127.0.0.1:9"]);
+    let spate = Spate::start(&[
+        "--smarthost",
+        &sink.addr,
+        "--route",
+        "dead.test=127.0.0.1:9",
+    ]);
     send_as(&spate, "s@back.test", "x@dead.test", 2);
     wait_until(LONG, "both deferred", || {
         queue(&spate, "dead.test").is_some_and(|q| q["waiting"] == 2)
@@ -111,37 +139,69 @@ fn bounce_sends_dsns_to_the_senders() {
     assert!(ok && out.contains("2 recipients bounced"), "{out}");
     wait_until(LONG, "two DSNs at the sink", || sink.count() == 2);
     for m in sink.messages() {
-        assert!(m.contains("Bounced by the operator (admin): cleanup"), "{m}");
+        assert!(
+            m.contains("Bounced by the operator (admin): cleanup"),
+            "{m}"
+        );
         assert!(m.contains("x@dead.test"), "{m}");
     }
     let q = queue(&spate, "dead.test").unwrap();
-    assert_eq!((q["ready"].as_u64(), q["waiting"].as_u64()), (Some(0), Some(0)), "{q}");
+    assert_eq!(
+        (q["ready"].as_u64(), q["waiting"].as_u64()),
+        (Some(0), Some(0)),
+        "{q}"
+    );
 }
 
 /// A reroute to another pool changes the source address the next message
 /// comes from; a reroute to a next hop changes where it goes.
 #[test]
 fn reroute_changes_the_source_and_the_destination() {
-    let (mx1, mx2) = (CountingMx::start(Duration::ZERO), CountingMx::start(Duration::ZERO));
+    let (mx1, mx2) = (
+        CountingMx::start(Duration::ZERO),
+        CountingMx::start(Duration::ZERO),
+    );
     let rules = file(
         "s.toml",
         "[default]\npool = \"a\"\n\n[source.s1]\naddress = \"127.0.0.201\"\n[source.s3]\naddress = \"127.0.0.203\"\n\n[pool.a]\nsources = { s1 = 1 }\n[pool.b]\nsources = { s3 = 1 }\n",
     );
     let spate = Spate::start(&["--smarthost", &mx1.addr, "--shaping", &rules]);
-    let from = |mx: &CountingMx, ip: &str| mx.seen.lock().unwrap().per_source.get(&ip.parse().unwrap()).copied().unwrap_or(0);
+    let from = |mx: &CountingMx, ip: &str| {
+        mx.seen
+            .lock()
+            .unwrap()
+            .per_source
+            .get(&ip.parse().unwrap())
+            .copied()
+            .unwrap_or(0)
+    };
     send(&spate, "r@d.test", 1);
     wait_until(LONG, "the first from s1", || from(&mx1, "127.0.0.201") == 1);
-    let (ok, out) = spate.ctl(&["reroute", "--domain", "d.test", "--pool", "b", "--for", "1h"]);
+    let (ok, out) = spate.ctl(&[
+        "reroute", "--domain", "d.test", "--pool", "b", "--for", "1h",
+    ]);
     assert!(ok, "{out}");
     send(&spate, "r@d.test", 1);
-    wait_until(LONG, "the second from s3", || from(&mx1, "127.0.0.203") == 1);
-    let (ok, out) = spate.ctl(&["reroute", "--domain", "d.test", "--next-hop", &mx2.addr, "--for", "1h"]);
+    wait_until(LONG, "the second from s3", || {
+        from(&mx1, "127.0.0.203") == 1
+    });
+    let (ok, out) = spate.ctl(&[
+        "reroute",
+        "--domain",
+        "d.test",
+        "--next-hop",
+        &mx2.addr,
+        "--for",
+        "1h",
+    ]);
     assert!(ok, "{out}");
     send(&spate, "r@d.test", 1);
     wait_until(LONG, "the third at the other host", || mx2.delivered() == 1);
     assert_eq!(mx1.delivered(), 2);
     assert_eq!(from(&mx2, "127.0.0.203"), 1, "the pool reroute still holds");
-    let (ok, out) = spate.ctl(&["reroute", "--domain", "d.test", "--pool", "nope", "--for", "1h"]);
+    let (ok, out) = spate.ctl(&[
+        "reroute", "--domain", "d.test", "--pool", "nope", "--for", "1h",
+    ]);
     assert!(!ok && out.contains("no pool \"nope\""), "{out}");
 }
 
@@ -153,13 +213,32 @@ fn an_override_changes_a_rate_and_expires() {
     let spate = Spate::start(&["--smarthost", &sink.addr]);
     let o = ctl_json(
         &spate,
-        &["override", "--domain", "slow.test", "--set", "message_rate=1/h", "--for", "5s", "--reason", "cool down"],
+        &[
+            "override",
+            "--domain",
+            "slow.test",
+            "--set",
+            "message_rate=1/h",
+            "--for",
+            "5s",
+            "--reason",
+            "cool down",
+        ],
     );
-    assert_eq!(o["set"]["message_rate"].as_str().map(|r| r.starts_with("1/")), Some(true), "{o}");
+    assert_eq!(
+        o["set"]["message_rate"]
+            .as_str()
+            .map(|r| r.starts_with("1/")),
+        Some(true),
+        "{o}"
+    );
     send(&spate, "r@slow.test", 3);
     wait_until(LONG, "one through", || sink.count() == 1);
     let q = queue(&spate, "slow.test").unwrap();
-    assert!(q["limits"]["rule"].as_str().unwrap().contains("+ override"), "{q}");
+    assert!(
+        q["limits"]["rule"].as_str().unwrap().contains("+ override"),
+        "{q}"
+    );
     assert_eq!(q["actions"], serde_json::json!([o["id"]]));
     wait_until(LONG, "the rest once it expired", || sink.count() == 3);
     let actions = ctl_json(&spate, &["actions"]);
@@ -183,10 +262,23 @@ fn metrics(spate: &Spate) -> Vec<Value> {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Prometheus parser refused /metrics: {}\n{text}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The sum over labels of the samples named `name` (and matching `label`).
@@ -205,7 +297,14 @@ fn total(samples: &[Value], name: &str, label: Option<(&str, &str)>) -> f64 {
 fn metrics_parse_and_match_the_delivery_log() {
     require("python3");
     let sink = Sink::start(&free_addr(), &[]);
-    let spate = Spate::start(&["--smarthost", &sink.addr, "--route", "dead.test=127.0.0.1:9", "--cores", "0-1"]);
+    let spate = Spate::start(&[
+        "--smarthost",
+        &sink.addr,
+        "--route",
+        "dead.test=127.0.0.1:9",
+        "--cores",
+        "0-1",
+    ]);
     send(&spate, "r@ok.test", 5);
     send(&spate, "x@dead.test", 2);
     let log = spate.dir.path().join("log");
@@ -222,18 +321,37 @@ fn metrics_parse_and_match_the_delivery_log() {
     let mut samples = Vec::new();
     wait_until(LONG, "the counters and the log agree", || {
         samples = metrics(&spate);
-        pairs.iter().all(|(m, kind)| total(&samples, m, None) == log_of(&log, kind).len() as f64)
+        pairs
+            .iter()
+            .all(|(m, kind)| total(&samples, m, None) == log_of(&log, kind).len() as f64)
     });
     assert_eq!(total(&samples, "spate_messages_received_total", None), 7.0);
-    assert_eq!(total(&samples, "spate_smtp_final_dot_seconds_count", None), 7.0);
+    assert_eq!(
+        total(&samples, "spate_smtp_final_dot_seconds_count", None),
+        7.0
+    );
     assert!(total(&samples, "spate_spool_fdatasync_seconds_count", None) >= 1.0);
     assert!(total(&samples, "spate_spool_commit_batch_records_count", None) >= 1.0);
-    assert_eq!(total(&samples, "spate_queue_entries", Some(("state", "waiting"))), 2.0);
-    let dead = total(&samples, "spate_destination_queue_entries", Some(("destination", "dead.test")));
+    assert_eq!(
+        total(&samples, "spate_queue_entries", Some(("state", "waiting"))),
+        2.0
+    );
+    let dead = total(
+        &samples,
+        "spate_destination_queue_entries",
+        Some(("destination", "dead.test")),
+    );
     assert_eq!(dead, 2.0);
     assert!(total(&samples, "spate_process_resident_memory_bytes", None) > 0.0);
     assert!(total(&samples, "spate_spool_free_bytes", None) > 0.0);
-    assert_eq!(samples.iter().filter(|s| s["name"] == "spate_messages_received_total").count(), 2, "one per core");
+    assert_eq!(
+        samples
+            .iter()
+            .filter(|s| s["name"] == "spate_messages_received_total")
+            .count(),
+        2,
+        "one per core"
+    );
 }
 
 /// An event stream gets the records written after it subscribed, only of
@@ -243,7 +361,10 @@ fn events_stream_live_records_filtered_by_kind_and_domain() {
     use std::io::BufRead;
     let sink = Sink::start(&free_addr(), &[]);
     let spate = Spate::start(&["--smarthost", &sink.addr, "--cores", "0-1"]);
-    let url = format!("{}/api/v1/events?kind=Delivery&domain=one.test", spate.admin_url());
+    let url = format!(
+        "{}/api/v1/events?kind=Delivery&domain=one.test",
+        spate.admin_url()
+    );
     let r = agent().get(url).call().unwrap();
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let mut lines = std::io::BufReader::new(r.into_body().into_reader()).lines();
@@ -258,14 +379,30 @@ fn events_stream_live_records_filtered_by_kind_and_domain() {
         }
     }
     for r in &got {
-        assert_eq!((r["type"].as_str(), r["domain"].as_str()), (Some("Delivery"), Some("one.test")), "{r}");
+        assert_eq!(
+            (r["type"].as_str(), r["domain"].as_str()),
+            (Some("Delivery"), Some("one.test")),
+            "{r}"
+        );
     }
     // `spate ctl events` prints the next reception; mail is sent until it
     // has one (it cannot say when it has subscribed).
     let url = spate.admin_url();
     let spool = spate.spool_dir();
     let mut ctl = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args(["ctl", "--admin", &url, "--spool", spool.to_str().unwrap(), "events", "--kind", "Reception", "--count", "1", "--json"])
+        .args([
+            "ctl",
+            "--admin",
+            &url,
+            "--spool",
+            spool.to_str().unwrap(),
+            "events",
+            "--kind",
+            "Reception",
+            "--count",
+            "1",
+            "--json",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -283,19 +420,36 @@ fn events_stream_live_records_filtered_by_kind_and_domain() {
 #[test]
 fn a_trace_finds_where_a_message_is() {
     let sink = Sink::start(&free_addr(), &[]);
-    let spate = Spate::start(&["--smarthost", &sink.addr, "--route", "dead.test=127.0.0.1:9"]);
-    let reply = spate.connect().transaction("s@a.test", &["y@ok.test", "x@dead.test"], b"Subject: t\r\n\r\nx\r\n");
+    let spate = Spate::start(&[
+        "--smarthost",
+        &sink.addr,
+        "--route",
+        "dead.test=127.0.0.1:9",
+    ]);
+    let reply = spate.connect().transaction(
+        "s@a.test",
+        &["y@ok.test", "x@dead.test"],
+        b"Subject: t\r\n\r\nx\r\n",
+    );
     let id = reply.rsplit(' ').next().unwrap().trim().to_string();
     assert_eq!(id.len(), 16, "{reply}");
     wait_until(LONG, "its records", || {
         let t = ctl_json(&spate, &["trace", &id]);
-        let kinds: Vec<&str> = t["messages"][0]["history"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
+        let kinds: Vec<&str> = t["messages"][0]["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["type"].as_str().unwrap())
+            .collect();
         kinds.contains(&"Delivery") && kinds.contains(&"TransientFailure")
     });
     let t = ctl_json(&spate, &["trace", &id]);
     let queued = &t["messages"][0]["queued"];
     assert_eq!(queued.as_array().unwrap().len(), 1, "{t}");
-    assert_eq!((queued[0]["recipient"].as_str(), queued[0]["state"].as_str()), (Some("x@dead.test"), Some("waiting")));
+    assert_eq!(
+        (queued[0]["recipient"].as_str(), queued[0]["state"].as_str()),
+        (Some("x@dead.test"), Some("waiting"))
+    );
     let by_rcpt = ctl_json(&spate, &["trace", "x@dead.test"]);
     assert_eq!(by_rcpt["messages"][0]["id"], id.as_str());
     let (ok, out) = spate.ctl(&["trace", "00000000deadbeef"]);
@@ -308,14 +462,20 @@ fn a_trace_finds_where_a_message_is() {
 fn reload_over_the_api_takes_new_rules_and_refuses_a_broken_file() {
     let rules = file("s.toml", "[destination.\"a.test\"]\nconnections = 2\n");
     let spate = Spate::start(&["--shaping", &rules]);
-    std::fs::write(&rules, "[destination.\"a.test\"]\nconnections = 3\n[destination.\"b.test\"]\nconnections = 1\n").unwrap();
+    std::fs::write(
+        &rules,
+        "[destination.\"a.test\"]\nconnections = 3\n[destination.\"b.test\"]\nconnections = 1\n",
+    )
+    .unwrap();
     let (ok, out) = spate.ctl(&["reload", "--reason", "new limits"]);
     assert!(ok && out.contains("2 destination rules"), "{out}");
     std::fs::write(&rules, "[destination.\"a.test\"]\nconections = 3\n").unwrap();
     let (ok, out) = spate.ctl(&["reload"]);
     assert!(!ok && out.contains("old rules stay in force"), "{out}");
     let log = spate.dir.path().join("log");
-    wait_until(LONG, "the reload's record", || log_of(&log, "Admin").len() == 1);
+    wait_until(LONG, "the reload's record", || {
+        log_of(&log, "Admin").len() == 1
+    });
     assert_eq!(log_of(&log, "Admin")[0]["reason"], "new limits");
 }
 
@@ -333,6 +493,82 @@ fn the_api_document_is_served_and_wide_listening_needs_a_token_file() {
         .unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     assert!(doc["paths"]["/api/v1/queues/{domain}"]["get"].is_object());
-    let (ok, out) = spate_cmd(&["serve", "--admin", "0.0.0.0:10026", "--spool", "/nonexistent/x"]);
-    assert!(!ok && out.contains("admin.listen: 0.0.0.0:10026 is beyond loopback"), "{out}");
+    let (ok, out) = spate_cmd(&[
+        "serve",
+        "--admin",
+        "0.0.0.0:10026",
+        "--spool",
+        "/nonexistent/x",
+    ]);
+    assert!(
+        !ok && out.contains("admin.listen: 0.0.0.0:10026 is beyond loopback"),
+        "{out}"
+    );
+}
+
+/// With `admin.tls_certificate` set the server speaks only TLS: `spate
+/// ctl` trusting the certificate gets its answers, plain HTTP gets none.
+#[test]
+fn the_admin_server_speaks_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let mut spate = Spate::unlaunched(&["--config", cfg.to_str().unwrap()]);
+    let ip = spate.addr.rsplit_once(':').unwrap().0.to_string();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let (ok, out) = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=admin.test",
+            "-addext",
+            &format!("subjectAltName=IP:{ip}"),
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let text = format!(
+        "[admin]\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    spate.launch();
+    let https = format!("https://{}", spate.admin_addr());
+    let spool = spate.spool_dir();
+    let (ok, out) = spate_cmd(&[
+        "ctl",
+        "--admin",
+        &https,
+        "--ca-file",
+        cert.to_str().unwrap(),
+        "--spool",
+        spool.to_str().unwrap(),
+        "summary",
+    ]);
+    assert!(ok && out.contains("received"), "{out}");
+    let (ok, out) = spate_cmd(&[
+        "ctl",
+        "--admin",
+        &https,
+        "--spool",
+        spool.to_str().unwrap(),
+        "summary",
+    ]);
+    assert!(!ok, "an untrusted certificate must fail: {out}");
+    assert!(agent()
+        .get(format!("{}/api/v1/summary", spate.admin_url()))
+        .call()
+        .is_err());
 }

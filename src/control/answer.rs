@@ -192,7 +192,10 @@ async fn bounce(core: &Rc<Core>, selector: &Selector, by: &str, reason: &str) ->
         let (tenant, campaign) = envelope.tags();
         domain_selected(core, selector, domain) && lane_selected(selector, &tenant, &campaign)
     });
-    let text = format!("{} ({by}): {reason}", crate::delivery::settle::OPERATOR_BOUNCE);
+    let text = format!(
+        "{} ({by}): {reason}",
+        crate::delivery::settle::OPERATOR_BOUNCE
+    );
     let mut bounced = 0u64;
     for (domain, entry) in taken {
         let outcomes = entry

@@ -100,7 +100,11 @@ enum CtlCmd {
     Reroute {
         #[command(flatten)]
         selector: SelectorArgs,
-        #[arg(long, conflicts_with = "next_hop", required_unless_present = "next_hop")]
+        #[arg(
+            long,
+            conflicts_with = "next_hop",
+            required_unless_present = "next_hop"
+        )]
         pool: Option<String>,
         #[arg(long = "next-hop", value_name = "HOST:PORT")]
         next_hop: Option<String>,
@@ -148,7 +152,9 @@ fn duration(s: &str) -> Result<u64, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 2h"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 2h"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
@@ -162,7 +168,9 @@ fn duration(s: &str) -> Result<u64, String> {
 fn set_json(set: &[String]) -> Result<Value, String> {
     let mut m = serde_json::Map::new();
     for kv in set {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("{kv:?} is not KEY=VALUE"))?;
         let value = match v.parse::<u64>() {
             Ok(n) => Value::from(n),
             Err(_) => Value::from(v),
@@ -194,39 +202,84 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
     };
     match args.command {
         CtlCmd::Summary => out(c.get("/api/v1/summary")?, print::summary),
-        CtlCmd::Queues { sort, limit } => {
-            out(c.get(&format!("/api/v1/queues?sort={sort}&limit={limit}"))?, print::queues)
-        }
-        CtlCmd::Queue { domain } => out(c.get(&format!("/api/v1/queues/{}", path_part(&domain)))?, print::queue),
-        CtlCmd::Suspend { selector, length, reason } => {
-            let body = with(selector.json(), json!({ "duration_s": length, "reason": reason }));
+        CtlCmd::Queues { sort, limit } => out(
+            c.get(&format!("/api/v1/queues?sort={sort}&limit={limit}"))?,
+            print::queues,
+        ),
+        CtlCmd::Queue { domain } => out(
+            c.get(&format!("/api/v1/queues/{}", path_part(&domain)))?,
+            print::queue,
+        ),
+        CtlCmd::Suspend {
+            selector,
+            length,
+            reason,
+        } => {
+            let body = with(
+                selector.json(),
+                json!({ "duration_s": length, "reason": reason }),
+            );
             out(c.send("POST", "/api/v1/suspend", &body)?, print::action)
         }
-        CtlCmd::Resume { id, reason } => {
-            out(c.send("DELETE", &format!("/api/v1/suspend/{}", path_part(&id)), &json!({ "reason": reason }))?, print::ended)
-        }
-        CtlCmd::End { id, reason } => {
-            out(c.send("DELETE", &format!("/api/v1/actions/{}", path_part(&id)), &json!({ "reason": reason }))?, print::ended)
-        }
+        CtlCmd::Resume { id, reason } => out(
+            c.send(
+                "DELETE",
+                &format!("/api/v1/suspend/{}", path_part(&id)),
+                &json!({ "reason": reason }),
+            )?,
+            print::ended,
+        ),
+        CtlCmd::End { id, reason } => out(
+            c.send(
+                "DELETE",
+                &format!("/api/v1/actions/{}", path_part(&id)),
+                &json!({ "reason": reason }),
+            )?,
+            print::ended,
+        ),
         CtlCmd::Actions => out(c.get("/api/v1/actions")?, print::actions),
         CtlCmd::Bounce { selector, reason } => {
             let body = with(selector.json(), json!({ "reason": reason }));
             out(c.send("POST", "/api/v1/bounce", &body)?, print::bounced)
         }
-        CtlCmd::Reroute { selector, pool, next_hop, length, reason } => {
+        CtlCmd::Reroute {
+            selector,
+            pool,
+            next_hop,
+            length,
+            reason,
+        } => {
             let to = match (pool, next_hop) {
                 (Some(p), _) => json!({ "pool": p }),
                 (None, Some(h)) => json!({ "next_hop": h }),
                 (None, None) => unreachable!("clap requires one"),
             };
-            let body = with(with(selector.json(), to), json!({ "duration_s": length, "reason": reason }));
+            let body = with(
+                with(selector.json(), to),
+                json!({ "duration_s": length, "reason": reason }),
+            );
             out(c.send("POST", "/api/v1/reroute", &body)?, print::action)
         }
-        CtlCmd::Override { selector, set, length, reason } => {
+        CtlCmd::Override {
+            selector,
+            set,
+            length,
+            reason,
+        } => {
             let extra = json!({ "set": set_json(&set)?, "duration_s": length, "reason": reason });
-            out(c.send("PUT", "/api/v1/overrides", &with(selector.json(), extra))?, print::action)
+            out(
+                c.send("PUT", "/api/v1/overrides", &with(selector.json(), extra))?,
+                print::action,
+            )
         }
-        CtlCmd::Reload { reason } => out(c.send("POST", "/api/v1/shaping/reload", &json!({ "reason": reason }))?, print::reloaded),
+        CtlCmd::Reload { reason } => out(
+            c.send(
+                "POST",
+                "/api/v1/shaping/reload",
+                &json!({ "reason": reason }),
+            )?,
+            print::reloaded,
+        ),
         CtlCmd::Trace { what } => {
             let is_id = what.len() == 16 && what.chars().all(|ch| ch.is_ascii_hexdigit());
             let path = if is_id {
@@ -238,14 +291,23 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
             let v = if is_id { json!({ "messages": [v] }) } else { v };
             out(v, print::trace)
         }
-        CtlCmd::Events { kind, domain, tenant, count } => {
+        CtlCmd::Events {
+            kind,
+            domain,
+            tenant,
+            count,
+        } => {
             let mut q: Vec<String> = Vec::new();
             for (k, v) in [("kind", kind), ("domain", domain), ("tenant", tenant)] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", path_part(&v)));
                 }
             }
-            let query = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+            let query = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
             let mut seen = 0;
             c.events(&query, |v| {
                 if args.json {

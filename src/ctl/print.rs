@@ -27,8 +27,19 @@ fn time(ms: &Value) -> String {
 
 pub fn summary(v: &Value) {
     for key in [
-        "received", "delivered", "deferred", "bounced", "expired", "ready", "waiting", "connections_in",
-        "connections_out", "domains", "actions", "cores", "uptime_s",
+        "received",
+        "delivered",
+        "deferred",
+        "bounced",
+        "expired",
+        "ready",
+        "waiting",
+        "connections_in",
+        "connections_out",
+        "domains",
+        "actions",
+        "cores",
+        "uptime_s",
     ] {
         println!("{key:<16} {}", s(&v[key]));
     }
@@ -57,10 +68,22 @@ pub fn queues(v: &Value) {
 }
 
 pub fn queue(q: &Value) {
-    for key in ["domain", "core", "ready", "waiting", "suspended", "connections", "deferred"] {
+    for key in [
+        "domain",
+        "core",
+        "ready",
+        "waiting",
+        "suspended",
+        "connections",
+        "deferred",
+    ] {
         println!("{key:<12} {}", s(&q[key]));
     }
-    println!("{:<12} {}", "oldest", age(q["oldest_age_s"].as_f64().unwrap_or(0.0)));
+    println!(
+        "{:<12} {}",
+        "oldest",
+        age(q["oldest_age_s"].as_f64().unwrap_or(0.0))
+    );
     if q["suspended_until_ms"].is_u64() {
         println!("{:<12} {}", "suspended to", time(&q["suspended_until_ms"]));
     }
@@ -73,8 +96,21 @@ pub fn queue(q: &Value) {
         s(&l["connection_rate"]),
         s(&l["rule"])
     );
-    let actions: Vec<String> = q["actions"].as_array().into_iter().flatten().map(s).collect();
-    println!("{:<12} {}", "actions", if actions.is_empty() { "-".into() } else { actions.join(", ") });
+    let actions: Vec<String> = q["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    println!(
+        "{:<12} {}",
+        "actions",
+        if actions.is_empty() {
+            "-".into()
+        } else {
+            actions.join(", ")
+        }
+    );
     println!("last replies:");
     for r in q["replies"].as_array().into_iter().flatten() {
         println!("  {}  {}", time(&r["time_ms"]), s(&r["text"]));
@@ -82,12 +118,19 @@ pub fn queue(q: &Value) {
 }
 
 pub fn action(a: &Value) {
-    let selector = a["selector"].as_object().and_then(|m| m.iter().next()).map_or("-".into(), |(k, v)| format!("{k} {}", s(v)));
+    let selector = a["selector"]
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .map_or("-".into(), |(k, v)| format!("{k} {}", s(v)));
     let to = [("pool", "pool "), ("next_hop", "next hop ")]
         .iter()
         .find(|(k, _)| a[*k].is_string())
         .map_or(String::new(), |(k, p)| format!(" to {p}{}", s(&a[*k])));
-    let set = if a["set"].is_object() { format!(" set {}", a["set"]) } else { String::new() };
+    let set = if a["set"].is_object() {
+        format!(" set {}", a["set"])
+    } else {
+        String::new()
+    };
     println!(
         "{:<6} {:<8} {selector}{to}{set} until {} by {} ({})",
         s(&a["id"]),
@@ -117,7 +160,10 @@ pub fn bounced(v: &Value) {
 }
 
 pub fn reloaded(v: &Value) {
-    println!("shaping rules reloaded ({} destination rules)", s(&v["destination_rules"]));
+    println!(
+        "shaping rules reloaded ({} destination rules)",
+        s(&v["destination_rules"])
+    );
 }
 
 pub fn trace(v: &Value) {
