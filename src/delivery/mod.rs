@@ -350,19 +350,28 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
     let provider = plan.provider.as_ref();
     let mut look_again = None;
     loop {
-        let entry =
-            match next_entry(core, domain, &limits, provider, egress.as_ref(), &places, plan.rerouted.as_ref()).await {
-                Ok((entry, warm)) => {
-                    if let Some(taken) = warm.filter(|t| t.last) {
-                        settle::log_warmup_full(core, domain, &entry, taken, &remote);
-                    }
-                    entry
+        let entry = match next_entry(
+            core,
+            domain,
+            &limits,
+            provider,
+            egress.as_ref(),
+            &places,
+            plan.rerouted.as_ref(),
+        )
+        .await
+        {
+            Ok((entry, warm)) => {
+                if let Some(taken) = warm.filter(|t| t.last) {
+                    settle::log_warmup_full(core, domain, &entry, taken, &remote);
                 }
-                Err(at) => {
-                    look_again = at.map(LookAgain);
-                    break;
-                }
-            };
+                entry
+            }
+            Err(at) => {
+                look_again = at.map(LookAgain);
+                break;
+            }
+        };
         let (outcomes, lost) = send(&mut client, &entry).await;
         if let Some(e) = &egress {
             e.sent();
