@@ -30,13 +30,32 @@ const LIMIT: usize = 1000;
 const SUSPEND_S: u64 = 3600;
 const REASON: &str = "spate top";
 
-/// Messages per second between the last two polls.
-struct Rates {
-    received: f64,
-    delivered: f64,
-    deferred: f64,
-    bounced: f64,
-}
+/// The counters whose rates the header shows, and their labels there.
+const COUNTERS: [&str; 4] = ["received", "delivered", "deferred", "bounced"];
+const LABELS: [&str; 4] = ["in", "out", "deferred", "bounced"];
+/// The queue row's fields shown as they are, the table's first columns.
+const FIELDS: [&str; 6] = [
+    "domain",
+    "core",
+    "ready",
+    "waiting",
+    "suspended",
+    "connections",
+];
+/// Messages per second between the last two polls, in `COUNTERS`' order.
+type Rates = [f64; 4];
+/// The table's columns and their widths (0: what is left).
+const COLUMNS: [(&str, u16); 9] = [
+    ("DESTINATION", 32),
+    ("CORE", 4),
+    ("READY", 7),
+    ("WAITING", 7),
+    ("SUSPENDED", 9),
+    ("CONNS", 5),
+    ("OLDEST", 6),
+    ("DEFERRED", 8),
+    ("LAST REPLY", 0),
+];
 
 struct App {
     client: Client,
@@ -62,6 +81,10 @@ enum Next {
 }
 
 pub fn run(args: TopArgs) -> Result<(), String> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return Err("spate top draws on a terminal, and stdout is not one".into());
+    }
     let client = args.target.connect()?;
     let mut app = App {
         client,
@@ -123,13 +146,19 @@ impl App {
         let started = Instant::now();
         let summary = match self.client.get("/api/v1/summary") {
             Ok(v) => v,
-            Err(e) => return self.error = Some(e),
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
         };
         self.latency = Some(started.elapsed());
         let path = format!("/api/v1/queues?sort={}&limit={LIMIT}", SORTS[self.sort]);
         let (queues, actions) = match (self.client.get(&path), self.client.get("/api/v1/actions")) {
             (Ok(q), Ok(a)) => (q, a),
-            (Err(e), _) | (_, Err(e)) => return self.error = Some(e),
+            (Err(e), _) | (_, Err(e)) => {
+                self.error = Some(e);
+                return;
+            }
         };
         self.error = None;
         self.rates = rates(&self.summary, &summary);
@@ -283,28 +312,31 @@ impl App {
 
     fn header(&self) -> Paragraph<'static> {
         let s = &self.summary;
-        let rate = |r: fn(&Rates) -> f64| {
-            self.rates
-                .as_ref()
-                .map_or("-".into(), |x| format!("{:.1}/s", r(x)))
-        };
+        let rates: Vec<String> = LABELS
+            .iter()
+            .enumerate()
+            .map(|(i, label)| {
+                let r = self.rates.map_or("-".into(), |r| format!("{:.1}/s", r[i]));
+                format!("{label} {r}")
+            })
+            .collect();
         let latency = self
             .latency
             .map_or("-".into(), |l| format!("{} ms", l.as_millis()));
         let line1 = format!(
-            "in {}  out {}  deferred {}  bounced {}   up {}  cores {}  latency {latency}",
-            rate(|r| r.received),
-            rate(|r| r.delivered),
-            rate(|r| r.deferred),
-            rate(|r| r.bounced),
-            age(s["uptime_s"].as_f64().unwrap_or(0.0)),
+            "{}   up {}  cores {}  latency {latency}",
+            rates.join("  "),
+            s["uptime_s"].as_f64().map_or("-".into(), age),
             text(&s["cores"]),
         );
         let line2 = format!(
-            "queue ready {}  waiting {}  suspended {}   connections in {}  out {}   actions {}",
+            "queue ready {}  waiting {}{}   connections in {}  out {}   actions {}",
             text(&s["ready"]),
             text(&s["waiting"]),
-            text(&s["suspended"]),
+            match &s["suspended"] {
+                Value::Null => String::new(),
+                n => format!("  suspended {n}"),
+            },
             text(&s["connections_in"]),
             text(&s["connections_out"]),
             text(&s["actions"]),
@@ -315,52 +347,29 @@ impl App {
     }
 
     fn draw_table(&mut self, f: &mut Frame, area: ratatui::layout::Rect) {
-        let head = [
-            "DESTINATION",
-            "CORE",
-            "READY",
-            "WAITING",
-            "SUSPENDED",
-            "CONNS",
-            "OLDEST",
-            "DEFERRED",
-            "LAST REPLY",
-        ];
         let rows: Vec<Row> = self
             .visible()
             .iter()
             .map(|q| {
-                Row::new(vec![
-                    text(&q["domain"]),
-                    text(&q["core"]),
-                    text(&q["ready"]),
-                    text(&q["waiting"]),
-                    text(&q["suspended"]),
-                    text(&q["connections"]),
-                    age(q["oldest_age_s"].as_f64().unwrap_or(0.0)),
-                    text(&q["deferred"]),
-                    text(&q["last_reply"]["text"]),
-                ])
+                let mut cells: Vec<String> = FIELDS.iter().map(|k| text(&q[k])).collect();
+                cells.push(age(q["oldest_age_s"].as_f64().unwrap_or(0.0)));
+                cells.push(text(&q["deferred"]));
+                cells.push(text(&q["last_reply"]["text"]));
+                Row::new(cells)
             })
             .collect();
         let n = rows.len();
-        let widths = [
-            Constraint::Min(24),
-            Constraint::Length(4),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(9),
-            Constraint::Length(5),
-            Constraint::Length(6),
-            Constraint::Length(8),
-            Constraint::Fill(2),
-        ];
+        let widths = COLUMNS.map(|(_, w)| match w {
+            0 => Constraint::Fill(1),
+            w => Constraint::Length(w),
+        });
+        let head = Row::new(COLUMNS.map(|(h, _)| h));
         let filter = match (self.editing, self.filter.is_empty()) {
             (false, true) => String::new(),
             _ => format!("  filter: {}", self.filter),
         };
         let table = Table::new(rows, widths)
-            .header(Row::new(head).style(Style::new().add_modifier(Modifier::BOLD)))
+            .header(head.style(Style::new().add_modifier(Modifier::BOLD)))
             .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
             .block(Block::bordered().title(format!(" destinations ({n}){filter} ")));
         f.render_stateful_widget(table, area, &mut self.table);
@@ -421,13 +430,11 @@ fn rates(old: &Value, new: &Value) -> Option<Rates> {
     if secs <= 0.0 {
         return None;
     }
-    let per_s = |k: &str| Some(new[k].as_u64()?.checked_sub(old[k].as_u64()?)? as f64 / secs);
-    Some(Rates {
-        received: per_s("received")?,
-        delivered: per_s("delivered")?,
-        deferred: per_s("deferred")?,
-        bounced: per_s("bounced")?,
-    })
+    let mut r = [0.0; 4];
+    for (i, k) in COUNTERS.iter().enumerate() {
+        r[i] = new[k].as_u64()?.checked_sub(old[k].as_u64()?)? as f64 / secs;
+    }
+    Some(r)
 }
 
 fn text(v: &Value) -> String {
@@ -456,11 +463,7 @@ mod tests {
             json!({"time_ms": 1000, "received": 10, "delivered": 5, "deferred": 0, "bounced": 0});
         let b =
             json!({"time_ms": 3000, "received": 30, "delivered": 9, "deferred": 2, "bounced": 1});
-        let r = rates(&a, &b).unwrap();
-        assert_eq!(
-            (r.received, r.delivered, r.deferred, r.bounced),
-            (10.0, 2.0, 1.0, 0.5)
-        );
+        assert_eq!(rates(&a, &b), Some([10.0, 2.0, 1.0, 0.5]));
         assert!(rates(&Value::Null, &b).is_none());
         assert!(rates(&b, &a).is_none());
     }

@@ -17,10 +17,12 @@ pub type Body = std::pin::Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = st
 /// Serves one connection until the client closes it.
 pub async fn serve(admin: &Rc<Admin>, stream: glommio::net::TcpStream) {
     match &admin.tls {
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => serve_io(admin, FuturesIo::new(tls)).await,
-            Err(_) => {}
-        },
+        Some(acceptor) => {
+            // A failed handshake is the client's problem; it gets nothing.
+            if let Ok(tls) = acceptor.accept(stream).await {
+                serve_io(admin, FuturesIo::new(tls)).await
+            }
+        }
         None => serve_io(admin, FuturesIo::new(stream)).await,
     }
 }

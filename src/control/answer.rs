@@ -8,7 +8,7 @@ use super::{Reply, Request};
 use crate::delivery::outcome::Outcome;
 use crate::delivery_log::{Kind, Record};
 use crate::engine::Core;
-use crate::queue::{DomainView, Tags};
+use crate::queue::DomainView;
 use crate::shaping::operator::Selector;
 use std::rc::Rc;
 use std::time::Instant;
@@ -69,16 +69,7 @@ fn summary(core: &Core) -> CoreSummary {
 fn row(core: &Core, v: &DomainView, now: Instant, now_ms: u64) -> QueueRow {
     let d = &v.domain;
     let until = core.shaper.backoff(d, now).suspended_until;
-    let lane_held = |tags: &Tags| core.shaper.lane_held(d, tags, now).is_some();
-    let suspended = if until.is_some() {
-        v.ready()
-    } else {
-        v.lanes
-            .iter()
-            .filter(|(t, _)| lane_held(t))
-            .map(|(_, n)| n)
-            .sum()
-    };
+    let suspended = held(core, v, now);
     let (deferred, last) = core.log.tally.last(d);
     let limits = core.shaper.limits(d);
     QueueRow {
@@ -113,9 +104,11 @@ fn row(core: &Core, v: &DomainView, now: Instant, now_ms: u64) -> QueueRow {
     }
 }
 
+/// The core's first `limit` destinations by `sort`. Only those get a
+/// whole row (limits, rules, actions): the choice uses counts alone.
 fn queues(core: &Core, sort: Sort, limit: usize) -> Vec<QueueRow> {
     let (now, now_ms) = (Instant::now(), crate::delivery_log::now_ms());
-    let mut views = core.queues.views();
+    let mut views = core.queues.views(sort == Sort::Age);
     // Domains that only deferred (nothing queued now) still sort by it.
     if sort == Sort::Deferred {
         for (domain, _) in core.log.tally.deferred_domains() {
@@ -132,10 +125,34 @@ fn queues(core: &Core, sort: Sort, limit: usize) -> Vec<QueueRow> {
             }
         }
     }
+    match sort {
+        Sort::Ready => views.sort_by_key(|v| std::cmp::Reverse((v.ready(), v.waiting))),
+        Sort::Deferred => {
+            views.sort_by_key(|v| std::cmp::Reverse(core.log.tally.last(&v.domain).0))
+        }
+        Sort::Age => views.sort_by_key(|v| v.oldest_ms.unwrap_or(u64::MAX)),
+    }
+    views.truncate(limit);
     let mut rows: Vec<QueueRow> = views.iter().map(|v| row(core, v, now, now_ms)).collect();
     sort.order(&mut rows);
-    rows.truncate(limit);
     rows
+}
+
+/// Ready entries of `v` held by a suspension now.
+fn held(core: &Core, v: &DomainView, now: Instant) -> usize {
+    if core
+        .shaper
+        .backoff(&v.domain, now)
+        .suspended_until
+        .is_some()
+    {
+        return v.ready();
+    }
+    v.lanes
+        .iter()
+        .filter(|(t, _)| core.shaper.lane_held(&v.domain, t, now).is_some())
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn queue(core: &Core, domain: &str) -> Option<QueueDetail> {
@@ -244,18 +261,13 @@ fn find(core: &Core, id: Option<u64>, recipient: Option<&str>) -> Vec<Queued> {
 
 fn metrics(core: &Core) -> CoreMetrics {
     let now = Instant::now();
-    let rows = queues(core, Sort::Ready, usize::MAX);
-    let suspended = rows.iter().map(|r| r.suspended as u64).sum();
-    let top = rows
+    let mut views = core.queues.views(false);
+    let suspended = views.iter().map(|v| held(core, v, now) as u64).sum();
+    views.sort_by_key(|v| std::cmp::Reverse((v.ready(), v.waiting)));
+    let top = views
         .iter()
         .take(TOP_DESTINATIONS)
-        .map(|r| {
-            (
-                r.domain.clone(),
-                (r.ready + r.suspended) as u64,
-                r.waiting as u64,
-            )
-        })
+        .map(|v| (v.domain.clone(), v.ready() as u64, v.waiting as u64))
         .collect();
     let (held, throttled) = core.shaper.held_destinations(now);
     let (dns_queries, dns_cache_hits) = core.resolver.counts();
@@ -304,7 +316,5 @@ fn metrics(core: &Core) -> CoreMetrics {
 
 /// Bytes free to spate on the spool's file system.
 fn free_bytes(dir: &std::path::Path) -> u64 {
-    nix::sys::statvfs::statvfs(dir).map_or(0, |s| {
-        s.blocks_available() as u64 * s.fragment_size() as u64
-    })
+    nix::sys::statvfs::statvfs(dir).map_or(0, |s| s.blocks_available() * s.fragment_size())
 }

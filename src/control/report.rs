@@ -38,7 +38,7 @@ impl Sort {
             Sort::Ready => rows.sort_by(|a, b| {
                 (b.ready + b.suspended, b.waiting).cmp(&(a.ready + a.suspended, a.waiting))
             }),
-            Sort::Deferred => rows.sort_by(|a, b| b.deferred.cmp(&a.deferred)),
+            Sort::Deferred => rows.sort_by_key(|r| std::cmp::Reverse(r.deferred)),
             Sort::Age => rows.sort_by(|a, b| b.oldest_age_s.total_cmp(&a.oldest_age_s)),
         }
     }

@@ -35,13 +35,29 @@ pub struct Found {
     pub waiting: bool,
 }
 
+fn earlier(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn received(entry: &Entry) -> u64 {
     entry.message.envelope().received_ms()
 }
 
 impl Queues {
-    /// Every domain with ready or waiting entries or open connections.
-    pub fn views(&self) -> Vec<DomainView> {
+    /// Every domain with ready or waiting entries or open connections;
+    /// with `ages`, when each one's oldest message came (which reads every
+    /// entry's record, not only the counts).
+    pub fn views(&self, ages: bool) -> Vec<DomainView> {
+        let oldest = |entries: &mut dyn Iterator<Item = &Entry>| -> Option<u64> {
+            if ages {
+                entries.map(received).min()
+            } else {
+                None
+            }
+        };
         let mut views: HashMap<String, DomainView> = HashMap::new();
         let blank = |domain: &str| DomainView {
             domain: domain.to_string(),
@@ -57,8 +73,7 @@ impl Queues {
             v.connections = q.connections;
             for lane in &q.lanes {
                 v.lanes.push((lane.tags.clone(), lane.entries.len()));
-                let oldest = lane.entries.iter().map(received).min();
-                v.oldest_ms = v.oldest_ms.min(oldest).or(v.oldest_ms).or(oldest);
+                v.oldest_ms = earlier(v.oldest_ms, oldest(&mut lane.entries.iter()));
             }
         }
         let names = self.names.borrow();
@@ -68,15 +83,39 @@ impl Queues {
                 .entry(name.to_string())
                 .or_insert_with(|| blank(&name));
             v.waiting += 1;
-            let r = received(&s.entry);
-            v.oldest_ms = Some(v.oldest_ms.map_or(r, |o| o.min(r)));
+            v.oldest_ms = earlier(v.oldest_ms, oldest(&mut std::iter::once(&s.entry)));
         }
         views.into_values().collect()
     }
 
-    /// The view of one domain, if it has anything queued or open.
+    /// The view of one domain (with its age), if it has anything queued
+    /// or open.
     pub fn view(&self, domain: &str) -> Option<DomainView> {
-        self.views().into_iter().find(|v| v.domain == domain)
+        let mut v = DomainView {
+            domain: domain.to_string(),
+            lanes: Vec::new(),
+            waiting: 0,
+            connections: 0,
+            oldest_ms: None,
+        };
+        let mut any = false;
+        if let Some(q) = self.domains.borrow().get(domain) {
+            any = true;
+            v.connections = q.connections;
+            for lane in &q.lanes {
+                v.lanes.push((lane.tags.clone(), lane.entries.len()));
+                v.oldest_ms = earlier(v.oldest_ms, lane.entries.iter().map(received).min());
+            }
+        }
+        let names = self.names.borrow();
+        for Reverse(s) in self.scheduled.borrow().iter() {
+            if *names.name(s.domain) == *domain {
+                any = true;
+                v.waiting += 1;
+                v.oldest_ms = earlier(v.oldest_ms, Some(received(&s.entry)));
+            }
+        }
+        any.then_some(v)
     }
 
     /// Queued entries that `matches`, ready and waiting.
@@ -168,7 +207,7 @@ mod tests {
         q.enqueue(handle(&["a@x.test", "b@y.test"]));
         let e = q.pop_ready("y.test").unwrap();
         q.schedule("y.test", e, Instant::now() + Duration::from_secs(3600));
-        let mut views = q.views();
+        let mut views = q.views(true);
         views.sort_by(|a, b| a.domain.cmp(&b.domain));
         assert_eq!((views[0].ready(), views[0].waiting), (1, 0));
         assert_eq!((views[1].ready(), views[1].waiting), (0, 1));
@@ -179,6 +218,6 @@ mod tests {
         assert_eq!(&*taken[0].0, "y.test");
         assert_eq!(q.summary().scheduled, 0);
         assert_eq!(q.take_where(|_, _| true).len(), 1);
-        assert!(q.views().is_empty());
+        assert!(q.views(false).is_empty());
     }
 }
