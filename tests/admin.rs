@@ -572,3 +572,83 @@ fn the_admin_server_speaks_tls_when_given_a_certificate() {
         .call()
         .is_err());
 }
+
+/// Malformed JSON, unknown fields, two selectors, a bad duration, a body
+/// over 64 KiB, a wrong route or method: each gets its 4xx naming the
+/// problem, and nothing is put in force.
+#[test]
+fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
+    let spate = Spate::start(&[]);
+    let token = spate.admin_token();
+    let t = Some(token.as_str());
+    let cases: &[(&str, &str, u16, &str)] = &[
+        (
+            "/api/v1/suspend",
+            r#"{"domain": "x.test", "duration_s": 60, "colour": "red"}"#,
+            400,
+            "unknown field \"colour\"",
+        ),
+        ("/api/v1/suspend", r#"{"domain": "#, 400, "body:"),
+        (
+            "/api/v1/suspend",
+            r#"{"domain": "x.test", "tenant": "t", "duration_s": 60}"#,
+            400,
+            "exactly one",
+        ),
+        (
+            "/api/v1/suspend",
+            r#"{"domain": "x.test", "duration_s": 0}"#,
+            400,
+            "duration_s",
+        ),
+        ("/api/v1/suspend", r#"[1, 2]"#, 400, "JSON object"),
+        (
+            "/api/v1/overrides",
+            r#"{"domain": "x.test", "set": {"colour": 1}, "duration_s": 60}"#,
+            405,
+            "not allowed",
+        ),
+        (
+            "/api/v1/bounce",
+            r#"{"source": "s1"}"#,
+            400,
+            "not a selector here",
+        ),
+        (
+            "/api/v1/shaping/reload",
+            r#"{"why": "x"}"#,
+            400,
+            "unknown field \"why\"",
+        ),
+        ("/api/v1/nothing", "{}", 404, "no such route"),
+    ];
+    for (path, body, status, says) in cases {
+        let (got, v) = post(&spate, path, t, body);
+        assert_eq!(got, *status, "{path} {body}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(says),
+            "{path} {body}: {v}"
+        );
+    }
+    let mut req = agent()
+        .put(format!("{}/api/v1/overrides", spate.admin_url()))
+        .header("Authorization", format!("Bearer {token}"));
+    req = req.header("Content-Type", "application/json");
+    let mut r = req
+        .send(r#"{"domain": "x.test", "set": {"colour": 1}, "duration_s": 60}"#)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("colour cannot be overridden"));
+    let big = format!(
+        r#"{{"domain": "x.test", "duration_s": 60, "reason": "{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let (got, v) = post(&spate, "/api/v1/suspend", t, &big);
+    assert_eq!(got, 413, "{v}");
+    let actions = ctl_json(&spate, &["actions"]);
+    assert_eq!(actions["actions"].as_array().unwrap().len(), 0, "{actions}");
+}

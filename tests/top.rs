@@ -8,17 +8,18 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// A tmux server of its own (its own socket), killed on drop so a failed
-/// test leaves nothing behind.
+/// A tmux server of its own (its socket in the test's directory), killed on
+/// drop so a failed test leaves nothing behind.
 struct Tmux {
-    socket: String,
+    socket: std::path::PathBuf,
     session: String,
 }
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
-            .args(["-L", &self.socket])
+            .arg("-S")
+            .arg(&self.socket)
             .args(args)
             .output()
             .expect("run tmux")
@@ -91,7 +92,7 @@ fn top_shows_queues_and_its_keys_resume_and_suspend_a_destination() {
         err.display()
     );
     let tmux = Tmux {
-        socket: format!("spate-top-{}", std::process::id()),
+        socket: spate.dir.path().join("tmux.sock"),
         session: "top".into(),
     };
     let started = tmux.cmd(&[

@@ -178,6 +178,28 @@ fn selector(m: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<Sele
     Ok(Selector::new(key, name).expect("a known key"))
 }
 
+/// Refuses a body with a key the route does not take: nothing is done
+/// with half of what was asked.
+fn known_keys(m: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(ApiError::bad(format!(
+            "unknown field {k:?} (this route takes: {})",
+            allowed.join(", ")
+        ))),
+    }
+}
+
+/// The reason of a body that may be empty or hold only a reason.
+fn reason_only(call: &Call) -> Result<String, ApiError> {
+    if call.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(String::new());
+    }
+    let m = body(call)?;
+    known_keys(&m, &["reason"])?;
+    reason(&m)
+}
+
 fn reason(m: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
     match m.get("reason") {
         None => Ok(String::new()),
@@ -284,6 +306,12 @@ async fn log(admin: &Rc<Admin>, what: String, by: &str, reason: &str) {
 /// Puts a suspension, reroute or override in force on every core.
 pub async fn act(admin: &Rc<Admin>, call: &Call) -> Answer {
     let m = body(call)?;
+    let extra: &[&str] = match call.route {
+        super::routes::Route::Reroute => &["pool", "next_hop", "duration_s", "reason"],
+        super::routes::Route::Override => &["set", "duration_s", "reason"],
+        _ => &["duration_s", "reason"],
+    };
+    known_keys(&m, &[&Selector::KEYS[..], extra].concat())?;
     let (selector, what) = what(admin, call, &m)?;
     let (length, reason) = (duration(&m)?, reason(&m)?);
     let action = Action {
@@ -333,10 +361,7 @@ pub async fn end_action(admin: &Rc<Admin>, call: &Call, kind: Option<&str>) -> A
             return Err(ApiError::unavailable(c));
         }
     }
-    let reason = serde_json::from_slice::<Value>(&call.body)
-        .ok()
-        .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_default();
+    let reason = reason_only(call)?;
     log(
         admin,
         format!("end {} (action a{id})", action.describe()),
@@ -349,6 +374,7 @@ pub async fn end_action(admin: &Rc<Admin>, call: &Call, kind: Option<&str>) -> A
 
 pub async fn bounce(admin: &Rc<Admin>, call: &Call) -> Answer {
     let m = body(call)?;
+    known_keys(&m, &[&Selector::KEYS[..], &["reason"]].concat())?;
     let selector = selector(&m, &["domain", "provider", "tenant", "campaign"])?;
     let reason = reason(&m)?;
     let mut bounced = 0;
@@ -376,10 +402,7 @@ pub async fn bounce(admin: &Rc<Admin>, call: &Call) -> Answer {
 }
 
 pub async fn reload(admin: &Rc<Admin>, call: &Call) -> Answer {
-    let reason = serde_json::from_slice::<Value>(&call.body)
-        .ok()
-        .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_default();
+    let reason = reason_only(call)?;
     let published = admin.control.core().shaper.published();
     // Reading and checking the file blocks: off the core.
     let result = glommio::executor()

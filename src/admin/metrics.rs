@@ -173,11 +173,11 @@ fn messages(r: &mut Registry, cores: &[CoreMetrics]) {
 fn queues(r: &mut Registry, cores: &[CoreMetrics]) {
     let mut depth = Series::new(MetricType::Gauge);
     for c in cores {
-        let ready = c.summary.ready.saturating_sub(c.suspended);
+        let ready = c.summary.ready.saturating_sub(c.summary.suspended);
         for (state, v) in [
             ("ready", ready),
             ("waiting", c.summary.waiting),
-            ("suspended", c.suspended),
+            ("suspended", c.summary.suspended),
         ] {
             let mut l = core(c);
             l.push(("state", state.to_string()));

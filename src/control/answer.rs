@@ -52,6 +52,7 @@ fn summary(core: &Core) -> CoreSummary {
     let k = core.log.tally.by_kind();
     let at = |kind: Kind| k[Kind::ALL.iter().position(|x| *x == kind).expect("in ALL")];
     let q = core.queues.summary();
+    let now = Instant::now();
     CoreSummary {
         received: at(Kind::Reception),
         delivered: at(Kind::Delivery),
@@ -60,6 +61,12 @@ fn summary(core: &Core) -> CoreSummary {
         expired: at(Kind::Expiration),
         ready: q.ready as u64,
         waiting: q.scheduled as u64,
+        suspended: core
+            .queues
+            .ready_views()
+            .iter()
+            .map(|v| held(core, v, now) as u64)
+            .sum(),
         connections_in: core.inbound.sessions() as u64,
         connections_out: u64::from(core.queues.open_connections()),
         domains: q.domains as u64,
@@ -262,7 +269,6 @@ fn find(core: &Core, id: Option<u64>, recipient: Option<&str>) -> Vec<Queued> {
 fn metrics(core: &Core) -> CoreMetrics {
     let now = Instant::now();
     let mut views = core.queues.views(false);
-    let suspended = views.iter().map(|v| held(core, v, now) as u64).sum();
     views.sort_by_key(|v| std::cmp::Reverse((v.ready(), v.waiting)));
     let top = views
         .iter()
@@ -279,7 +285,6 @@ fn metrics(core: &Core) -> CoreMetrics {
         records: core.log.tally.by_kind(),
         by_tenant: core.log.tally.by_tenant(),
         summary: summary(core),
-        suspended,
         top,
         destinations_suspended: held,
         destinations_throttled: throttled,

@@ -106,8 +106,11 @@ pub struct CoreSummary {
     pub deferred: u64,
     pub bounced: u64,
     pub expired: u64,
+    /// Ready entries, those held by a suspension included.
     pub ready: u64,
     pub waiting: u64,
+    /// Ready entries held by a suspension.
+    pub suspended: u64,
     pub connections_in: u64,
     pub connections_out: u64,
     pub domains: u64,
@@ -122,6 +125,7 @@ impl CoreSummary {
         self.expired += o.expired;
         self.ready += o.ready;
         self.waiting += o.waiting;
+        self.suspended += o.suspended;
         self.connections_in += o.connections_in;
         self.connections_out += o.connections_out;
         self.domains += o.domains;
@@ -154,8 +158,6 @@ pub struct CoreMetrics {
     pub records: Counts,
     pub by_tenant: Vec<(String, Counts)>,
     pub summary: CoreSummary,
-    /// Ready entries held by suspensions, on this core.
-    pub suspended: u64,
     /// The core's deepest destinations: (domain, ready, waiting).
     pub top: Vec<(String, u64, u64)>,
     /// Destinations of this core under a suspension, and under a throttle.
