@@ -28,8 +28,11 @@ fn queue(spate: &Spate, domain: &str) -> Option<Value> {
 }
 
 fn agent() -> ureq::Agent {
+    // Bounded, so a stream that never sends what is awaited fails the
+    // test instead of hanging it.
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_global(Some(LONG))
         .build()
         .new_agent()
 }
@@ -101,6 +104,21 @@ fn suspend_stops_delivery_and_resume_restarts_it_and_no_token_changes_nothing() 
     let actions = ctl_json(&spate, &["actions"]);
     assert_eq!(actions["actions"].as_array().unwrap().len(), 1, "{actions}");
     assert!(queue(&spate, "held.test").is_some_and(|q| q["suspended"] == 3));
+    let (ok, table) = spate.ctl(&["queues"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("held.test"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        ok && row.split_whitespace().nth(4) == Some("3"),
+        "the SUSPENDED column: {table}"
+    );
+    let summary = ctl_json(&spate, &["summary"]);
+    assert_eq!(
+        (summary["suspended"].as_u64(), summary["delivered"].as_u64()),
+        (Some(3), Some(1)),
+        "{summary}"
+    );
     assert_eq!(sink.count(), 1);
     let (ok, out) = spate.ctl(&["resume", &id, "--reason", "over"]);
     assert!(ok && out.contains("ended"), "{out}");
@@ -203,6 +221,21 @@ fn reroute_changes_the_source_and_the_destination() {
         "reroute", "--domain", "d.test", "--pool", "nope", "--for", "1h",
     ]);
     assert!(!ok && out.contains("no pool \"nope\""), "{out}");
+    // Ending the next-hop reroute sends the next message to the smarthost.
+    let hop = ctl_json(&spate, &["actions"])["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["next_hop"].is_string())
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let (ok, out) = spate.ctl(&["end", &hop]);
+    assert!(ok && out.contains("ended"), "{out}");
+    send(&spate, "r@d.test", 1);
+    wait_until(LONG, "the fourth at the smarthost again", || {
+        mx1.delivered() == 3
+    });
+    assert_eq!(mx2.delivered(), 1);
 }
 
 /// An override of a destination's rate holds its mail back (one message
