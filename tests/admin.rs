@@ -113,6 +113,13 @@ fn suspend_stops_delivery_and_resume_restarts_it_and_no_token_changes_nothing() 
         ok && row.split_whitespace().nth(4) == Some("3"),
         "the SUSPENDED column: {table}"
     );
+    let held = queue(&spate, "held.test").unwrap();
+    let listed = ctl_json(&spate, &["queues"])["queues"][0].clone();
+    assert_eq!(listed["domain"], "held.test");
+    assert!(
+        listed["oldest_age_s"].as_f64() > Some(0.0) && held["oldest_age_s"].as_f64() > Some(0.0),
+        "{listed} {held}"
+    );
     let summary = ctl_json(&spate, &["summary"]);
     assert_eq!(
         (summary["suspended"].as_u64(), summary["delivered"].as_u64()),

@@ -470,9 +470,13 @@ fn the_dashboard_shows_a_running_spate_and_its_suspend_button_stops_delivery() {
     browser.wait(PAGE, "the override gone from the actions table", |b| {
         !b.exists(&format!(r#"#actions tr[data-id="{override_id}"]"#))
     });
-    // (Not #n-ready and #n-suspended: /api/v1/summary has no "suspended",
-    // and its "ready" counts held entries too.)
-    for (id, n) in [("#n-delivered", "3"), ("#n-received", "5")] {
+    // (The summary's "ready" counts the held entries too.)
+    for (id, n) in [
+        ("#n-received", "5"),
+        ("#n-delivered", "3"),
+        ("#n-ready", "2"),
+        ("#n-suspended", "2"),
+    ] {
         browser.wait(PAGE, &format!("{id} to show {n}"), |b| {
             b.text(id).as_deref() == Some(n)
         });

@@ -323,18 +323,24 @@ pub async fn act(admin: &Rc<Admin>, call: &Call) -> Answer {
         by: call.by.clone(),
         reason: reason.clone(),
     };
+    let mut failure = None;
     for reply in admin.control.ask_all(|| Request::Act(action.clone())).await {
         match reply {
             Reply::Acted(true) => {}
             Reply::Acted(false) => {
-                return Err(ApiError::new(
+                failure = Some(ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "too many actions in force",
                 ))
             }
-            Reply::Unavailable(c) => return Err(ApiError::unavailable(c)),
+            Reply::Unavailable(c) => failure = Some(ApiError::unavailable(c)),
             _ => unreachable!(),
         }
+    }
+    if let Some(e) = failure {
+        // In force on every core or on none: the cores that took it end it.
+        admin.control.ask_all(|| Request::End(action.id)).await;
+        return Err(e);
     }
     log(admin, action.describe(), &call.by, &reason).await;
     let mut v = action_json(&action);
@@ -349,6 +355,7 @@ pub async fn end_action(admin: &Rc<Admin>, call: &Call, kind: Option<&str>) -> A
         .strip_prefix('a')
         .and_then(|n| n.parse::<u64>().ok())
         .ok_or_else(|| ApiError::not_found(format!("no action {}", call.param)))?;
+    let reason = reason_only(call)?;
     let found = own_actions(admin).await?.into_iter().find(|a| a.id == id);
     let Some(action) = found.filter(|a| kind.is_none_or(|k| a.kind() == k)) else {
         return Err(ApiError::not_found(format!(
@@ -361,7 +368,6 @@ pub async fn end_action(admin: &Rc<Admin>, call: &Call, kind: Option<&str>) -> A
             return Err(ApiError::unavailable(c));
         }
     }
-    let reason = reason_only(call)?;
     log(
         admin,
         format!("end {} (action a{id})", action.describe()),

@@ -135,7 +135,9 @@ pub fn history(dir: &Path, id: Option<&str>, recipient: Option<&str>) -> Vec<ser
         }
     }
     out.sort_by_key(|v| v["time_ms"].as_u64().unwrap_or(0));
-    out.truncate(HISTORY_RECORDS_MAX);
+    // The newest, when there are more.
+    let extra = out.len().saturating_sub(HISTORY_RECORDS_MAX);
+    out.drain(..extra);
     out
 }
 

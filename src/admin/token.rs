@@ -29,6 +29,18 @@ impl Tokens {
     }
 
     pub fn load(path: &Path) -> Result<Tokens, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("admin token file {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o004 != 0 {
+            return Err(format!(
+                "admin token file {}: readable by every user (mode {:o}); chmod o-r it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
         Tokens::parse(&text).map_err(|e| format!("admin token file {}: {e}", path.display()))
@@ -96,7 +108,12 @@ impl Tokens {
 
     /// The name of the token in an `Authorization` header's value.
     pub fn who(&self, authorization: Option<&str>) -> Option<&str> {
-        let given = authorization?.strip_prefix("Bearer ")?.trim();
+        // The scheme's name is case-insensitive (RFC 9110 11.1).
+        let (scheme, given) = authorization?.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let given = given.trim();
         self.list
             .iter()
             .find(|(_, t)| same(t.as_bytes(), given.as_bytes()))
@@ -132,6 +149,8 @@ mod tests {
         let t = Tokens::parse("# ops\nalice:0123456789abcdef0\n0123456789abcdefXYZ\n").unwrap();
         assert_eq!(t.who(Some("Bearer 0123456789abcdef0")), Some("alice"));
         assert_eq!(t.who(Some("Bearer 0123456789abcdefXYZ")), Some("admin"));
+        assert_eq!(t.who(Some("bearer 0123456789abcdefXYZ")), Some("admin"));
+        assert_eq!(t.who(Some("Basic 0123456789abcdefXYZ")), None);
         assert_eq!(t.who(Some("Bearer 0123456789abcdef1")), None);
         assert_eq!(t.who(Some("0123456789abcdef0")), None);
         assert_eq!(t.who(None), None);

@@ -118,9 +118,11 @@ fn queues(core: &Core, sort: Sort, limit: usize) -> Vec<QueueRow> {
     let mut views = core.queues.views(sort == Sort::Age);
     // Domains that only deferred (nothing queued now) still sort by it.
     if sort == Sort::Deferred {
+        let queued: std::collections::HashSet<String> =
+            views.iter().map(|v| v.domain.clone()).collect();
         for (domain, _) in core.log.tally.deferred_domains() {
             if crate::router::owner_of(&domain, core.cores) == core.index
-                && !views.iter().any(|v| v.domain == domain)
+                && !queued.contains(&domain)
             {
                 views.push(DomainView {
                     domain,
@@ -140,6 +142,9 @@ fn queues(core: &Core, sort: Sort, limit: usize) -> Vec<QueueRow> {
         Sort::Age => views.sort_by_key(|v| v.oldest_ms.unwrap_or(u64::MAX)),
     }
     views.truncate(limit);
+    if sort != Sort::Age {
+        core.queues.add_ages(&mut views);
+    }
     let mut rows: Vec<QueueRow> = views.iter().map(|v| row(core, v, now, now_ms)).collect();
     sort.order(&mut rows);
     rows

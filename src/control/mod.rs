@@ -152,12 +152,19 @@ impl Control {
         crate::router::owner_of(domain, self.core.cores)
     }
 
-    /// Asks core `to`.
+    /// Asks core `to`. The answer runs in a task of its own on that core
+    /// (this one too): a client that goes away never cuts a change (a
+    /// bounce, say) halfway.
     pub async fn ask(&self, to: usize, request: Request) -> Reply {
-        if to == self.core.index {
-            return answer::answer(&self.core, request).await;
-        }
         let (tx, rx) = oneshot::channel();
+        if to == self.core.index {
+            let core = self.core.clone();
+            glommio::spawn_local(async move {
+                let _ = tx.send(answer::answer(&core, request).await);
+            })
+            .detach();
+            return rx.await.unwrap_or(Reply::Unavailable(to));
+        }
         let env = Envelope { request, reply: tx };
         let asked = async {
             if self.senders.send_to(to, env).await.is_err() {

@@ -304,6 +304,11 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
             return None;
         }
     };
+    // The plan may have just told this core the domain's provider: a
+    // suspension of the provider holds it from here, before connecting.
+    if let Some(until) = core.shaper.backoff(domain, Instant::now()).suspended_until {
+        return Some(LookAgain(until));
+    }
     // Held while the connection is open: the provider's count, all cores.
     let _slot = match plan
         .provider
@@ -344,12 +349,14 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
         source: egress.as_ref().map(|e| e.source().name.clone()),
         warm: egress.as_ref().and_then(|e| e.warm().cloned()),
     };
-    let limits = core.shaper.limits(domain);
     let mut sent = 0;
     let mut broken = false;
     let provider = plan.provider.as_ref();
     let mut look_again = None;
     loop {
+        // Read for each message: a reload or an operator's override
+        // reaches connections already open.
+        let limits = core.shaper.limits(domain);
         let entry = match next_entry(
             core,
             domain,
@@ -481,6 +488,10 @@ async fn next_entry(
         let now = Instant::now();
         if core.shaper.backoff(domain, now).suspended_until.is_some() {
             // The driver opens connections again when the suspension ends.
+            return Err(None);
+        }
+        if egress.is_some_and(|e| core.shaper.source_held(&e.source().name, now).is_some()) {
+            // The operator suspended this connection's source.
             return Err(None);
         }
         if core.shaper.operated_next_hop(domain).as_ref() != rerouted {

@@ -88,6 +88,32 @@ impl Queues {
         views.into_values().collect()
     }
 
+    /// Fills in the age of each of `views` (when its oldest queued message
+    /// came): their own entries, and one walk of the waiting ones.
+    pub fn add_ages(&self, views: &mut [DomainView]) {
+        let names = self.names.borrow();
+        let mut by_number: HashMap<u32, usize> = HashMap::new();
+        let domains = self.domains.borrow();
+        for (i, v) in views.iter_mut().enumerate() {
+            if let Some(&n) = names.numbers.get(v.domain.as_str()) {
+                by_number.insert(n, i);
+            }
+            if let Some(q) = domains.get(v.domain.as_str()) {
+                for lane in &q.lanes {
+                    v.oldest_ms = earlier(v.oldest_ms, lane.entries.iter().map(received).min());
+                }
+            }
+        }
+        if by_number.is_empty() {
+            return;
+        }
+        for Reverse(s) in self.scheduled.borrow().iter() {
+            if let Some(&i) = by_number.get(&s.domain) {
+                views[i].oldest_ms = earlier(views[i].oldest_ms, Some(received(&s.entry)));
+            }
+        }
+    }
+
     /// The domains with ready entries, their lanes' counts only (no walk
     /// of the waiting entries): cheap enough for a summary each second.
     pub fn ready_views(&self) -> Vec<DomainView> {
@@ -233,6 +259,10 @@ mod tests {
         assert_eq!((views[0].ready(), views[0].waiting), (1, 0));
         assert_eq!((views[1].ready(), views[1].waiting), (0, 1));
         assert!(views[1].oldest_ms.is_some());
+        let mut cheap = q.views(false);
+        assert!(cheap.iter().all(|v| v.oldest_ms.is_none()));
+        q.add_ages(&mut cheap);
+        assert!(cheap.iter().all(|v| v.oldest_ms.is_some()), "{cheap:?}");
         assert_eq!(q.find(|_| true).len(), 2);
         let taken = q.take_where(|d, _| d == "y.test");
         assert_eq!(taken.len(), 1);

@@ -28,7 +28,7 @@ impl Shaper {
     /// every domain should be looked at again (one waiting for a rate of
     /// an override that has ended, say).
     pub fn actions_ended(&self) -> bool {
-        if self.operator.is_empty() || !self.operator.expired(Instant::now()) {
+        if !self.operator.expired(Instant::now()) {
             return false;
         }
         self.waking.borrow_mut().clear();
@@ -221,7 +221,7 @@ impl Shaper {
     }
 
     /// Until when the operator holds connections from `source`.
-    pub(super) fn source_held(&self, source: &str, now: Instant) -> Option<Instant> {
+    pub fn source_held(&self, source: &str, now: Instant) -> Option<Instant> {
         if self.operator.is_empty() {
             return None;
         }

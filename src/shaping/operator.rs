@@ -164,13 +164,26 @@ impl Subject<'_> {
 #[derive(Default)]
 pub struct Actions {
     list: RefCell<Vec<Action>>,
+    /// An action ended by itself and was dropped; [`Actions::expired`]
+    /// has not said so yet.
+    lapsed: std::cell::Cell<bool>,
 }
 
 impl Actions {
+    /// Drops the actions that have ended by themselves, noting it.
+    fn prune(&self, list: &mut Vec<Action>, now: Instant) {
+        let before = list.len();
+        list.retain(|a| a.until > now);
+        if list.len() < before {
+            self.lapsed.set(true);
+        }
+    }
+
     /// Adds (or, same id, replaces) an action; false when the list is full.
     pub fn add(&self, action: Action, now: Instant) -> bool {
         let mut list = self.list.borrow_mut();
-        list.retain(|a| a.until > now && a.id != action.id);
+        self.prune(&mut list, now);
+        list.retain(|a| a.id != action.id);
         if list.len() >= ACTIONS_MAX {
             return false;
         }
@@ -186,9 +199,8 @@ impl Actions {
     }
 
     pub fn in_force(&self, now: Instant) -> Vec<Action> {
-        let mut list = self.list.borrow_mut();
-        list.retain(|a| a.until > now);
-        list.clone()
+        let list = self.list.borrow();
+        list.iter().filter(|a| a.until > now).cloned().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -198,10 +210,8 @@ impl Actions {
     /// True once each time an action has ended by itself since the last
     /// call: its destinations must be looked at again.
     pub fn expired(&self, now: Instant) -> bool {
-        let mut list = self.list.borrow_mut();
-        let before = list.len();
-        list.retain(|a| a.until > now);
-        list.len() < before
+        self.prune(&mut self.list.borrow_mut(), now);
+        self.lapsed.replace(false)
     }
 
     /// Ids of the actions in force that apply to the subject.
@@ -335,6 +345,27 @@ mod tests {
         assert_eq!(a.end(1, now).map(|x| x.id), Some(1));
         assert!(a.suspended(&plain, now).is_none());
         assert!(a.end(1, now).is_none());
+    }
+
+    /// An action that ends by itself is reported once, whichever call
+    /// noticed first (a listing of the actions, a new action).
+    #[test]
+    fn an_action_that_ends_by_itself_is_reported_once() {
+        let a = Actions::default();
+        let now = Instant::now();
+        a.add(
+            action(1, Selector::Domain("a.test".into()), What::Suspend, 1),
+            now,
+        );
+        assert!(!a.expired(now));
+        let later = now + Duration::from_secs(2);
+        assert!(a.in_force(later).is_empty());
+        a.add(
+            action(2, Selector::Domain("b.test".into()), What::Suspend, 60),
+            later,
+        );
+        assert!(a.expired(later));
+        assert!(!a.expired(later));
     }
 
     #[test]
