@@ -692,3 +692,23 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
     let actions = ctl_json(&spate, &["actions"]);
     assert_eq!(actions["actions"].as_array().unwrap().len(), 0, "{actions}");
 }
+
+/// A restart binds the admin address at once even while an event stream
+/// the last run closed waits in TIME_WAIT on it (SO_REUSEADDR).
+#[test]
+fn a_restart_with_an_event_stream_open_binds_again_at_once() {
+    use std::io::BufRead;
+    let mut spate = Spate::start(&[]);
+    let r = agent()
+        .get(format!("{}/api/v1/events", spate.admin_url()))
+        .call()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(r.into_body().into_reader()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), ": subscribed");
+    assert_eq!(spate.stop(), 0);
+    // The stream ends with the process: spate closed it first.
+    while let Some(Ok(_)) = lines.next() {}
+    spate.launch();
+    let (ok, out) = spate.ctl(&["summary"]);
+    assert!(ok, "{out}");
+}

@@ -244,14 +244,14 @@ pub(super) async fn run_core(s: CoreStart) {
     };
     let mut listeners = Vec::new();
     for addr in &s.cfg.listen {
-        match glommio::net::TcpListener::bind(addr) {
+        match listener::bind(*addr) {
             Ok(l) => listeners.push(l),
             Err(e) => return fail(&s.ready, &s.stop, format!("listen {addr}: {e}")).await,
         }
     }
     let mut admin_listeners = Vec::new();
     for addr in s.admin.iter().flat_map(|_| &s.cfg.admin.listen) {
-        match glommio::net::TcpListener::bind(addr) {
+        match listener::bind(*addr) {
             Ok(l) => admin_listeners.push(l),
             Err(e) => return fail(&s.ready, &s.stop, format!("admin.listen {addr}: {e}")).await,
         }

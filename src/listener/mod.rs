@@ -19,6 +19,27 @@ use session::{End, Session};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+/// The listen backlog of each socket (tuning/sockets.md).
+pub const BACKLOG: i32 = 1024;
+
+/// A listening socket for this core at `addr`: SO_REUSEPORT, so every
+/// core has its own at the same address, and SO_REUSEADDR, so a restart
+/// binds at once even while connections the last run closed first (an
+/// admin event stream, a session cut at shutdown) sit in TIME_WAIT on the
+/// port. glommio's own `bind` sets only the first.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that
+    // `into_raw_fd` gave up; the listener takes sole ownership of it.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Accepts until the core stops; each connection runs as its own task.
 pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
     loop {
