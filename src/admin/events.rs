@@ -81,7 +81,7 @@ pub async fn stream(admin: &Rc<Admin>, call: &Call) -> Answer {
         let bytes = match next {
             // Every core's end is gone: the engine is stopping.
             Some(None) => return None,
-            Some(Some(Chunk::Lines(lines))) => events(&lines),
+            Some(Some(Chunk::Events(events))) => Bytes::from(events),
             Some(Some(Chunk::Lost(n))) => Bytes::from(format!("event: lost\ndata: {n}\n\n")),
             None => Bytes::from_static(b": keepalive\n\n"),
         };
@@ -93,17 +93,6 @@ pub async fn stream(admin: &Rc<Admin>, call: &Call) -> Answer {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(r)
-}
-
-/// One `data:` event per JSON line.
-fn events(lines: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(lines.len() + lines.len() / 8);
-    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line);
-        out.extend_from_slice(b"\n\n");
-    }
-    Bytes::from(out)
 }
 
 /// The records of message `id`, or of `recipient`, in the last

@@ -35,10 +35,11 @@ impl Filter {
     }
 }
 
-/// A chunk of whole JSON lines, or word of lines lost.
+/// Records as server-sent events (`data: {JSON}` and an empty line
+/// each, ready to be written as they are), or word of records lost.
 #[derive(Debug)]
 pub enum Chunk {
-    Lines(Vec<u8>),
+    Events(Vec<u8>),
     Lost(u64),
 }
 
@@ -83,15 +84,17 @@ impl Stream {
         self.subscribers.borrow().len()
     }
 
-    /// Copies `line` (the record's JSON and its newline) to each
-    /// subscriber that wants `record`.
+    /// Copies `line` (the record's JSON and its newline), as an event, to
+    /// each subscriber that wants `record`.
     pub(super) fn offer(&self, record: &Record<'_>, line: &[u8]) {
         let mut subs = self.subscribers.borrow_mut();
         for s in subs.iter_mut().filter(|s| s.filter.matches(record)) {
-            if s.pending.len() + line.len() > SUBSCRIBER_BYTES_MAX {
+            if s.pending.len() + line.len() + 7 > SUBSCRIBER_BYTES_MAX {
                 s.lost += 1;
             } else {
+                s.pending.extend_from_slice(b"data: ");
                 s.pending.extend_from_slice(line);
+                s.pending.push(b'\n');
             }
         }
     }
@@ -111,13 +114,13 @@ impl Stream {
                 return !s.tx.is_closed();
             }
             let lines = std::mem::take(&mut s.pending);
-            match s.tx.try_send(Chunk::Lines(lines)) {
+            match s.tx.try_send(Chunk::Events(lines)) {
                 Ok(()) => true,
                 Err(e) if e.is_disconnected() => false,
                 Err(e) => {
                     // Its channel is full: keep the lines for next time,
                     // within the bound `offer` keeps.
-                    if let Chunk::Lines(lines) = e.into_inner() {
+                    if let Chunk::Events(lines) = e.into_inner() {
                         s.pending = lines;
                     }
                     true
