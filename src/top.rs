@@ -4,6 +4,7 @@
 //! the admin API and sends suspend and resume, nothing else.
 
 use crate::ctl::client::{Client, Target};
+use crate::ctl::print::{age, s as cell};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -183,7 +184,7 @@ impl App {
     /// Puts the cursor back on the selected destination, or on the row
     /// where it was if that one has gone.
     fn reselect(&mut self) {
-        let names: Vec<String> = self.visible().iter().map(|q| text(&q["domain"])).collect();
+        let names: Vec<String> = self.visible().iter().map(|q| cell(&q["domain"])).collect();
         let at = self
             .selected
             .as_ref()
@@ -205,7 +206,7 @@ impl App {
         let i = self.table.selected().unwrap_or(0) as isize + by;
         let i = i.clamp(0, n as isize - 1) as usize;
         self.table.select(Some(i));
-        self.selected = Some(text(&self.visible()[i]["domain"]));
+        self.selected = Some(cell(&self.visible()[i]["domain"]));
     }
 
     fn key(&mut self, k: KeyEvent) -> Next {
@@ -269,7 +270,7 @@ impl App {
     fn suspend(&self, domain: &str) -> Result<String, String> {
         let body = json!({ "domain": domain, "duration_s": SUSPEND_S, "reason": REASON });
         let v = self.client.send("POST", "/api/v1/suspend", &body)?;
-        Ok(format!("suspended {domain} for 1h ({})", text(&v["id"])))
+        Ok(format!("suspended {domain} for 1h ({})", cell(&v["id"])))
     }
 
     /// Ends every suspension of exactly this destination.
@@ -280,7 +281,7 @@ impl App {
             if a["kind"] != "suspend" || a["selector"]["domain"] != domain {
                 continue;
             }
-            let id = text(&a["id"]);
+            let id = cell(&a["id"]);
             let path = format!(
                 "/api/v1/suspend/{}",
                 form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
@@ -327,19 +328,19 @@ impl App {
             "{}   up {}  cores {}  latency {latency}",
             rates.join("  "),
             s["uptime_s"].as_f64().map_or("-".into(), age),
-            text(&s["cores"]),
+            cell(&s["cores"]),
         );
         let line2 = format!(
             "queue ready {}  waiting {}{}   connections in {}  out {}   actions {}",
-            text(&s["ready"]),
-            text(&s["waiting"]),
+            cell(&s["ready"]),
+            cell(&s["waiting"]),
             match &s["suspended"] {
                 Value::Null => String::new(),
                 n => format!("  suspended {n}"),
             },
-            text(&s["connections_in"]),
-            text(&s["connections_out"]),
-            text(&s["actions"]),
+            cell(&s["connections_in"]),
+            cell(&s["connections_out"]),
+            cell(&s["actions"]),
         );
         let title = format!(" spate top  sort: {} ", SORTS[self.sort]);
         Paragraph::new(vec![Line::from(line1), Line::from(line2)])
@@ -351,10 +352,10 @@ impl App {
             .visible()
             .iter()
             .map(|q| {
-                let mut cells: Vec<String> = FIELDS.iter().map(|k| text(&q[k])).collect();
+                let mut cells: Vec<String> = FIELDS.iter().map(|k| cell(&q[k])).collect();
                 cells.push(age(q["oldest_age_s"].as_f64().unwrap_or(0.0)));
-                cells.push(text(&q["deferred"]));
-                cells.push(text(&q["last_reply"]["text"]));
+                cells.push(cell(&q["deferred"]));
+                cells.push(cell(&q["last_reply"]["text"]));
                 Row::new(cells)
             })
             .collect();
@@ -382,16 +383,16 @@ impl App {
             .iter()
             .map(|a| {
                 let selector = a["selector"].as_object().and_then(|m| m.iter().next());
-                let on = selector.map_or("-".into(), |(k, v)| format!("{k} {}", text(v)));
+                let on = selector.map_or("-".into(), |(k, v)| format!("{k} {}", cell(v)));
                 let left =
                     a["until_ms"].as_u64().map_or(0, |u| u.saturating_sub(now)) as f64 / 1000.0;
                 Line::from(format!(
                     "{:<5} {:<8} {on:<40} {:>6} left  by {}: {}",
-                    text(&a["id"]),
-                    text(&a["kind"]),
+                    cell(&a["id"]),
+                    cell(&a["kind"]),
                     age(left),
-                    text(&a["by"]),
-                    text(&a["reason"])
+                    cell(&a["by"]),
+                    cell(&a["reason"])
                 ))
             })
             .collect();
@@ -435,22 +436,6 @@ fn rates(old: &Value, new: &Value) -> Option<Rates> {
         r[i] = new[k].as_u64()?.checked_sub(old[k].as_u64()?)? as f64 / secs;
     }
     Some(r)
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn age(secs: f64) -> String {
-    match secs as u64 {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s => format!("{}h", s / 3600),
-    }
 }
 
 #[cfg(test)]

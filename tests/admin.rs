@@ -554,34 +554,10 @@ fn the_admin_server_speaks_tls_when_given_a_certificate() {
     let cfg = dir.path().join("c.toml");
     let mut spate = Spate::unlaunched(&["--config", cfg.to_str().unwrap()]);
     let ip = spate.addr.rsplit_once(':').unwrap().0.to_string();
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    let (ok, out) = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=admin.test",
-            "-addext",
-            &format!("subjectAltName=IP:{ip}"),
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{out}");
+    let (cert, key) = certificate(dir.path(), &format!("IP:{ip}"), true);
     let text = format!(
         "[admin]\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\n",
-        cert.display(),
-        key.display()
+        cert, key
     );
     std::fs::write(&cfg, text).unwrap();
     spate.launch();
@@ -592,7 +568,7 @@ fn the_admin_server_speaks_tls_when_given_a_certificate() {
         "--admin",
         &https,
         "--ca-file",
-        cert.to_str().unwrap(),
+        &cert,
         "--spool",
         spool.to_str().unwrap(),
         "summary",

@@ -77,24 +77,9 @@ impl Admin {
 /// Accepts admin connections until the core stops.
 pub async fn accept_loop(listener: TcpListener, admin: Rc<Admin>) {
     let core = admin.control.core().clone();
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            core.stop.wait().await;
-            None
-        })
-        .await;
-        let stream = match accepted {
-            None => return,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                eprintln!("spate: core {}: admin accept: {e}", core.index);
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    crate::listener::accept_until_stopped(&listener, &core, "admin", |stream| {
         if admin.connections.get() >= CONNECTIONS_MAX {
-            drop(stream);
-            continue;
+            return;
         }
         let _ = stream.set_nodelay(true);
         admin.connections.set(admin.connections.get() + 1);
@@ -104,5 +89,6 @@ pub async fn accept_loop(listener: TcpListener, admin: Rc<Admin>) {
             a.connections.set(a.connections.get() - 1);
         })
         .detach();
-    }
+    })
+    .await
 }

@@ -3,7 +3,7 @@
 //! spate; it never reads the spool or the logs itself.
 
 pub mod client;
-mod print;
+pub(crate) mod print;
 
 use clap::{Args, Subcommand};
 use client::Target;

@@ -2,7 +2,8 @@
 
 use serde_json::Value;
 
-fn s(v: &Value) -> String {
+/// A JSON value as a table cell: "-" for null, strings without quotes.
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -10,7 +11,8 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn age(secs: f64) -> String {
+/// Seconds as "42s", "17m" or "5h".
+pub(crate) fn age(secs: f64) -> String {
     match secs as u64 {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),

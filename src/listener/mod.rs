@@ -40,29 +40,41 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-/// Accepts until the core stops; each connection runs as its own task.
-pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
+/// Accepts until `core` stops, giving `each` every connection; a failed
+/// accept (out of descriptors, say) is reported and tried again shortly.
+pub async fn accept_until_stopped(
+    listener: &TcpListener,
+    core: &Core,
+    what: &str,
+    mut each: impl FnMut(TcpStream),
+) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             core.stop.wait().await;
             None
         })
         .await;
-        let stream = match accepted {
+        match accepted {
             None => return,
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => each(s),
             Some(Err(e)) => {
-                eprintln!("spate: core {}: accept failed: {e}", core.index);
+                eprintln!("spate: core {}: {what} accept failed: {e}", core.index);
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
             }
-        };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
-        };
-        let core = core.clone();
-        glommio::spawn_local(serve(stream, peer, core)).detach();
+        }
     }
+}
+
+/// Accepts SMTP clients until the core stops; each connection runs as
+/// its own task.
+pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
+    accept_until_stopped(&listener, &core, "SMTP", |stream| {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        glommio::spawn_local(serve(stream, peer, core.clone())).detach();
+    })
+    .await
 }
 
 /// Runs one client connection: plaintext, then TLS after STARTTLS.

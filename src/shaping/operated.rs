@@ -45,10 +45,7 @@ impl Shaper {
             return Vec::new();
         }
         let provider = self.provider_name(domain);
-        let subject = Subject {
-            domain,
-            provider: provider.as_deref(),
-        };
+        let subject = subject(domain, &provider);
         self.operator.applying(&subject, Instant::now())
     }
 
@@ -64,10 +61,7 @@ impl Shaper {
         };
         if !self.operator.is_empty() {
             let provider = self.provider_name(domain);
-            let subject = Subject {
-                domain,
-                provider: provider.as_deref(),
-            };
+            let subject = subject(domain, &provider);
             if !self.operator.patches(&subject, Instant::now()).is_empty() {
                 rule.push_str(" + override");
             }
@@ -151,10 +145,7 @@ impl Shaper {
             return effect;
         }
         let provider = self.provider_name(domain);
-        let subject = Subject {
-            domain,
-            provider: provider.as_deref(),
-        };
+        let subject = subject(domain, &provider);
         let until = self.operator.suspended(&subject, now);
         effect.and(backoff::Effect {
             suspended_until: until,
@@ -183,10 +174,7 @@ impl Shaper {
             return None;
         }
         let provider = self.provider_name(domain);
-        let subject = Subject {
-            domain,
-            provider: provider.as_deref(),
-        };
+        let subject = subject(domain, &provider);
         let name = self.operator.pool(&subject, tenant, now)?;
         self.rules.borrow().pool(&name).cloned()
     }
@@ -205,10 +193,7 @@ impl Shaper {
             return limits;
         }
         let provider = self.provider_name(domain);
-        let subject = Subject {
-            domain,
-            provider: provider.as_deref(),
-        };
+        let subject = subject(domain, &provider);
         let patches = self.operator.patches(&subject, Instant::now());
         if patches.is_empty() {
             return limits;
@@ -226,6 +211,14 @@ impl Shaper {
             return None;
         }
         self.operator.source_suspended(source, now)
+    }
+}
+
+/// What the operator's selectors are matched against for `domain`.
+fn subject<'a>(domain: &'a str, provider: &'a Option<String>) -> Subject<'a> {
+    Subject {
+        domain,
+        provider: provider.as_deref(),
     }
 }
 

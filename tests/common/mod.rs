@@ -897,28 +897,39 @@ pub fn connections_used(records: &[serde_json::Value]) -> usize {
 /// A self-signed certificate for `spate.test` made by openssl in `dir`:
 /// (cert.pem, key.pem).
 pub fn self_signed_cert(dir: &Path) -> (String, String) {
+    certificate(dir, "DNS:spate.test", false)
+}
+
+/// A self-signed certificate and its key, for `names` (a subjectAltName
+/// value, e.g. "IP:127.0.0.5"); `leaf`: marked not a CA, so that webpki
+/// (rustls clients) takes it as a server's own certificate.
+pub fn certificate(dir: &Path, names: &str, leaf: bool) -> (String, String) {
     require("openssl");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (ok, out) = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=spate.test",
-            "-addext",
-            "subjectAltName=DNS:spate.test",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
+    let san = format!("subjectAltName={names}");
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=spate.test",
+        "-addext",
+        &san,
+    ];
+    if leaf {
+        args.extend(["-addext", "basicConstraints=critical,CA:FALSE"]);
+    }
+    args.extend([
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    let (ok, out) = run("openssl", &args);
     assert!(ok, "{out}");
     (
         cert.to_str().unwrap().to_string(),
