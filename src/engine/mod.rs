@@ -195,7 +195,7 @@ fn admin_start(cfg: &Config) -> Result<Option<AdminStart>, EngineError> {
         return Ok(None);
     }
     for addr in &cfg.admin.listen {
-        std::net::TcpListener::bind(addr)
+        probe_exclusive(*addr)
             .map_err(|e| EngineError::Failed(format!("admin.listen {addr}: {e}")))?;
     }
     let tokens =
@@ -212,6 +212,27 @@ fn admin_start(cfg: &Config) -> Result<Option<AdminStart>, EngineError> {
         tokens: Arc::new(tokens),
         tls,
     }))
+}
+
+/// How long a listening socket of a process that just died may keep its
+/// address: io_uring tears a dead process's ring down after the process is
+/// gone, and a pending accept holds the socket until then.
+const ADDRESS_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Binds `addr` without SO_REUSEPORT and lets it go, to learn that no
+/// other process listens there. "In use" is asked again for a moment: right
+/// after a crash, the last run's sockets outlive it briefly.
+fn probe_exclusive(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let deadline = Instant::now() + ADDRESS_RELEASE_WAIT;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// How long the cores may take to report ready.
