@@ -145,9 +145,8 @@ fn queues(core: &Core, sort: Sort, limit: usize) -> Vec<QueueRow> {
     if sort != Sort::Age {
         core.queues.add_ages(&mut views);
     }
-    let mut rows: Vec<QueueRow> = views.iter().map(|v| row(core, v, now, now_ms)).collect();
-    sort.order(&mut rows);
-    rows
+    // Already in order: each row's sort key is its view's.
+    views.iter().map(|v| row(core, v, now, now_ms)).collect()
 }
 
 /// Ready entries of `v` held by a suspension now.

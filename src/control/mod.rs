@@ -194,9 +194,4 @@ impl Control {
         }
         replies
     }
-
-    /// Closes this core's sending ends.
-    pub fn close(&self) {
-        self.senders.close();
-    }
 }

@@ -230,16 +230,6 @@ impl Queues {
         domains.retain(|_, q| q.ready > 0 || q.connections > 0);
         taken
     }
-
-    /// Domains with ready entries.
-    pub fn ready_domains(&self) -> Vec<String> {
-        let domains = self.domains.borrow();
-        domains
-            .iter()
-            .filter(|(_, q)| q.ready > 0)
-            .map(|(d, _)| d.to_string())
-            .collect()
-    }
 }
 
 #[cfg(test)]
