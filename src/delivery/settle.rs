@@ -452,6 +452,7 @@ fn log(
         campaign: &campaign,
         by: None,
         reason: None,
+        class: None,
     };
     core.log.write(&record);
     if double {

@@ -56,10 +56,14 @@ pub enum Kind {
     /// bounce, reroute, override, reload): the response says what, `by`
     /// names the token, `reason` is theirs.
     Admin,
+    /// A recipient complained: an ARF report (RFC 5965) about one of
+    /// spate's messages, or a one-click unsubscribe (RFC 8058). `id` is the
+    /// original message's, when it was found; `recipient` the complainer.
+    Complaint,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Reception,
         Kind::Delivery,
         Kind::TransientFailure,
@@ -69,6 +73,7 @@ impl Kind {
         Kind::Backoff,
         Kind::Warmup,
         Kind::Admin,
+        Kind::Complaint,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +87,7 @@ impl Kind {
             Kind::Backoff => "Backoff",
             Kind::Warmup => "Warmup",
             Kind::Admin => "Admin",
+            Kind::Complaint => "Complaint",
         }
     }
 
@@ -126,6 +132,11 @@ pub struct Record<'a> {
     pub by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// Failures (`TransientFailure`, `Bounce`, `Expiration`) and
+    /// complaints: the bounce class ([`crate::classify::Class`]), e.g.
+    /// `invalid_recipient`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'a str>,
 }
 
 impl Record<'_> {
@@ -151,6 +162,7 @@ impl Record<'_> {
             campaign: "",
             by: Some(by),
             reason: Some(reason),
+            class: None,
         }
     }
 }
@@ -304,6 +316,7 @@ mod tests {
                         campaign: "",
                         by: None,
                         reason: None,
+                        class: None,
                     });
                 }
                 log.flush().await;

@@ -109,6 +109,7 @@ impl Core {
             campaign: &campaign,
             by: None,
             reason: None,
+            class: None,
         });
         drop(envelope);
         self.hand_off(handle).await;
