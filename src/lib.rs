@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod bench;
 pub mod bounce;
+pub mod classify;
 pub mod complaints;
 pub mod config;
 pub mod conn;

@@ -174,6 +174,17 @@ pub async fn settle(
     }
 }
 
+/// A destination said the mailbox does not exist: the address goes on
+/// the global suppression list (in a task of its own: the journal write
+/// must not hold up delivery).
+fn suppress_invalid(core: &Core, address: &str, reply: &str, now: u64) {
+    use crate::suppression::lists::{Change, Op};
+    match Change::new(Op::Add, "", address, reply, "bounce", now) {
+        Ok(change) => core.suppression.submit_later(change),
+        Err(e) => eprintln!("spate: core {}: not suppressed: {e}", core.index),
+    }
+}
+
 /// Runs each distinct reply of the attempt through the destination's reply
 /// rules; every rule that acts gets a `Backoff` record of its own, naming
 /// what it did and the reply that made it.
@@ -438,12 +449,21 @@ fn log(
     let double = final_failure && sender.is_empty();
     let (tenant, campaign) = envelope.tags();
     let lost;
+    let failed = matches!(
+        kind,
+        Kind::TransientFailure | Kind::Bounce | Kind::Expiration
+    );
+    let class = failed.then(|| core.classes.classify(response));
+    let address = envelope.address(index);
+    if kind == Kind::Bounce && remote.is_some() && class.is_some_and(|c| c.suppresses()) {
+        suppress_invalid(core, &address, response, now);
+    }
     let mut record = Record {
         kind,
         time_ms: now,
         id: entry.message.id_text(),
         sender: &sender,
-        recipient: &envelope.address(index),
+        recipient: &address,
         domain,
         mx_host: remote.map(|r| r.host.as_str()),
         mx_ip: remote.map(|r| r.ip),
@@ -458,7 +478,7 @@ fn log(
         campaign: &campaign,
         by: None,
         reason: None,
-        class: None,
+        class: class.map(|c| c.name()),
     };
     core.log.write(&record);
     if double {

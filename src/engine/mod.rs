@@ -76,6 +76,11 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     // Held until the engine returns: one engine per spool.
     let _lock = lock_spool(&cfg.spool_dir)?;
     let admin = admin_start(&cfg)?;
+    let classes = Arc::new(match &cfg.platform.bounce_rules_file {
+        Some(path) => crate::classify::Classifier::with_file(path)
+            .map_err(|e| EngineError::Failed(format!("bounces.rules_file {e}")))?,
+        None => crate::classify::Classifier::shipped(),
+    });
     let suppressed = Arc::new(
         crate::suppression::journal::load(&cfg.spool_dir, cfg.platform.suppression_entries_max)
             .map_err(|e| EngineError::Failed(format!("suppression journal: {e}")))?,
@@ -147,6 +152,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             control: control.clone(),
             admin: admin.clone(),
             suppressed: suppressed.clone(),
+            classes: classes.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
         };

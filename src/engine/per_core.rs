@@ -57,6 +57,8 @@ pub struct Core {
     pub dkim: Arc<Signers>,
     /// This core's copy of the suppression lists.
     pub suppression: Rc<crate::suppression::Suppression>,
+    /// The bounce classes of failures, shared read-only by every core.
+    pub classes: Arc<crate::classify::Classifier>,
 }
 
 /// A message whose record is sealed and about to be appended.
@@ -221,6 +223,7 @@ pub(super) struct CoreStart {
     pub(super) admin: Option<super::AdminStart>,
     /// The suppression lists as journaled, read before the cores start.
     pub(super) suppressed: Arc<crate::suppression::lists::Lists>,
+    pub(super) classes: Arc<crate::classify::Classifier>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) ready: crossbeam::channel::Sender<Result<(), String>>,
 }
@@ -337,6 +340,7 @@ pub(super) async fn run_core(s: CoreStart) {
         shaper: Shaper::new(s.shaping),
         dkim: s.dkim,
         suppression,
+        classes: s.classes,
     });
     let control = control.serve(core.clone());
     core.suppression.attach(&control);

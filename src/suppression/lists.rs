@@ -208,7 +208,7 @@ impl Lists {
                 })
             })
             .collect();
-        out.sort_by(|a, b| b.entry.time_ms.cmp(&a.entry.time_ms));
+        out.sort_by_key(|e| std::cmp::Reverse(e.entry.time_ms));
         out.truncate(limit);
         out
     }

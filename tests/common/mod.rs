@@ -93,6 +93,31 @@ impl Spate {
         format!("http://{}", self.admin_addr())
     }
 
+    /// The injection listener's address (when started with
+    /// [`Spate::start_injecting`]): the SMTP address's host, port 10027.
+    pub fn inject_addr(&self) -> String {
+        let host = self.addr.rsplit_once(':').unwrap().0;
+        format!("{host}:{}", TEST_PORT + 2)
+    }
+
+    pub fn inject_url(&self) -> String {
+        format!("http://{}", self.inject_addr())
+    }
+
+    /// More flags for the next [`Spate::launch`].
+    pub fn add_args(&mut self, more: &[&str]) {
+        self.args.extend(more.iter().map(|s| s.to_string()));
+    }
+
+    /// Starts `spate serve` with the HTTP injection listener on too.
+    pub fn start_injecting(extra: &[&str]) -> Spate {
+        let mut s = Spate::start_full(extra, &[], None, false);
+        let addr = s.inject_addr();
+        s.args.extend(["--inject".to_string(), addr]);
+        s.launch();
+        s
+    }
+
     /// The token spate made for its admin server.
     pub fn admin_token(&self) -> String {
         let text = std::fs::read_to_string(self.spool_dir().join("admin.token")).unwrap();
