@@ -47,3 +47,4 @@ pub mod spool;
 pub mod spool_tool;
 pub mod tls;
 pub mod top;
+pub mod webhook;

@@ -19,11 +19,13 @@ mod admin;
 mod cores;
 mod delivery;
 mod dkim;
+mod webhook;
 
 pub use admin::Admin;
 pub use cores::CoreSpec;
 pub use delivery::{parse_hop, Delivery, Dns, NextHop, RawDelivery, RawDns, Route, TlsPolicy};
 pub use dkim::{DkimDomain, RawDkim, DEFAULT_SIGNED_HEADERS};
+pub use webhook::{RawWebhook, Webhook};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -82,6 +84,8 @@ pub struct RawConfig {
     pub dkim: Vec<RawDkim>,
     #[serde(default)]
     pub admin: admin::RawAdmin,
+    #[serde(default)]
+    pub webhook: Vec<RawWebhook>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +204,8 @@ pub struct Config {
     /// Domains to DKIM-sign for; empty: nothing is signed.
     pub dkim: Vec<DkimDomain>,
     pub admin: Admin,
+    /// Where delivery-log events are POSTed ([`crate::webhook`]).
+    pub webhooks: Vec<Webhook>,
 }
 
 #[derive(Debug, Clone)]
@@ -401,6 +407,7 @@ impl Config {
                 std::mem::take(&mut d.admin),
                 o.admin,
             )?,
+            webhooks: webhook::build(std::mem::take(&mut u.webhook))?,
         };
         cfg.check_segment_size()?;
         Ok(cfg)

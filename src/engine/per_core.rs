@@ -55,6 +55,8 @@ pub struct Core {
     pub shaper: Shaper,
     /// DKIM keys, shared read-only by every core.
     pub dkim: Arc<Signers>,
+    /// The webhooks this core feeds from its delivery log, and their counters.
+    pub webhooks: crate::webhook::Webhooks,
 }
 
 /// A message whose record is sealed and about to be appended.
@@ -196,6 +198,7 @@ pub(super) struct CoreStart {
     pub(super) egress: Arc<Egress>,
     pub(super) shaping: Arc<Published>,
     pub(super) dkim: Arc<Signers>,
+    pub(super) webhooks: Arc<[crate::webhook::Target]>,
     pub(super) recovered: Vec<MessageHandle>,
     /// The books of the segments this core wrote (or inherits).
     pub(super) books: Vec<SegmentBook>,
@@ -296,6 +299,7 @@ pub(super) async fn run_core(s: CoreStart) {
         egress: s.egress,
         shaper: Shaper::new(s.shaping),
         dkim: s.dkim,
+        webhooks: crate::webhook::Webhooks::new(s.webhooks),
     });
     let control = control.serve(core.clone());
     if let Some(a) = &s.admin {
@@ -307,6 +311,10 @@ pub(super) async fn run_core(s: CoreStart) {
         }
     }
     work.outbound(delivery::run(core.clone())).detach();
+    for which in 0..core.webhooks.len() {
+        work.background(crate::webhook::run(core.clone(), which))
+            .detach();
+    }
     for l in listeners {
         work.inbound(listener::accept_loop(l, core.clone()))
             .detach();
@@ -335,13 +343,18 @@ fn release_free_memory() {
     }
 }
 
-/// The core's two task queues. Tasks spawned by a task stay in its queue,
+/// The core's task queues. Tasks spawned by a task stay in its queue,
 /// so sessions run where their accept loop runs, and delivery connections
-/// where the delivery driver runs.
+/// where the delivery driver runs. Webhooks run in a third, with a tenth
+/// of the others' shares: they yield to mail when the core is busy.
 struct WorkQueues {
     inbound: Option<TaskQueueHandle>,
     outbound: Option<TaskQueueHandle>,
+    background: Option<TaskQueueHandle>,
 }
+
+/// Shares of the background queue (the others have glommio's default, 1000).
+const BACKGROUND_SHARES: usize = 100;
 
 impl WorkQueues {
     /// `latency`: how soon inbound work may interrupt delivery work; with
@@ -351,6 +364,7 @@ impl WorkQueues {
             return WorkQueues {
                 inbound: None,
                 outbound: None,
+                background: None,
             };
         };
         let ex = glommio::executor();
@@ -365,6 +379,11 @@ impl WorkQueues {
                 Latency::NotImportant,
                 "outbound",
             )),
+            background: Some(ex.create_task_queue(
+                Shares::Static(BACKGROUND_SHARES),
+                Latency::NotImportant,
+                "background",
+            )),
         }
     }
 
@@ -374,6 +393,10 @@ impl WorkQueues {
 
     fn outbound<T: 'static>(&self, f: impl std::future::Future<Output = T> + 'static) -> Task<T> {
         spawn_in(self.outbound, f)
+    }
+
+    fn background<T: 'static>(&self, f: impl std::future::Future<Output = T> + 'static) -> Task<T> {
+        spawn_in(self.background, f)
     }
 }
 
