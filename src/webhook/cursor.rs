@@ -140,7 +140,7 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[5] ^= 1;
         assert_eq!(Cursor::decode(&flipped), None);
-        assert_eq!(Cursor::decode(&vec![0u8; 40]), None);
+        assert_eq!(Cursor::decode(&[0u8; 40]), None);
     }
 
     #[test]
