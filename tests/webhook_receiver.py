@@ -2,6 +2,7 @@
 """A webhook receiver for tests/webhooks.rs, on Python's http.server.
 
 usage: webhook_receiver.py ADDR:PORT SECRET_FILE OUT_FILE [--fail N] [--hang N --hang-s S]
+                           [--tls CERT KEY]
 
 Every POST is checked (X-Spate-Signature against its own HMAC-SHA256 of
 the body with the secret) and appended to OUT_FILE as one JSON line:
@@ -11,11 +12,13 @@ N after those hang (--hang): the handler sleeps S seconds and closes the
 connection without an answer. Everything after is answered 200, and the
 line is written before the answer is sent. HTTP/1.1, so spate may keep
 its connection; one thread per connection, so a hung one blocks no other.
+With --tls it speaks HTTPS with that certificate and key (PEM).
 """
 import argparse
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +30,7 @@ p.add_argument("out")
 p.add_argument("--fail", type=int, default=0)
 p.add_argument("--hang", type=int, default=0)
 p.add_argument("--hang-s", type=float, default=3.0)
+p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
 args = p.parse_args()
 
 with open(args.secret_file, "rb") as f:
@@ -84,4 +88,9 @@ class Handler(BaseHTTPRequestHandler):
 
 host, port = args.addr.rsplit(":", 1)
 ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
+server = ThreadingHTTPServer((host, int(port)), Handler)
+if args.tls:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*args.tls)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -4,7 +4,8 @@
 //! down and comes back, spate is killed with SIGKILL mid-stream and
 //! restarted, and in the end every record of the delivery logs has been
 //! acknowledged, each batch holds exactly its byte range's records in log
-//! order, and no core's batches ever skip ahead.
+//! order, and no core's batches ever skip ahead. Also: https with a
+//! `ca_file`, and a world-readable secret refused at start.
 
 mod common;
 use common::*;
@@ -381,6 +382,63 @@ fn every_event_arrives_in_order_through_failures_hangs_outages_and_a_kill_9() {
         m
     });
     assert_eq!(per_core.len(), 2, "both cores sent batches: {per_core:?}");
+}
+
+/// An https:// receiver whose certificate chains to `ca_file` gets the
+/// batches; every record logged arrives, signed.
+#[test]
+fn https_with_a_ca_file_delivers_every_record() {
+    let sink = Sink::start(&free_addr(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::new(work.path());
+    let ip = receiver.addr.rsplit_once(':').unwrap().0.to_string();
+    let (cert, key) = certificate(work.path(), &format!("IP:{ip}"), true);
+    std::fs::set_permissions(
+        &receiver.secret,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    receiver.start(&["--tls", &cert, &key]);
+    let config = work.path().join("spate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[webhook]]\nname = \"tls\"\nurl = \"https://{}/hook\"\nsecret_file = \"{}\"\n\
+             ca_file = \"{cert}\"\nevents = [\"received\", \"delivered\"]\ninterval_ms = 100\n",
+            receiver.addr,
+            receiver.secret.display()
+        ),
+    )
+    .unwrap();
+    let spate = Spate::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--smarthost",
+        &sink.addr,
+        "--cores",
+        "0-1",
+    ]);
+    let rcpts = send_round(&spate, 1, 6);
+    let log_dir = spate.log_dir();
+    wait_until(LONG, "every message delivered and logged", || {
+        let delivered = recipients_with(&log_dir, "Delivery");
+        rcpts
+            .iter()
+            .all(|r| delivered.contains(r) || r.ends_with("@dead.test"))
+    });
+    wait_until(LONG, "every logged record acknowledged", || {
+        all_received(&log_dir, &receiver, 2)
+    });
+    let mut got = Vec::new();
+    for (_, _, _, events) in acked(&receiver) {
+        got.extend(events);
+    }
+    assert!(got
+        .iter()
+        .all(|e| e["type"] == "Reception" || e["type"] == "Delivery"));
+    let live = rcpts.iter().filter(|r| !r.ends_with("@dead.test")).count();
+    assert_eq!(got.iter().filter(|e| e["type"] == "Delivery").count(), live);
+    assert!(receiver.entries().iter().all(|e| e["sig_ok"] == true));
 }
 
 /// A world-readable secret stops the start, naming the file.
