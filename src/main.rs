@@ -235,6 +235,9 @@ struct ServeArgs {
     /// Admin server address (repeatable); "" turns it off [default: 127.0.0.1:8025].
     #[arg(long = "admin", value_name = "ADDR")]
     admin: Vec<String>,
+    /// HTTP injection listener address (repeatable); "" turns it off [default: none].
+    #[arg(long = "inject", value_name = "ADDR")]
+    inject: Vec<String>,
 }
 
 impl ServeArgs {
@@ -260,6 +263,7 @@ impl ServeArgs {
             tls_certificate: self.tls_cert.clone(),
             tls_private_key: self.tls_key.clone(),
             admin: self.admin.clone(),
+            inject: self.inject.clone(),
         };
         Config::build(file, o).map_err(|e| e.to_string())
     }

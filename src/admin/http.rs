@@ -16,25 +16,31 @@ pub type Body = std::pin::Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = st
 
 /// Serves one connection until the client closes it.
 pub async fn serve(admin: &Rc<Admin>, stream: glommio::net::TcpStream) {
+    let peer: Rc<str> = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default()
+        .into();
     match &admin.tls {
         Some(acceptor) => {
             // A failed handshake is the client's problem; it gets nothing.
             if let Ok(tls) = acceptor.accept(stream).await {
-                serve_io(admin, FuturesIo::new(tls)).await
+                serve_io(admin, FuturesIo::new(tls), peer).await
             }
         }
-        None => serve_io(admin, FuturesIo::new(stream)).await,
+        None => serve_io(admin, FuturesIo::new(stream), peer).await,
     }
 }
 
-async fn serve_io<T>(admin: &Rc<Admin>, io: FuturesIo<T>)
+async fn serve_io<T>(admin: &Rc<Admin>, io: FuturesIo<T>, peer: Rc<str>)
 where
     T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let a = admin.clone();
     let service = hyper::service::service_fn(move |req| {
         let a = a.clone();
-        async move { Ok::<_, std::convert::Infallible>(super::routes::handle(&a, req).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, std::convert::Infallible>(super::routes::handle(&a, req, &peer).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .max_buf_size(super::BODY_BYTES_MAX * 2)

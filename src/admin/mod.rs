@@ -18,6 +18,7 @@ mod api;
 mod events;
 mod http;
 mod metrics;
+mod platform;
 mod routes;
 pub mod token;
 
@@ -29,6 +30,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use events::history as log_history;
 pub use token::Tokens;
 
 pub const CONNECTIONS_MAX: usize = 256;
@@ -46,6 +48,9 @@ pub struct Admin {
     /// Numbers the actions this core's server puts in force; ids are
     /// unique across cores (`seq * cores + core + 1`).
     next_action: Cell<u64>,
+    /// Set on the injection listener's server, which answers only the
+    /// injection routes (and the admin listener's none of them).
+    injector: Option<crate::inject::Injector>,
 }
 
 impl Admin {
@@ -54,6 +59,7 @@ impl Admin {
         tokens: Arc<Tokens>,
         reads_need_token: bool,
         tls: Option<TlsAcceptor>,
+        injector: Option<crate::inject::Injector>,
     ) -> Rc<Admin> {
         Rc::new(Admin {
             control,
@@ -63,6 +69,7 @@ impl Admin {
             started: Instant::now(),
             connections: Cell::new(0),
             next_action: Cell::new(0),
+            injector,
         })
     }
 

@@ -3,7 +3,7 @@
 //! check in front of it.
 
 use super::http::{full, Answer, ApiError, Body};
-use super::{api, events, metrics, Admin};
+use super::{api, events, metrics, platform, Admin};
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, Response, StatusCode};
@@ -29,6 +29,22 @@ pub enum Route {
     Message,
     Messages,
     Events,
+    Suppressions,
+    Suppress,
+    Unsuppress,
+    /// On the injection listener only.
+    Inject,
+    /// On the injection listener only; authenticated by its signed token,
+    /// not a bearer token (mailbox providers send it, RFC 8058).
+    Unsubscribe,
+}
+
+impl Route {
+    /// Whether the injection listener serves this route (and the admin
+    /// listener does not).
+    pub fn injection(self) -> bool {
+        matches!(self, Route::Inject | Route::Unsubscribe)
+    }
 }
 
 /// (method, path with `{param}`s, route). Changes (every method but GET)
@@ -51,6 +67,11 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("GET", "/api/v1/messages/{id}", Route::Message),
     ("GET", "/api/v1/messages", Route::Messages),
     ("GET", "/api/v1/events", Route::Events),
+    ("GET", "/api/v1/suppression", Route::Suppressions),
+    ("POST", "/api/v1/suppression", Route::Suppress),
+    ("DELETE", "/api/v1/suppression/{address}", Route::Unsuppress),
+    ("POST", "/api/v1/inject", Route::Inject),
+    ("POST", "/u/{token}", Route::Unsubscribe),
 ];
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -65,6 +86,8 @@ pub struct Call {
     /// The token's name (changes only).
     pub by: String,
     pub body: bytes::Bytes,
+    /// The client's IP address.
+    pub peer: String,
 }
 
 impl Call {
@@ -77,9 +100,12 @@ impl Call {
 }
 
 /// Finds the route of `method` and `path`, and its parameter.
-fn find(method: &Method, path: &str) -> Result<(Route, String), ApiError> {
+fn find(method: &Method, path: &str, injection: bool) -> Result<(Route, String), ApiError> {
     let mut path_known = false;
     for (m, pattern, route) in ROUTES {
+        if route.injection() != injection {
+            continue;
+        }
         let Some(param) = matches(pattern, path) else {
             continue;
         };
@@ -116,16 +142,16 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-pub async fn handle(admin: &Rc<Admin>, req: Request<Incoming>) -> Response<Body> {
-    match call(admin, req).await {
+pub async fn handle(admin: &Rc<Admin>, req: Request<Incoming>, peer: &str) -> Response<Body> {
+    match call(admin, req, peer).await {
         Ok(r) => r,
         Err(e) => e.response(),
     }
 }
 
-async fn call(admin: &Rc<Admin>, req: Request<Incoming>) -> Answer {
-    let (route, param) = find(req.method(), req.uri().path())?;
-    let changes = req.method() != Method::GET;
+async fn call(admin: &Rc<Admin>, req: Request<Incoming>, peer: &str) -> Answer {
+    let (route, param) = find(req.method(), req.uri().path(), admin.injector.is_some())?;
+    let changes = req.method() != Method::GET && route != Route::Unsubscribe;
     let authorization = req
         .headers()
         .get(AUTHORIZATION)
@@ -142,8 +168,12 @@ async fn call(admin: &Rc<Admin>, req: Request<Incoming>) -> Answer {
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let body = if changes {
-        read_body(req.into_body()).await?
+    let body = if req.method() != Method::GET {
+        let max = match route {
+            Route::Inject => admin.control.core().cfg.platform.inject.max_request_bytes,
+            _ => super::BODY_BYTES_MAX,
+        };
+        read_body(req.into_body(), max).await?
     } else {
         bytes::Bytes::new()
     };
@@ -153,21 +183,19 @@ async fn call(admin: &Rc<Admin>, req: Request<Incoming>) -> Answer {
         query,
         by: who.unwrap_or_default(),
         body,
+        peer: peer.to_string(),
     };
     dispatch(admin, call).await
 }
 
-async fn read_body(body: Incoming) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(body: Incoming, max: usize) -> Result<bytes::Bytes, ApiError> {
     use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(body, super::BODY_BYTES_MAX);
+    let limited = http_body_util::Limited::new(body, max);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body: {e} (at most {} bytes)",
-                super::BODY_BYTES_MAX
-            ),
+            format!("request body: {e} (at most {max} bytes)"),
         )),
     }
 }
@@ -188,6 +216,11 @@ async fn dispatch(admin: &Rc<Admin>, call: Call) -> Answer {
         Route::Bounce => api::bounce(admin, &call).await,
         Route::Reload => api::reload(admin, &call).await,
         Route::Message | Route::Messages => api::trace(admin, &call).await,
+        Route::Suppressions => platform::list(admin, &call),
+        Route::Suppress => platform::suppress(admin, &call).await,
+        Route::Unsuppress => platform::unsuppress(admin, &call).await,
+        Route::Inject => platform::inject(admin, &call).await,
+        Route::Unsubscribe => platform::unsubscribe(admin, &call).await,
     }
 }
 
@@ -197,18 +230,27 @@ mod tests {
 
     #[test]
     fn paths_find_their_routes_and_parameters() {
-        let (r, p) = find(&Method::GET, "/api/v1/queues/example.com").unwrap();
+        let (r, p) = find(&Method::GET, "/api/v1/queues/example.com", false).unwrap();
         assert_eq!((r, p.as_str()), (Route::Queue, "example.com"));
         assert_eq!(
-            find(&Method::GET, "/api/v1/queues").unwrap().0,
+            find(&Method::GET, "/api/v1/queues", false).unwrap().0,
             Route::Queues
         );
-        let e = find(&Method::POST, "/api/v1/queues").unwrap_err();
+        let e = find(&Method::POST, "/api/v1/queues", false).unwrap_err();
         assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
-        let e = find(&Method::GET, "/api/v1/queues/a/b").unwrap_err();
+        let e = find(&Method::GET, "/api/v1/queues/a/b", false).unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
-        let (_, p) = find(&Method::GET, "/api/v1/messages/%41b").unwrap();
+        let (_, p) = find(&Method::GET, "/api/v1/messages/%41b", false).unwrap();
         assert_eq!(p, "Ab");
+        // Each listener answers only its own routes.
+        let e = find(&Method::POST, "/api/v1/inject", false).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            find(&Method::POST, "/api/v1/inject", true).unwrap().0,
+            Route::Inject
+        );
+        let e = find(&Method::GET, "/api/v1/summary", true).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
     }
 
     /// Every route the server answers is in the OpenAPI document, with

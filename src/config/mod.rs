@@ -19,12 +19,14 @@ mod admin;
 mod cores;
 mod delivery;
 mod dkim;
+mod platform;
 mod webhook;
 
 pub use admin::Admin;
 pub use cores::CoreSpec;
 pub use delivery::{parse_hop, Delivery, Dns, NextHop, RawDelivery, RawDns, Route, TlsPolicy};
 pub use dkim::{DkimDomain, RawDkim, DEFAULT_SIGNED_HEADERS};
+pub use platform::{Inject, Platform, Unsubscribe};
 pub use webhook::{RawWebhook, Webhook};
 
 use ipnet::IpNet;
@@ -84,6 +86,14 @@ pub struct RawConfig {
     pub dkim: Vec<RawDkim>,
     #[serde(default)]
     pub admin: admin::RawAdmin,
+    #[serde(default)]
+    pub inject: platform::RawInject,
+    #[serde(default)]
+    pub suppression: platform::RawSuppression,
+    #[serde(default)]
+    pub feedback: platform::RawFeedback,
+    #[serde(default)]
+    pub bounces: platform::RawBounces,
     #[serde(default)]
     pub webhook: Vec<RawWebhook>,
 }
@@ -154,6 +164,8 @@ pub struct Overrides {
     pub tls_private_key: Option<PathBuf>,
     /// `--admin` addresses; one empty string: no admin server.
     pub admin: Vec<String>,
+    /// `--inject` addresses; one empty string: no injection listener.
+    pub inject: Vec<String>,
 }
 
 /// The validated configuration the engine runs with.
@@ -204,6 +216,8 @@ pub struct Config {
     /// Domains to DKIM-sign for; empty: nothing is signed.
     pub dkim: Vec<DkimDomain>,
     pub admin: Admin,
+    /// HTTP injection, suppression, feedback loops, bounce classes.
+    pub platform: Platform,
     /// Where delivery-log events are POSTed ([`crate::webhook`]).
     pub webhooks: Vec<Webhook>,
 }
@@ -276,6 +290,11 @@ impl Config {
         )?;
         s = (&mut u.server, &mut d.server);
         let postmaster = postmaster_address(pick!(s.0.postmaster, s.1.postmaster), &hostname)?;
+        let token_file = u
+            .admin
+            .token_file
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty());
         let cfg = Config {
             postmaster,
             listen: parse_listen(&listen)?,
@@ -407,6 +426,12 @@ impl Config {
                 std::mem::take(&mut d.admin),
                 o.admin,
             )?,
+            platform: platform::build(
+                take_platform(&mut u),
+                take_platform(&mut d),
+                o.inject,
+                token_file,
+            )?,
             webhooks: webhook::build(std::mem::take(&mut u.webhook))?,
         };
         cfg.check_segment_size()?;
@@ -435,6 +460,15 @@ impl Config {
             return Err(invalid("spool.segment_bytes", "must be at most 4 GiB"));
         }
         Ok(())
+    }
+}
+
+fn take_platform(raw: &mut RawConfig) -> platform::RawPlatform {
+    platform::RawPlatform {
+        inject: std::mem::take(&mut raw.inject),
+        suppression: std::mem::take(&mut raw.suppression),
+        feedback: std::mem::take(&mut raw.feedback),
+        bounces: std::mem::take(&mut raw.bounces),
     }
 }
 

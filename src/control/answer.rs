@@ -40,6 +40,11 @@ pub(super) async fn answer(core: &Rc<Core>, request: Request) -> Reply {
         Request::Subscribe { filter, tx } => {
             Reply::Subscribed(core.log.stream.subscribe(filter, tx))
         }
+        Request::Suppress(change) => Reply::Suppressed(core.suppression.commit(change).await),
+        Request::Replicate(change) => {
+            core.suppression.replicate(&change);
+            Reply::Done
+        }
         Request::Log { what, by, reason } => {
             core.log
                 .write(&Record::admin(&what, &by, &reason, core.index));

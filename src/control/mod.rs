@@ -62,6 +62,11 @@ pub enum Request {
         filter: stream::Filter,
         tx: stream::Sender,
     },
+    /// A suppression change, to the core that owns its address: journal
+    /// it, put it in force everywhere, log it.
+    Suppress(crate::suppression::lists::Change),
+    /// A suppression change its owner committed: put it in force here.
+    Replicate(crate::suppression::lists::Change),
     /// Writes an `Admin` record to this core's delivery log.
     Log {
         what: String,
@@ -82,6 +87,7 @@ pub enum Reply {
     Found(Vec<Queued>),
     Metrics(Box<CoreMetrics>),
     Subscribed(bool),
+    Suppressed(Result<crate::suppression::lists::Applied, String>),
     Done,
     /// The core did not answer in time, or is gone.
     Unavailable(usize),

@@ -13,6 +13,10 @@ pub struct Target {
     /// The admin server [default: the configuration's first admin.listen]
     #[arg(long = "admin", value_name = "URL", global = true)]
     pub admin: Option<String>,
+    /// The injection listener, for `inject` [default: the configuration's
+    /// first inject.listen]
+    #[arg(long = "inject-url", value_name = "URL", global = true)]
+    pub inject: Option<String>,
     /// A file holding the token (a line TOKEN or NAME:TOKEN; the first is
     /// used) [default: $SPATE_ADMIN_TOKEN, else admin.token_file, else
     /// <spool dir>/admin.token]
@@ -41,7 +45,14 @@ pub struct Client {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Target {
+    /// A client of the admin server.
     pub fn connect(&self) -> Result<Client, String> {
+        self.connect_to(false)
+    }
+
+    /// A client of the admin server, or (`injection`) of the injection
+    /// listener.
+    pub fn connect_to(&self, injection: bool) -> Result<Client, String> {
         let file = self
             .config
             .as_deref()
@@ -53,14 +64,23 @@ impl Target {
             ..Default::default()
         };
         let cfg = crate::config::Config::build(file, overrides).map_err(|e| e.to_string())?;
-        let base = match &self.admin {
+        let (url, listen, hint) = if injection {
+            (
+                &self.inject,
+                &cfg.platform.inject.listen,
+                "inject.listen is empty: give --inject-url URL",
+            )
+        } else {
+            (
+                &self.admin,
+                &cfg.admin.listen,
+                "admin.listen is empty: give --admin URL",
+            )
+        };
+        let base = match url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => {
-                let addr = cfg
-                    .admin
-                    .listen
-                    .first()
-                    .ok_or("admin.listen is empty: give --admin URL")?;
+                let addr = listen.first().ok_or(hint)?;
                 let scheme = if cfg.admin.tls.is_some() {
                     "https"
                 } else {

@@ -144,6 +144,41 @@ enum CtlCmd {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Send an injection request (a JSON file, `-` for standard input) to
+    /// the injection listener.
+    Inject { file: std::path::PathBuf },
+    /// The suppression lists: add, remove, list.
+    #[command(subcommand)]
+    Suppress(SuppressCmd),
+}
+
+#[derive(Subcommand)]
+enum SuppressCmd {
+    /// Put an address on the global list, or a tenant's.
+    Add {
+        address: String,
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take an address off the global list, or a tenant's.
+    Remove {
+        address: String,
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// What the lists hold (newest first).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// "90", "90s", "15m", "2h", "1d" as seconds.
@@ -192,7 +227,9 @@ fn path_part(s: &str) -> String {
 }
 
 pub fn run(args: CtlArgs) -> Result<(), String> {
-    let c = args.target.connect()?;
+    let c = args
+        .target
+        .connect_to(matches!(args.command, CtlCmd::Inject { .. }))?;
     let out = |v: Value, table: fn(&Value)| {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
@@ -318,6 +355,68 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
                 seen += 1;
                 count.is_none_or(|n| seen < n)
             })?;
+        }
+        CtlCmd::Inject { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| format!("standard input: {e}"))?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
+            };
+            let body: Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+            out(c.send("POST", "/api/v1/inject", &body)?, print::injected)
+        }
+        CtlCmd::Suppress(cmd) => suppress(&c, cmd, &out)?,
+    }
+    Ok(())
+}
+
+fn suppress(
+    c: &client::Client,
+    cmd: SuppressCmd,
+    out: &impl Fn(Value, fn(&Value)),
+) -> Result<(), String> {
+    match cmd {
+        SuppressCmd::Add {
+            address,
+            tenant,
+            reason,
+        } => {
+            let body = json!({ "address": address, "tenant": tenant, "reason": reason });
+            out(
+                c.send("POST", "/api/v1/suppression", &body)?,
+                print::suppressed,
+            );
+        }
+        SuppressCmd::Remove {
+            address,
+            tenant,
+            reason,
+        } => {
+            let path = format!(
+                "/api/v1/suppression/{}?tenant={}&reason={}",
+                path_part(&address),
+                path_part(&tenant),
+                path_part(&reason)
+            );
+            out(c.send("DELETE", &path, &json!({}))?, print::suppressed);
+        }
+        SuppressCmd::List {
+            tenant,
+            address,
+            limit,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            for (k, v) in [("tenant", tenant), ("address", address)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", path_part(&v)));
+                }
+            }
+            out(
+                c.get(&format!("/api/v1/suppression?{}", q.join("&")))?,
+                print::suppression,
+            );
         }
     }
     Ok(())

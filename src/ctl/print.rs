@@ -195,3 +195,67 @@ pub fn event(r: &Value) {
         s(&r["response"]).chars().take(80).collect::<String>()
     );
 }
+
+pub fn injected(v: &Value) {
+    let messages = v["messages"].as_array().map_or(0, Vec::len);
+    println!(
+        "accepted {} recipients in {messages} messages",
+        v["accepted"].as_u64().unwrap_or(0)
+    );
+    for m in v["messages"].as_array().into_iter().flatten().take(20) {
+        let rcpts: Vec<&str> = m["recipients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!("  {}  {}", m["id"].as_str().unwrap_or(""), rcpts.join(", "));
+    }
+    if messages > 20 {
+        println!("  ... and {} more (--json shows all)", messages - 20);
+    }
+    for r in v["refused"].as_array().into_iter().flatten() {
+        println!(
+            "refused {}: {}",
+            r["address"].as_str().unwrap_or(""),
+            r["reason"].as_str().unwrap_or("")
+        );
+    }
+}
+
+pub fn suppressed(v: &Value) {
+    let tenant = v["tenant"].as_str().filter(|t| !t.is_empty());
+    println!(
+        "{} {} ({})",
+        v["address"].as_str().unwrap_or(""),
+        v["result"].as_str().unwrap_or(""),
+        tenant.map_or("global list".to_string(), |t| format!("tenant {t}"))
+    );
+}
+
+pub fn suppression(v: &Value) {
+    println!(
+        "{:<40} {:<16} {:<24} {:<12} REASON",
+        "ADDRESS", "TENANT", "SINCE", "BY"
+    );
+    for e in v["entries"].as_array().into_iter().flatten() {
+        let since = e["time_ms"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let tenant = e["tenant"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .unwrap_or("(global)");
+        println!(
+            "{:<40} {:<16} {:<24} {:<12} {}",
+            e["address"].as_str().unwrap_or(""),
+            tenant,
+            since,
+            e["by"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} entries in all", v["total"].as_u64().unwrap_or(0));
+}

@@ -379,7 +379,7 @@ async fn serve_domain(core: &Rc<Core>, domain: &str) -> Option<LookAgain> {
                 break;
             }
         };
-        let (outcomes, lost) = send(&mut client, &entry).await;
+        let (outcomes, lost) = send(core, &mut client, &entry).await;
         if let Some(e) = &egress {
             e.sent();
         }
@@ -452,15 +452,33 @@ fn choose_source(
 }
 
 /// One transaction for `entry`, its addresses read from the spool record.
-async fn send(client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool) {
+/// A recipient suppressed since the message was queued (for its tenant,
+/// or globally) is bounced without being sent.
+async fn send(core: &Core, client: &mut Client, entry: &Entry) -> (Vec<(u32, Outcome)>, bool) {
     let envelope = entry.message.envelope();
-    let addresses: Vec<_> = entry
-        .recipients
-        .iter()
-        .map(|&i| (i, envelope.address(i)))
-        .collect();
+    let mut suppressed = Vec::new();
+    let mut addresses = Vec::with_capacity(entry.recipients.len());
+    let tenant = (!core.suppression.is_empty()).then(|| envelope.tags().0);
+    for &i in &entry.recipients {
+        let address = envelope.address(i);
+        match tenant
+            .as_ref()
+            .and_then(|t| core.suppression.check(t, &address))
+        {
+            Some(why) => {
+                let reply = format!("{} {why}; not sent", settle::SUPPRESSED_BOUNCE);
+                suppressed.push((i, Outcome::Bounced(reply)))
+            }
+            None => addresses.push((i, address)),
+        }
+    }
+    if addresses.is_empty() {
+        return (suppressed, false);
+    }
     let rcpts: Vec<(u32, &str)> = addresses.iter().map(|(i, a)| (*i, a.as_ref())).collect();
-    client.send(&entry.message, &envelope, &rcpts).await
+    let (mut outcomes, lost) = client.send(&entry.message, &envelope, &rcpts).await;
+    outcomes.extend(suppressed);
+    (outcomes, lost)
 }
 
 /// The next entry for `domain` as its limits allow: waiting up to the idle

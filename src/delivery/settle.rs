@@ -180,6 +180,9 @@ pub async fn settle(
 /// How the reply of an operator's bounce (admin API) begins: it is no
 /// destination's reply, so no reply rule reacts to it.
 pub const OPERATOR_BOUNCE: &str = "550 5.7.1 Bounced by the operator";
+/// How the reply of a recipient bounced because it is suppressed begins
+/// (no destination's reply either).
+pub const SUPPRESSED_BOUNCE: &str = "550 5.7.1 Suppressed:";
 
 fn react(
     core: &Core,
@@ -195,7 +198,10 @@ fn react(
     let (tenant, campaign) = envelope.tags();
     for (index, outcome) in outcomes {
         let reply = outcome.reason();
-        if seen.contains(&reply) || reply.starts_with(OPERATOR_BOUNCE) {
+        if seen.contains(&reply)
+            || reply.starts_with(OPERATOR_BOUNCE)
+            || reply.starts_with(SUPPRESSED_BOUNCE)
+        {
             continue;
         }
         seen.push(reply);

@@ -60,10 +60,15 @@ pub enum Kind {
     /// spate's messages, or a one-click unsubscribe (RFC 8058). `id` is the
     /// original message's, when it was found; `recipient` the complainer.
     Complaint,
+    /// A suppression list changed: `recipient` was added to or removed
+    /// from the list of `tenant` (the global list when there is none);
+    /// `by` says who (a token's name, `bounce`, `complaint`,
+    /// `unsubscribe`), `reason` why.
+    Suppression,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Reception,
         Kind::Delivery,
         Kind::TransientFailure,
@@ -74,6 +79,7 @@ impl Kind {
         Kind::Warmup,
         Kind::Admin,
         Kind::Complaint,
+        Kind::Suppression,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +94,7 @@ impl Kind {
             Kind::Warmup => "Warmup",
             Kind::Admin => "Admin",
             Kind::Complaint => "Complaint",
+            Kind::Suppression => "Suppression",
         }
     }
 

@@ -77,6 +77,10 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     // Held until the engine returns: one engine per spool.
     let _lock = lock_spool(&cfg.spool_dir)?;
     let admin = admin_start(&cfg)?;
+    let suppressed = Arc::new(
+        crate::suppression::journal::load(&cfg.spool_dir, cfg.platform.suppression_entries_max)
+            .map_err(|e| EngineError::Failed(format!("suppression journal: {e}")))?,
+    );
     let Recovered {
         next_segment_id,
         messages,
@@ -93,6 +97,11 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments",
         cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len()
     );
+    if !cfg.platform.feedback_addresses.is_empty() {
+        let dir = crate::complaints::dir(&cfg.spool_dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::Failed(format!("{}: {e}", dir.display())))?;
+    }
     let n = cpus.len();
     let mut per_core: Vec<Vec<MessageHandle>> = (0..n).map(|_| Vec::new()).collect();
     for m in messages {
@@ -139,6 +148,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             mesh: mesh.clone(),
             control: control.clone(),
             admin: admin.clone(),
+            suppressed: suppressed.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
         };
@@ -182,7 +192,8 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     }
 }
 
-/// What every core's admin server shares: the tokens and TLS settings.
+/// What every core's admin and injection servers share: the tokens and
+/// TLS settings.
 #[derive(Clone)]
 pub(crate) struct AdminStart {
     pub(crate) tokens: Arc<crate::admin::Tokens>,
@@ -193,12 +204,13 @@ pub(crate) struct AdminStart {
 /// other process serves the admin addresses: the cores bind them with
 /// SO_REUSEPORT, which would silently share them with another spate.
 fn admin_start(cfg: &Config) -> Result<Option<AdminStart>, EngineError> {
-    if cfg.admin.listen.is_empty() {
+    let inject = &cfg.platform.inject.listen;
+    if cfg.admin.listen.is_empty() && inject.is_empty() {
         return Ok(None);
     }
-    for addr in &cfg.admin.listen {
-        probe_exclusive(*addr)
-            .map_err(|e| EngineError::Failed(format!("admin.listen {addr}: {e}")))?;
+    let keyed = cfg.admin.listen.iter().map(|a| ("admin.listen", a));
+    for (key, addr) in keyed.chain(inject.iter().map(|a| ("inject.listen", a))) {
+        probe_exclusive(*addr).map_err(|e| EngineError::Failed(format!("{key} {addr}: {e}")))?;
     }
     let tokens =
         crate::admin::Tokens::load_or_make(cfg.admin.token_file.as_deref(), &cfg.spool_dir)

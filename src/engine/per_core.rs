@@ -55,6 +55,8 @@ pub struct Core {
     pub shaper: Shaper,
     /// DKIM keys, shared read-only by every core.
     pub dkim: Arc<Signers>,
+    /// This core's copy of the suppression lists.
+    pub suppression: Rc<crate::suppression::Suppression>,
     /// The webhooks this core feeds from its delivery log, and their counters.
     pub webhooks: crate::webhook::Webhooks,
 }
@@ -71,18 +73,33 @@ pub struct Accepted {
     pub body_len: usize,
 }
 
+impl Accepted {
+    /// How the spool tracks the message once its `record_len`-byte record
+    /// is appended.
+    pub fn stored(&self, record_len: usize) -> Arc<Stored> {
+        Stored::new(
+            self.id,
+            record_len,
+            self.body_start,
+            self.body_len,
+            self.recipients.len() as u32,
+        )
+    }
+}
+
 impl Core {
     /// Makes a sealed message record durable, logs its reception and hands
     /// it to the cores that own its recipients. `Ok` means durable.
     pub async fn accept(&self, a: Accepted, record: Vec<u8>) -> Result<(), SpoolError> {
-        let stored = Stored::new(
-            a.id,
-            record.len(),
-            a.body_start,
-            a.body_len,
-            a.recipients.len() as u32,
-        );
+        let stored = a.stored(record.len());
         self.spool.append_message(record, stored.clone()).await?;
+        self.accepted(a, stored).await;
+        Ok(())
+    }
+
+    /// Logs the reception of a message whose record is durable and hands
+    /// it to the cores that own its recipients.
+    pub async fn accepted(&self, a: Accepted, stored: Arc<Stored>) {
         let handle = MessageHandle {
             id: a.id,
             stored,
@@ -115,7 +132,6 @@ impl Core {
         });
         drop(envelope);
         self.hand_off(handle).await;
-        Ok(())
     }
 
     /// Spools a DSN about `failures` of `original` to its sender.
@@ -206,6 +222,8 @@ pub(super) struct CoreStart {
     pub(super) mesh: mesh::Builder,
     pub(super) control: crate::control::Builder,
     pub(super) admin: Option<super::AdminStart>,
+    /// The suppression lists as journaled, read before the cores start.
+    pub(super) suppressed: Arc<crate::suppression::lists::Lists>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) ready: crossbeam::channel::Sender<Result<(), String>>,
 }
@@ -254,10 +272,12 @@ pub(super) async fn run_core(s: CoreStart) {
         }
     }
     let mut admin_listeners = Vec::new();
-    for addr in s.admin.iter().flat_map(|_| &s.cfg.admin.listen) {
+    let platform = &s.cfg.platform.inject.listen;
+    let addresses = s.cfg.admin.listen.iter().map(|a| (a, false));
+    for (addr, inject) in addresses.chain(platform.iter().map(|a| (a, true))) {
         match listener::bind(*addr) {
-            Ok(l) => admin_listeners.push(l),
-            Err(e) => return fail(&s.ready, &s.stop, format!("admin.listen {addr}: {e}")).await,
+            Ok(l) => admin_listeners.push((l, inject)),
+            Err(e) => return fail(&s.ready, &s.stop, format!("listen {addr}: {e}")).await,
         }
     }
     let log = match DeliveryLog::open(&s.cfg.log_dir, s.index).await {
@@ -275,6 +295,26 @@ pub(super) async fn run_core(s: CoreStart) {
             .await
         }
     };
+    let journal = match crate::suppression::journal::Journal::open(&s.cfg.spool_dir, s.index).await
+    {
+        Ok(j) => j,
+        Err(e) => {
+            return fail(
+                &s.ready,
+                &s.stop,
+                format!("core {}: suppression journal: {e}", s.index),
+            )
+            .await
+        }
+    };
+    let suppression = Rc::new(crate::suppression::Suppression::new(
+        s.index,
+        s.cores,
+        s.suppressed.copy(),
+        journal,
+        log.clone(),
+    ));
+    drop(s.suppressed);
     let dns = &s.cfg.dns;
     let servers = if dns.servers.is_empty() {
         crate::dns::system_servers()
@@ -299,15 +339,31 @@ pub(super) async fn run_core(s: CoreStart) {
         egress: s.egress,
         shaper: Shaper::new(s.shaping),
         dkim: s.dkim,
+        suppression,
         webhooks: crate::webhook::Webhooks::new(s.webhooks),
     });
     let control = control.serve(core.clone());
+    core.suppression.attach(&control);
     if let Some(a) = &s.admin {
         let beyond_loopback = s.cfg.admin.listen.iter().any(|l| !l.ip().is_loopback());
-        let admin =
-            crate::admin::Admin::new(control, a.tokens.clone(), beyond_loopback, a.tls.clone());
-        for l in admin_listeners {
-            glommio::spawn_local(crate::admin::accept_loop(l, admin.clone())).detach();
+        let admin = crate::admin::Admin::new(
+            control.clone(),
+            a.tokens.clone(),
+            beyond_loopback,
+            a.tls.clone(),
+            None,
+        );
+        let injector = crate::inject::Injector::new(&s.cfg.platform.inject);
+        let inject = crate::admin::Admin::new(
+            control,
+            a.tokens.clone(),
+            false,
+            a.tls.clone(),
+            Some(injector),
+        );
+        for (l, injection) in admin_listeners {
+            let server = if injection { &inject } else { &admin };
+            glommio::spawn_local(crate::admin::accept_loop(l, server.clone())).detach();
         }
     }
     work.outbound(delivery::run(core.clone())).detach();

@@ -32,6 +32,9 @@ struct Transaction {
     recipients: Vec<String>,
     /// RCPTs refused with 452 because `recipients` was full.
     overshoot: u32,
+    /// The recipients are `feedback.addresses`: the message is a
+    /// complaint report, taken in here rather than relayed.
+    feedback: bool,
 }
 
 pub struct Session<S> {
@@ -295,6 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             params,
             recipients: Vec::new(),
             overshoot: 0,
+            feedback: false,
         });
         Reply::new(250, "2.1.0 Ok")
     }
@@ -305,9 +309,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(tx) = self.tx.as_mut() else {
             return Reply::new(503, "5.5.1 Need MAIL before RCPT");
         };
-        if !relay_ok {
+        let platform = &self.core.cfg.platform;
+        let feedback = platform
+            .feedback_addresses
+            .contains(&to.to_ascii_lowercase());
+        if !relay_ok && !feedback {
             return Reply::new(550, "5.7.1 Relaying denied");
         }
+        if !tx.recipients.is_empty() && tx.feedback != feedback {
+            // Reports are taken in, other mail relayed: one kind a
+            // transaction (the client sends the rest in another).
+            return Reply::new(452, "4.5.3 Send this recipient in a transaction of its own");
+        }
+        if !feedback {
+            if let Some(why) = self.core.suppression.check("", &to) {
+                return Reply::new(550, format!("5.7.1 {why}"));
+            }
+        }
+        tx.feedback = feedback;
         if !to.is_ascii() && !tx.params.smtputf8 {
             return Reply::new(553, "5.6.7 Non-ASCII address needs SMTPUTF8");
         }
@@ -350,6 +369,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut lease = self.core.inbound.data_lease();
         if let Err(e) = self.receive(&mut builder, &mut lease).await? {
             return Ok(data_error_reply(e));
+        }
+        if tx.feedback {
+            return Ok(self.take_report(id, builder).await);
         }
         let dot = Instant::now();
         let reply = self.seal(id, received_ms, tx, builder, lease).await;
@@ -421,6 +443,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 451,
                 "4.3.0 The spool did not confirm in time; try again later",
             )),
+        }
+    }
+
+    /// A complaint report: kept durably, then read in a task of its own.
+    async fn take_report(&mut self, id: u64, builder: MessageBuilder) -> Reply {
+        let report = builder.body().to_vec();
+        match crate::complaints::keep(&self.core, id, &report).await {
+            Ok(()) => {
+                crate::complaints::process_later(self.core.clone(), id, report);
+                Reply::new(250, format!("2.0.0 Ok: report kept as {id:016x}"))
+            }
+            Err(e) => {
+                eprintln!(
+                    "spate: core {}: keeping complaint report {id:016x}: {e}",
+                    self.core.index
+                );
+                Reply::new(451, "4.3.0 Local error keeping the report; try again later")
+            }
         }
     }
 

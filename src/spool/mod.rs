@@ -290,6 +290,23 @@ impl Spool {
         self.append_about(record, About::Message(stored)).await
     }
 
+    /// Appends sealed `Message` records, every one queued before any is
+    /// awaited (so they share syncs); each one's result, in order.
+    pub async fn append_messages(
+        &self,
+        batch: Vec<(Vec<u8>, Arc<Stored>)>,
+    ) -> Vec<Result<Placement, SpoolError>> {
+        let waits: Vec<_> = batch
+            .into_iter()
+            .map(|(record, stored)| self.queue(record, About::Message(stored)))
+            .collect();
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(w.await);
+        }
+        out
+    }
+
     async fn append_about(&self, record: Vec<u8>, about: About) -> Result<Placement, SpoolError> {
         self.queue(record, about).await
     }
