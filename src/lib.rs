@@ -52,3 +52,4 @@ pub mod spool_tool;
 pub mod suppression;
 pub mod tls;
 pub mod top;
+pub mod webhook;

@@ -93,6 +93,7 @@ pub async fn render(admin: &Rc<Admin>) -> Answer {
     latency(&mut registry, &cores);
     dns(&mut registry, &cores);
     shaping(&mut registry, &cores);
+    webhooks(&mut registry, &cores);
     process(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
@@ -385,6 +386,46 @@ fn shaping(r: &mut Registry, cores: &[CoreMetrics]) {
         "event_subscribers",
         "Live event streams subscribed",
         gauge_per_core(cores, |c| c.event_subscribers as f64),
+    );
+}
+
+/// Per webhook and core: `webhook_events_total`, `webhook_failures_total`,
+/// `webhook_backlog_bytes`, `webhook_last_success_timestamp_seconds`.
+fn webhooks(r: &mut Registry, cores: &[CoreMetrics]) {
+    let mut events = Series::new(MetricType::Counter);
+    let mut failures = Series::new(MetricType::Counter);
+    let mut backlog = Series::new(MetricType::Gauge);
+    let mut last = Series::new(MetricType::Gauge);
+    for c in cores {
+        for w in &c.webhooks {
+            let l = || vec![("webhook", w.name.clone()), ("core", c.core.to_string())];
+            events.add(l(), Point::Counter(w.events));
+            failures.add(l(), Point::Counter(w.failures));
+            backlog.add(l(), Point::Gauge(w.backlog_bytes as f64));
+            last.add(l(), Point::Gauge(w.last_success_ms as f64 / 1000.0));
+        }
+    }
+    r.register(
+        "webhook_events",
+        "Delivery-log records a webhook's receiver acknowledged (2xx)",
+        events,
+    );
+    r.register(
+        "webhook_failures",
+        "Webhook POSTs that got no 2xx (error, timeout or other status)",
+        failures,
+    );
+    r.register_with_unit(
+        "webhook_backlog",
+        "Bytes of the core's delivery log past the webhook's cursor",
+        Unit::Bytes,
+        backlog,
+    );
+    r.register_with_unit(
+        "webhook_last_success_timestamp",
+        "When the receiver last acknowledged a batch (0: not since start)",
+        Unit::Seconds,
+        last,
     );
 }
 

@@ -20,12 +20,14 @@ mod cores;
 mod delivery;
 mod dkim;
 mod platform;
+mod webhook;
 
 pub use admin::Admin;
 pub use cores::CoreSpec;
 pub use delivery::{parse_hop, Delivery, Dns, NextHop, RawDelivery, RawDns, Route, TlsPolicy};
 pub use dkim::{DkimDomain, RawDkim, DEFAULT_SIGNED_HEADERS};
 pub use platform::{Inject, Platform, Unsubscribe};
+pub use webhook::{RawWebhook, Webhook};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -92,6 +94,8 @@ pub struct RawConfig {
     pub feedback: platform::RawFeedback,
     #[serde(default)]
     pub bounces: platform::RawBounces,
+    #[serde(default)]
+    pub webhook: Vec<RawWebhook>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +218,8 @@ pub struct Config {
     pub admin: Admin,
     /// HTTP injection, suppression, feedback loops, bounce classes.
     pub platform: Platform,
+    /// Where delivery-log events are POSTed ([`crate::webhook`]).
+    pub webhooks: Vec<Webhook>,
 }
 
 #[derive(Debug, Clone)]
@@ -426,6 +432,7 @@ impl Config {
                 o.inject,
                 token_file,
             )?,
+            webhooks: webhook::build(std::mem::take(&mut u.webhook))?,
         };
         cfg.check_segment_size()?;
         Ok(cfg)

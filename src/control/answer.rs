@@ -325,6 +325,7 @@ fn metrics(core: &Core) -> CoreMetrics {
         } else {
             Vec::new()
         },
+        webhooks: core.webhooks.report(),
     }
 }
 

@@ -180,6 +180,8 @@ pub struct CoreMetrics {
     /// Filled by core 0 only: the state shared by all cores.
     pub providers: Vec<ProviderState>,
     pub warmups: Vec<WarmupState>,
+    /// Each webhook's counters on this core.
+    pub webhooks: Vec<crate::webhook::Report>,
 }
 
 /// Destinations per core that metrics label by name.

@@ -15,7 +15,7 @@ pub mod next_hop;
 pub mod outcome;
 pub(crate) mod settle;
 
-pub use connect::{check_source, TlsClients};
+pub use connect::{check_source, server_name, ClientStream, TlsClients};
 
 use crate::config::{Config, TlsPolicy};
 use crate::dns::DnsError;

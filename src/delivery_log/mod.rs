@@ -189,10 +189,15 @@ pub struct DeliveryLog {
     pub stream: stream::Stream,
 }
 
+/// This core's log file in `dir` (read by [`crate::webhook`] too).
+pub fn file_path(dir: &Path, core: usize) -> std::path::PathBuf {
+    dir.join(format!("delivery-core{core}.jsonl"))
+}
+
 impl DeliveryLog {
     /// Opens (appending to) this core's log and starts its flusher.
     pub async fn open(dir: &Path, core: usize) -> std::io::Result<Rc<DeliveryLog>> {
-        let path = dir.join(format!("delivery-core{core}.jsonl"));
+        let path = file_path(dir, core);
         let file = OpenOptions::new()
             .read(true)
             .write(true)

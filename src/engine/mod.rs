@@ -73,6 +73,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         .map(TlsAcceptor::from);
     let egress = Arc::new(Egress::new(&cfg).map_err(EngineError::Failed)?);
     let dkim = Arc::new(crate::dkim::Signers::load(&cfg.dkim)?);
+    let webhooks = crate::webhook::load(&cfg).map_err(EngineError::Failed)?;
     // Held until the engine returns: one engine per spool.
     let _lock = lock_spool(&cfg.spool_dir)?;
     let admin = admin_start(&cfg)?;
@@ -145,6 +146,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             egress: egress.clone(),
             shaping: shaping.clone(),
             dkim: dkim.clone(),
+            webhooks: webhooks.clone(),
             recovered,
             books: per_core_books.next().unwrap_or_default(),
             next_segment_id,

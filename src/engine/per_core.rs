@@ -59,6 +59,8 @@ pub struct Core {
     pub suppression: Rc<crate::suppression::Suppression>,
     /// The bounce classes of failures, shared read-only by every core.
     pub classes: Arc<crate::classify::Classifier>,
+    /// The webhooks this core feeds from its delivery log, and their counters.
+    pub webhooks: crate::webhook::Webhooks,
 }
 
 /// A message whose record is sealed and about to be appended.
@@ -214,6 +216,7 @@ pub(super) struct CoreStart {
     pub(super) egress: Arc<Egress>,
     pub(super) shaping: Arc<Published>,
     pub(super) dkim: Arc<Signers>,
+    pub(super) webhooks: Arc<[crate::webhook::Target]>,
     pub(super) recovered: Vec<MessageHandle>,
     /// The books of the segments this core wrote (or inherits).
     pub(super) books: Vec<SegmentBook>,
@@ -341,6 +344,7 @@ pub(super) async fn run_core(s: CoreStart) {
         dkim: s.dkim,
         suppression,
         classes: s.classes,
+        webhooks: crate::webhook::Webhooks::new(s.webhooks),
     });
     let control = control.serve(core.clone());
     core.suppression.attach(&control);
@@ -367,6 +371,10 @@ pub(super) async fn run_core(s: CoreStart) {
         }
     }
     work.outbound(delivery::run(core.clone())).detach();
+    for which in 0..core.webhooks.len() {
+        work.background(crate::webhook::run(core.clone(), which))
+            .detach();
+    }
     for l in listeners {
         work.inbound(listener::accept_loop(l, core.clone()))
             .detach();
@@ -395,13 +403,18 @@ fn release_free_memory() {
     }
 }
 
-/// The core's two task queues. Tasks spawned by a task stay in its queue,
+/// The core's task queues. Tasks spawned by a task stay in its queue,
 /// so sessions run where their accept loop runs, and delivery connections
-/// where the delivery driver runs.
+/// where the delivery driver runs. Webhooks run in a third, with a tenth
+/// of the others' shares: they yield to mail when the core is busy.
 struct WorkQueues {
     inbound: Option<TaskQueueHandle>,
     outbound: Option<TaskQueueHandle>,
+    background: Option<TaskQueueHandle>,
 }
+
+/// Shares of the background queue (the others have glommio's default, 1000).
+const BACKGROUND_SHARES: usize = 100;
 
 impl WorkQueues {
     /// `latency`: how soon inbound work may interrupt delivery work; with
@@ -411,6 +424,7 @@ impl WorkQueues {
             return WorkQueues {
                 inbound: None,
                 outbound: None,
+                background: None,
             };
         };
         let ex = glommio::executor();
@@ -425,6 +439,11 @@ impl WorkQueues {
                 Latency::NotImportant,
                 "outbound",
             )),
+            background: Some(ex.create_task_queue(
+                Shares::Static(BACKGROUND_SHARES),
+                Latency::NotImportant,
+                "background",
+            )),
         }
     }
 
@@ -434,6 +453,10 @@ impl WorkQueues {
 
     fn outbound<T: 'static>(&self, f: impl std::future::Future<Output = T> + 'static) -> Task<T> {
         spawn_in(self.outbound, f)
+    }
+
+    fn background<T: 'static>(&self, f: impl std::future::Future<Output = T> + 'static) -> Task<T> {
+        spawn_in(self.background, f)
     }
 }
 
