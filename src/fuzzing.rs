@@ -139,3 +139,35 @@ pub fn spool_record(data: &[u8]) {
         }
     }
 }
+
+/// A complaint report from anyone (ARF, RFC 5965): never a panic, and
+/// what it yields stays within the parser's bounds.
+pub fn arf_report(data: &[u8]) {
+    use crate::feedback::arf;
+    if let Ok(r) = arf::parse(data) {
+        assert!(r.feedback_type.len() <= arf::FEEDBACK_TYPE_CHARS_MAX);
+        assert!(r.original_rcpt_to.len() <= arf::RCPT_TO_MAX);
+        if let Some(c) = r.complainer() {
+            assert!(c.len() <= arf::ADDRESS_BYTES_MAX);
+        }
+    }
+}
+
+/// An HTTP injection request (JSON, then its templates, then the MIME
+/// message of its first recipient): never a panic; a message built is
+/// CRLF text.
+pub fn inject_request(data: &[u8]) {
+    use crate::inject::{compose, request};
+    let Ok(r) = request::parse(data, 10) else {
+        return;
+    };
+    let Ok(t) = compose::Templates::compile(&r) else {
+        return;
+    };
+    let Ok(rendered) = t.render(&r, 0, None) else {
+        return;
+    };
+    if let Ok(m) = compose::build(r.content.as_ref(), &rendered, 1, "fuzz.example", 0) {
+        assert!(m.ends_with(b"\r\n") || m.is_empty());
+    }
+}

@@ -387,6 +387,11 @@ fn shaping(r: &mut Registry, cores: &[CoreMetrics]) {
         "Live event streams subscribed",
         gauge_per_core(cores, |c| c.event_subscribers as f64),
     );
+    r.register(
+        "suppression_entries",
+        "Entries of the suppression lists (every core holds them all)",
+        gauge_per_core(cores, |c| c.suppression_entries as f64),
+    );
 }
 
 /// Per webhook and core: `webhook_events_total`, `webhook_failures_total`,

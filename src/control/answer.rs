@@ -314,6 +314,7 @@ fn metrics(core: &Core) -> CoreMetrics {
         spool_syncs: st.syncs.get(),
         spool_failed_syncs: st.failed_syncs.get(),
         event_subscribers: core.log.stream.subscribers() as u64,
+        suppression_entries: core.suppression.len() as u64,
         actions: core.shaper.actions().len() as u64,
         providers: if first {
             core.shaper.provider_states(now)

@@ -182,6 +182,8 @@ pub struct CoreMetrics {
     pub warmups: Vec<WarmupState>,
     /// Each webhook's counters on this core.
     pub webhooks: Vec<crate::webhook::Report>,
+    /// Entries of this core's copy of the suppression lists.
+    pub suppression_entries: u64,
 }
 
 /// Destinations per core that metrics label by name.

@@ -60,17 +60,23 @@ impl Suppression {
         let _ = self.control.set(Rc::downgrade(control));
     }
 
-    /// Why `address` gets no mail of `tenant`, if it gets none.
+    /// Which list keeps `address` from getting mail of `tenant`, if one
+    /// does.
     pub fn check(&self, tenant: &str, address: &str) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
         let address = lists::normalize(address).ok()?;
         let lists = self.lists.borrow();
-        let (list, e) = lists.check(tenant, &address)?;
+        // The reason stays out: it is anyone's text, and this goes into
+        // SMTP replies and bounce records.
+        let (list, _) = lists.check(tenant, &address)?;
         let list = if list.is_empty() {
             "the global suppression list".to_string()
         } else {
             format!("tenant {list}'s suppression list")
         };
-        Some(format!("{address} is on {list} ({})", e.reason))
+        Some(format!("{address} is on {list}"))
     }
 
     pub fn len(&self) -> usize {
