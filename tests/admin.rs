@@ -28,24 +28,12 @@ fn queue(spate: &Spate, domain: &str) -> Option<Value> {
 }
 
 fn agent() -> ureq::Agent {
-    // Bounded, so a stream that never sends what is awaited fails the
-    // test instead of hanging it.
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(LONG))
-        .build()
-        .new_agent()
+    http_agent(LONG)
 }
 
 /// A POST to the admin API; its status and JSON.
 fn post(spate: &Spate, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut req = agent().post(format!("{}{path}", spate.admin_url()));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut r = req.send(body).unwrap();
-    let text = r.body_mut().read_to_string().unwrap();
-    (r.status().as_u16(), serde_json::from_str(&text).unwrap())
+    http_post(&format!("{}{path}", spate.admin_url()), token, body, LONG)
 }
 
 fn send_as(spate: &Spate, from: &str, to: &str, count: usize) {

@@ -15,24 +15,8 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(90);
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(LONG))
-        .build()
-        .new_agent()
-}
-
-/// A POST to `url`; its status and body (JSON when it parses).
 fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut req = agent().post(url);
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut r = req.send(body).unwrap();
-    let text = r.body_mut().read_to_string().unwrap();
-    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (r.status().as_u16(), v)
+    http_post(url, token, body, LONG)
 }
 
 fn inject(spate: &Spate, body: &Value) -> (u16, Value) {

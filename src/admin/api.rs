@@ -49,14 +49,7 @@ pub async fn queues(admin: &Rc<Admin>, call: &Call) -> Answer {
         None => Sort::Ready,
         Some(s) => Sort::parse(s).ok_or_else(|| ApiError::bad("sort is ready, deferred or age"))?,
     };
-    let limit = match call.query("limit") {
-        None => 50,
-        Some(n) => n
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=QUEUES_LIMIT_MAX).contains(n))
-            .ok_or_else(|| ApiError::bad(format!("limit is 1 to {QUEUES_LIMIT_MAX}")))?,
-    };
+    let limit = call.limit(50, QUEUES_LIMIT_MAX)?;
     let mut rows = Vec::new();
     for reply in admin
         .control

@@ -61,14 +61,7 @@ pub async fn unsubscribe(admin: &Rc<Admin>, call: &Call) -> Answer {
 }
 
 pub fn list(admin: &Rc<Admin>, call: &Call) -> Answer {
-    let limit = match call.query("limit") {
-        None => 1000,
-        Some(n) => n
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
-            .ok_or_else(|| ApiError::bad(format!("limit is 1 to {LIST_LIMIT_MAX}")))?,
-    };
+    let limit = call.limit(1000, LIST_LIMIT_MAX)?;
     let s = &admin.control.core().suppression;
     let entries = s.list(call.query("tenant"), call.query("address"), limit);
     ok(&json!({ "total": s.len(), "entries": entries }))

@@ -91,6 +91,18 @@ pub struct Call {
 }
 
 impl Call {
+    /// The `limit` query parameter: `default` when absent, else 1 to `max`.
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.query("limit") {
+            None => Ok(default),
+            Some(n) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ApiError::bad(format!("limit is 1 to {max}"))),
+        }
+    }
+
     pub fn query(&self, key: &str) -> Option<&str> {
         self.query
             .iter()

@@ -174,6 +174,20 @@ impl Record<'_> {
     }
 }
 
+/// Opens (creating) a file of lines to append to: the file, its size, and
+/// whether its last line is torn (does not end in `\n`).
+pub async fn open_lines(path: &Path) -> std::io::Result<(BufferedFile, u64, bool)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .buffered_open(path)
+        .await?;
+    let size = file.file_size().await?;
+    let torn = size > 0 && *file.read_at(size - 1, 1).await? != [b'\n'];
+    Ok((file, size, torn))
+}
+
 pub struct DeliveryLog {
     file: BufferedFile,
     /// One flush at a time, so a final flush waits for one in flight.
@@ -197,20 +211,10 @@ pub fn file_path(dir: &Path, core: usize) -> std::path::PathBuf {
 impl DeliveryLog {
     /// Opens (appending to) this core's log and starts its flusher.
     pub async fn open(dir: &Path, core: usize) -> std::io::Result<Rc<DeliveryLog>> {
-        let path = file_path(dir, core);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .buffered_open(&path)
-            .await?;
-        let position = file.file_size().await?;
+        let (file, position, torn) = open_lines(&file_path(dir, core)).await?;
         // A crash can leave half a line at the end: start on a line of our
         // own, so the next record is not glued to it.
-        let mut pending = Vec::new();
-        if position > 0 && *file.read_at(position - 1, 1).await? != [b'\n'] {
-            pending.push(b'\n');
-        }
+        let pending = if torn { vec![b'\n'] } else { Vec::new() };
         let log = Rc::new(DeliveryLog {
             file,
             flushing: glommio::sync::Semaphore::new(1),

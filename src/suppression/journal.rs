@@ -14,7 +14,7 @@
 use super::lists::{Applied, Change, Lists};
 use crate::local::Notify;
 use futures_channel::oneshot;
-use glommio::io::{BufferedFile, OpenOptions};
+use glommio::io::BufferedFile;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -89,15 +89,9 @@ impl Journal {
         let dir = dir(spool_dir);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("core{core}.jsonl"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .buffered_open(&path)
-            .await?;
-        let mut position = file.file_size().await?;
+        let (file, mut position, torn) = crate::delivery_log::open_lines(&path).await?;
         // A torn line from a crash: start on a line of our own.
-        if position > 0 && *file.read_at(position - 1, 1).await? != [b'\n'] {
+        if torn {
             file.write_at(b"\n".to_vec(), position).await?;
             position += 1;
         }

@@ -1054,3 +1054,32 @@ fn fake_session(
         line.clear();
     }
 }
+
+/// An HTTP client for the admin and injection APIs: statuses are answers,
+/// not errors, and every request is bounded by `limit`, so a server that
+/// never answers fails the test instead of hanging it.
+pub fn http_agent(limit: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(limit))
+        .build()
+        .new_agent()
+}
+
+/// A POST to `url` with an optional bearer token; its status and body
+/// (JSON when it parses, else the text as a JSON string).
+pub fn http_post(
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+    limit: Duration,
+) -> (u16, serde_json::Value) {
+    let mut req = http_agent(limit).post(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut r = req.send(body).unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (r.status().as_u16(), v)
+}
