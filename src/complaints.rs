@@ -1,7 +1,7 @@
 //! Complaint intake: mail to a `feedback.addresses` address is a report
 //! from a mailbox provider's feedback loop. The listener keeps it whole
-//! and durably under `<spool dir>/feedback/<id>.eml` before it answers 250
-//! ([`keep`]); then, in a task of its own, it is read
+//! and durably under `<spool dir>/feedback/<id>.eml` ([`keep`]); then,
+//! before the 250, it is read
 //! ([`crate::feedback::arf`]), matched to the original message through the
 //! delivery logs (by spate's id, from its Received field or Message-ID),
 //! logged as a `Complaint` record with the original's tenant and campaign,
@@ -34,16 +34,17 @@ pub async fn keep(core: &Core, id: u64, report: &[u8]) -> std::io::Result<()> {
         .create_new(true)
         .buffered_open(&path)
         .await?;
-    file.write_at(report.to_vec(), 0).await?;
+    let written = file.write_at(report.to_vec(), 0).await?;
+    if written != report.len() {
+        return Err(std::io::Error::other(format!(
+            "short write ({written} of {} bytes)",
+            report.len()
+        )));
+    }
     file.fdatasync().await?;
     file.close().await?;
     Directory::open(&dir).await?.sync().await?;
     Ok(())
-}
-
-/// Reads and acts on a kept report in a task of its own.
-pub fn process_later(core: Rc<Core>, id: u64, report: Vec<u8>) {
-    glommio::spawn_local(async move { process(&core, id, &report).await }).detach();
 }
 
 /// What the logs say about the original message.
@@ -56,7 +57,9 @@ struct Original {
     recipients: Vec<String>,
 }
 
-async fn process(core: &Rc<Core>, id: u64, report: &[u8]) {
+/// Reads a kept report and acts on it: logs the complaint, and suppresses
+/// the complainer (in a task of its own) when the logs vouch for them.
+pub async fn process(core: &Rc<Core>, id: u64, report: &[u8]) {
     let kept = format!("kept as feedback/{id:016x}.eml");
     let r = match arf::parse(report) {
         Ok(r) => r,

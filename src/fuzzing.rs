@@ -164,7 +164,7 @@ pub fn inject_request(data: &[u8]) {
     let Ok(t) = compose::Templates::compile(&r) else {
         return;
     };
-    let Ok(rendered) = t.render(&r, 0, None) else {
+    let Ok(rendered) = t.render(&r, 0, None, 1 << 20) else {
         return;
     };
     if let Ok(m) = compose::build(r.content.as_ref(), &rendered, 1, "fuzz.example", 0) {

@@ -83,6 +83,7 @@ pub async fn suppress(admin: &Rc<Admin>, call: &Call) -> Answer {
         return Err(ApiError::bad("reason: say why (it is logged)"));
     }
     crate::inject::request::address("address", &s.address).map_err(ApiError::bad)?;
+    crate::inject::request::tag("tenant", &s.tenant).map_err(ApiError::bad)?;
     let change = Change::new(
         Op::Add,
         &s.tenant,
@@ -98,6 +99,7 @@ pub async fn suppress(admin: &Rc<Admin>, call: &Call) -> Answer {
 
 pub async fn unsuppress(admin: &Rc<Admin>, call: &Call) -> Answer {
     let tenant = call.query("tenant").unwrap_or_default();
+    crate::inject::request::tag("tenant", tenant).map_err(ApiError::bad)?;
     let reason = call
         .query("reason")
         .filter(|r| !r.trim().is_empty())

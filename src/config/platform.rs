@@ -38,6 +38,7 @@ pub struct RawSuppression {
 #[serde(deny_unknown_fields)]
 pub struct RawFeedback {
     pub addresses: Option<Vec<String>>,
+    pub accept_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +88,8 @@ pub struct Platform {
     pub suppression_entries_max: usize,
     /// Lowercased addresses whose mail is complaint reports (ARF).
     pub feedback_addresses: Vec<String>,
+    /// Clients that may send reports; empty: any client.
+    pub feedback_accept_from: Vec<ipnet::IpNet>,
     /// The operator's bounce-class rules, tried before the shipped ones.
     pub bounce_rules_file: Option<PathBuf>,
 }
@@ -156,6 +159,10 @@ pub(super) fn build(
         },
         suppression_entries_max: entries_max as usize,
         feedback_addresses: feedback_addresses(pick!(u.feedback.addresses, d.feedback.addresses))?,
+        feedback_accept_from: super::parse_cidrs(
+            "feedback.accept_from",
+            &pick!(u.feedback.accept_from, d.feedback.accept_from),
+        )?,
         bounce_rules_file: u.bounces.rules_file.filter(|p| !p.as_os_str().is_empty()),
     })
 }

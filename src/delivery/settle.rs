@@ -455,7 +455,10 @@ fn log(
     );
     let class = failed.then(|| core.classes.classify(response));
     let address = envelope.address(index);
-    if kind == Kind::Bounce && remote.is_some() && class.is_some_and(|c| c.suppresses()) {
+    // Only a destination's own permanent reply: a transient one bounced
+    // by a reply rule (450 4.1.1, say) says nothing final of the mailbox.
+    let permanent = remote.is_some() && response.starts_with('5');
+    if kind == Kind::Bounce && permanent && class.is_some_and(|c| c.suppresses()) {
         suppress_invalid(core, &address, response, now);
     }
     let mut record = Record {

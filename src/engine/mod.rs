@@ -102,11 +102,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments",
         cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len()
     );
-    if !cfg.platform.feedback_addresses.is_empty() {
-        let dir = crate::complaints::dir(&cfg.spool_dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| EngineError::Failed(format!("{}: {e}", dir.display())))?;
-    }
+    make_dirs(&cfg)?;
     let n = cpus.len();
     let mut per_core: Vec<Vec<MessageHandle>> = (0..n).map(|_| Vec::new()).collect();
     for m in messages {
@@ -196,6 +192,24 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             Ok(())
         }
     }
+}
+
+/// The directories the cores write files into, made (and the spool
+/// directory synced, so they last) before the cores start.
+fn make_dirs(cfg: &Config) -> Result<(), EngineError> {
+    let mut dirs = vec![crate::suppression::journal::dir(&cfg.spool_dir)];
+    if !cfg.platform.feedback_addresses.is_empty() {
+        dirs.push(crate::complaints::dir(&cfg.spool_dir));
+    }
+    let failed = |d: &std::path::Path, e: std::io::Error| {
+        EngineError::Failed(format!("{}: {e}", d.display()))
+    };
+    for d in &dirs {
+        std::fs::create_dir_all(d).map_err(|e| failed(d, e))?;
+    }
+    std::fs::File::open(&cfg.spool_dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| failed(&cfg.spool_dir, e))
 }
 
 /// What every core's admin and injection servers share: the tokens and

@@ -9,7 +9,7 @@
 //! Pure but for the clock the caller passes in: no I/O, no spool. Every
 //! template runs on a fuel budget, so a hostile template cannot spin.
 
-use super::request::{Content, Request, Vars};
+use super::request::{Content, Request};
 use base64::Engine as _;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::raw::Raw;
@@ -22,6 +22,12 @@ use std::collections::HashMap;
 
 /// Template instructions one render may run (minijinja's fuel).
 pub const TEMPLATE_FUEL: u64 = 200_000;
+/// Longest template tag (`{{ ... }}`, `{% ... %}`): it bounds how deep an
+/// expression can nest, and minijinja parses by recursion on a core's
+/// finite stack (a few thousand levels overflow it).
+pub const TAG_BYTES_MAX: usize = 256;
+/// Deepest nesting of block tags (`if`, `for`, `macro`, ...).
+pub const BLOCK_DEPTH_MAX: usize = 32;
 /// Longest line of a message given whole (RFC 5322 2.1.1).
 pub const LINE_BYTES_MAX: usize = 998;
 
@@ -38,6 +44,24 @@ pub struct Rendered {
     pub headers: Vec<(String, String)>,
     /// The one-click unsubscribe link, if links are configured.
     pub unsubscribe: Option<String>,
+}
+
+impl Rendered {
+    /// The bytes it holds.
+    pub fn bytes(&self) -> usize {
+        let opt = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+        opt(&self.raw)
+            + self.to.len()
+            + self.subject.len()
+            + opt(&self.text)
+            + opt(&self.html)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+            + opt(&self.unsubscribe)
+    }
 }
 
 /// A message to spool and the recipients (request indexes) it goes to.
@@ -58,6 +82,7 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(TEMPLATE_FUEL));
         let mut add = |name: String, field: &str, source: &str| {
+            check_source(field, source)?;
             env.add_template_owned(name, source.to_string())
                 .map_err(|e| format!("{field}: {e}"))
         };
@@ -89,23 +114,39 @@ impl Templates {
         Ok(Templates { env, headers })
     }
 
-    /// Renders recipient `i` of `r`; `Err` names the recipient and field.
+    /// Renders recipient `i` of `r`, all its fields together at most
+    /// `bytes_max` bytes; `Err` names the recipient and field.
     pub fn render(
         &self,
         r: &Request,
         i: usize,
         unsubscribe: Option<String>,
+        bytes_max: usize,
     ) -> Result<Rendered, String> {
         let rc = &r.recipients[i];
-        let mut vars: Vars = r.vars.clone();
-        vars.extend(rc.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-        vars.entry("recipient")
-            .or_insert_with(|| rc.address.clone().into());
-        let ctx = minijinja::Value::from(Serde(&vars));
+        let shared = minijinja::Value::from(Serde(&r.vars));
+        let own = minijinja::Value::from(Serde(&rc.vars));
+        let recipient = minijinja::context! { recipient => rc.address.as_str() };
+        // The first context that has a name wins: the recipient's own vars.
+        let ctx = minijinja::context! { ..own, ..shared, ..recipient };
+        let left = std::cell::Cell::new(bytes_max);
         let at = |field: &str, e: minijinja::Error| format!("recipients[{i}]: {field}: {e}");
         let one = |name: &str, field: &str| -> Result<String, String> {
             let t = self.env.get_template(name).map_err(|e| at(field, e))?;
-            t.render(&ctx).map_err(|e| at(field, e))
+            let mut out = Vec::new();
+            let w = Bounded {
+                out: &mut out,
+                left: &left,
+            };
+            if let Err(e) = t.render_captured_to(&ctx, w) {
+                if left.get() == usize::MAX {
+                    return Err(format!(
+                        "recipients[{i}]: {field}: the message grows past server.max_message_bytes ({bytes_max})"
+                    ));
+                }
+                return Err(at(field, e));
+            }
+            String::from_utf8(out).map_err(|_| format!("recipients[{i}]: {field}: not UTF-8"))
         };
         let line = |name: &str, field: &str| -> Result<String, String> {
             let v = one(name, field)?;
@@ -153,6 +194,70 @@ impl Templates {
             unsubscribe,
         })
     }
+}
+
+/// What rendering writes to: fails once the recipient's fields together
+/// pass their budget (so a template cannot grow without bound).
+struct Bounded<'a> {
+    out: &'a mut Vec<u8>,
+    left: &'a std::cell::Cell<usize>,
+}
+
+impl std::io::Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left.get();
+        if buf.len() > left {
+            // Marks the budget as spent, for the error the caller gives.
+            self.left.set(usize::MAX);
+            return Err(std::io::Error::other("over the budget"));
+        }
+        self.left.set(left - buf.len());
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses template source whose tags are too long or nest too deep (see
+/// [`TAG_BYTES_MAX`], [`BLOCK_DEPTH_MAX`]) before minijinja parses it.
+fn check_source(field: &str, source: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut rest = source;
+    while let Some(i) = rest.find('{') {
+        rest = &rest[i + 1..];
+        let close = match rest.as_bytes().first() {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            _ => continue,
+        };
+        let end = rest.find(close).unwrap_or(rest.len());
+        let tag = &rest[1.min(end)..end];
+        if tag.len() > TAG_BYTES_MAX {
+            return Err(format!(
+                "{field}: a template tag over {TAG_BYTES_MAX} bytes"
+            ));
+        }
+        if close == "%}" {
+            let word = tag.trim_start_matches(['-', '+']).split_whitespace().next();
+            match word.unwrap_or("") {
+                "if" | "for" | "macro" | "call" | "filter" | "with" | "block" | "autoescape"
+                | "raw" => depth += 1,
+                "set" if !tag.contains('=') => depth += 1,
+                w if w.starts_with("end") => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > BLOCK_DEPTH_MAX {
+                return Err(format!(
+                    "{field}: blocks nested deeper than {BLOCK_DEPTH_MAX}"
+                ));
+            }
+        }
+        rest = &rest[end..];
+    }
+    Ok(())
 }
 
 /// Gathers recipients whose rendered text is the same, in first-seen order.
@@ -300,7 +405,7 @@ mod tests {
         );
         let t = Templates::compile(&r).unwrap();
         let all: Vec<_> = (0..3)
-            .map(|i| (i, t.render(&r, i, None).unwrap()))
+            .map(|i| (i, t.render(&r, i, None, 1 << 20).unwrap()))
             .collect();
         assert_eq!(all[0].1.subject, "Hi Ann");
         assert_eq!(all[1].1.html.as_deref(), Some("<p>&lt;Bob&gt;</p>"));
@@ -333,7 +438,7 @@ mod tests {
         let t = Templates::compile(&r).unwrap();
         let groups = group(
             (0..2)
-                .map(|i| (i, t.render(&r, i, None).unwrap()))
+                .map(|i| (i, t.render(&r, i, None, 1 << 20).unwrap()))
                 .collect(),
         );
         assert_eq!(groups.len(), 1);
@@ -347,8 +452,8 @@ mod tests {
               "content":{"from":"n@x.org","subject":"Hi {{ name }}","text":"t"}}"#,
         );
         let t = Templates::compile(&r).unwrap();
-        assert!(t.render(&r, 0, None).is_ok());
-        let e = t.render(&r, 1, None).unwrap_err();
+        assert!(t.render(&r, 0, None, 1 << 20).is_ok());
+        let e = t.render(&r, 1, None, 1 << 20).unwrap_err();
         assert!(e.starts_with("recipients[1]: content.subject:"), "{e}");
         let bad = request(
             r#"{"sender":"","recipients":[{"address":"a@y.org"}],"content":{"from":"n@x.org","subject":"{{ x","text":"t"}}"#,
@@ -361,7 +466,33 @@ mod tests {
             r#"{"sender":"","recipients":[{"address":"a@y.org","vars":{"s":"a\r\nBcc: x@z.org"}}],"content":{"from":"n@x.org","subject":"{{ s }}","text":"t"}}"#,
         );
         let t = Templates::compile(&crlf).unwrap();
-        assert!(t.render(&crlf, 0, None).unwrap_err().contains("line break"));
+        assert!(t
+            .render(&crlf, 0, None, 1 << 20)
+            .unwrap_err()
+            .contains("line break"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_it_is_parsed_and_output_is_bounded() {
+        let with_text = |text: &str| {
+            let json = serde_json::json!({"sender": "", "recipients": [{"address": "a@y.org", "vars": {"big": "x".repeat(1000)}}],
+                "content": {"from": "n@x.org", "subject": "s", "text": text}});
+            request(&json.to_string())
+        };
+        // Thousands of unary operators would overflow a core's stack.
+        let deep = format!("{{{{ {}1 }}}}", "-".repeat(5000));
+        let e = Templates::compile(&with_text(&deep)).err().unwrap();
+        assert!(e.contains("a template tag over"), "{e}");
+        let ifs = "{% if 1 %}".repeat(40) + &"{% endif %}".repeat(40);
+        let e = Templates::compile(&with_text(&ifs)).err().unwrap();
+        assert!(e.contains("nested deeper"), "{e}");
+        let fine = "{% if 1 %}".repeat(10) + "x" + &"{% endif %}".repeat(10);
+        assert!(Templates::compile(&with_text(&fine)).is_ok());
+        // A loop that would write 100 MB stops at the budget.
+        let r = with_text("{% for i in range(100000) %}{{ big }}{% endfor %}");
+        let t = Templates::compile(&r).unwrap();
+        let e = t.render(&r, 0, None, 1 << 20).unwrap_err();
+        assert!(e.contains("grows past server.max_message_bytes"), "{e}");
     }
 
     #[test]
@@ -371,7 +502,7 @@ mod tests {
               "text":"{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}"}}"#,
         );
         let t = Templates::compile(&r).unwrap();
-        assert!(t.render(&r, 0, None).is_err());
+        assert!(t.render(&r, 0, None, 1 << 20).is_err());
     }
 
     #[test]

@@ -30,9 +30,6 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Recipients rendered between two yields to the core's other tasks.
-const RENDER_CHUNK: usize = 64;
-
 /// What an injection did.
 #[derive(Debug, Serialize)]
 pub struct Injected {
@@ -93,6 +90,10 @@ pub async fn inject(
     let templates = Templates::compile(&req).map_err(Refused::Bad)?;
     let mut refused = Vec::new();
     let mut rendered = Vec::with_capacity(req.recipients.len());
+    // What rendering holds counts on the core's DATA budget, as it goes.
+    let mut lease = core.inbound.data_lease();
+    let mut held = 0usize;
+    let bytes_max = core.cfg.max_message_bytes as usize;
     for (i, rc) in req.recipients.iter().enumerate() {
         if let Some(why) = core.suppression.check(&req.tenant, &rc.address) {
             refused.push(RefusedRecipient {
@@ -103,16 +104,20 @@ pub async fn inject(
         }
         let link = injector.unsubscribe.as_ref().and_then(|(prefix, signer)| {
             let address = crate::suppression::lists::normalize(&rc.address).ok()?;
-            Some(format!("{prefix}{}", signer.token(&req.tenant, &address)))
+            Some(format!("{prefix}{}", signer.token(&req.tenant, &address)?))
         });
-        rendered.push((i, templates.render(&req, i, link).map_err(Refused::Bad)?));
-        if i % RENDER_CHUNK == RENDER_CHUNK - 1 {
-            glommio::yield_if_needed().await;
+        let r = templates
+            .render(&req, i, link, bytes_max)
+            .map_err(Refused::Bad)?;
+        held += r.bytes();
+        if !lease.cover(held) {
+            return Err(busy(held));
         }
+        rendered.push((i, r));
+        glommio::yield_if_needed().await;
     }
     let groups = compose::group(rendered);
-    let mut lease = core.inbound.data_lease();
-    let sealed = seal_all(core, &req, groups, peer, tls, &mut lease).await?;
+    let sealed = seal_all(core, &req, groups, peer, tls, &mut lease, held).await?;
     let messages = spool_all(core, sealed).await?;
     drop(lease);
     Ok(Injected {
@@ -120,6 +125,12 @@ pub async fn inject(
         messages,
         refused,
     })
+}
+
+fn busy(held: usize) -> Refused {
+    Refused::Busy(format!(
+        "the core's memory budget for incoming mail is spent ({held} bytes held by this request); try again"
+    ))
 }
 
 /// A message sealed into its spool record, not yet appended.
@@ -135,9 +146,9 @@ async fn seal_all(
     peer: &str,
     tls: bool,
     lease: &mut crate::listener::admission::DataLease,
+    mut held: usize,
 ) -> Result<Vec<Sealed>, Refused> {
     let now_ms = crate::delivery_log::now_ms();
-    let mut held = 0usize;
     let mut out = Vec::with_capacity(groups.len());
     for g in groups {
         let id = core.spool.next_message_id();
@@ -164,10 +175,7 @@ async fn seal_all(
             .collect();
         held += text.len() * 2;
         if !lease.cover(held) {
-            return Err(Refused::Busy(format!(
-                "the core's memory budget for incoming mail is spent ({} bytes held by this request); try again",
-                held
-            )));
+            return Err(busy(held));
         }
         out.push(seal(core, req, id, now_ms, recipients, &text, peer, tls)?);
         glommio::yield_if_needed().await;
@@ -233,14 +241,15 @@ fn seal(
 /// Appends every record; logs and hands them off only if all are durable
 /// in time, else finishes those written without delivery.
 async fn spool_all(core: &Rc<Core>, sealed: Vec<Sealed>) -> Result<Vec<MessageOut>, Refused> {
+    // Set when the client will not hear "accepted": the deadline passed,
+    // or the client went away (this future dropped). Read once, when every
+    // record is durable; after that the request is committed.
     let abandoned = Rc::new(Cell::new(false));
+    let _guard = SetOnDrop(abandoned.clone());
     let (tx, rx) = futures_channel::oneshot::channel();
     let c = core.clone();
     let gave_up = abandoned.clone();
-    glommio::spawn_local(async move {
-        let _ = tx.send(append_or_undo(&c, sealed, &gave_up).await);
-    })
-    .detach();
+    glommio::spawn_local(async move { append_or_undo(&c, sealed, &gave_up, tx).await }).detach();
     let late = async {
         glommio::timer::sleep(core.cfg.ack_deadline).await;
         None
@@ -257,11 +266,25 @@ async fn spool_all(core: &Rc<Core>, sealed: Vec<Sealed>) -> Result<Vec<MessageOu
     }
 }
 
+struct SetOnDrop(Rc<Cell<bool>>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+type Answered = futures_channel::oneshot::Sender<Result<Vec<MessageOut>, Refused>>;
+
+/// Appends every record; if all are durable and the client still waits,
+/// answers, then logs and hands the messages off; else finishes those
+/// written without delivery and answers no.
 async fn append_or_undo(
     core: &Rc<Core>,
     sealed: Vec<Sealed>,
     abandoned: &Cell<bool>,
-) -> Result<Vec<MessageOut>, Refused> {
+    answer: Answered,
+) {
     let mut batch = Vec::with_capacity(sealed.len());
     let mut accepted = Vec::with_capacity(sealed.len());
     for s in sealed {
@@ -276,20 +299,25 @@ async fn append_or_undo(
         .map(|e| e.to_string());
     if failed.is_some() || abandoned.get() {
         undo(core, &accepted, &results);
-        return Err(Refused::Spool(format!(
+        let _ = answer.send(Err(Refused::Spool(format!(
             "the spool could not take the request whole ({}); nothing was accepted",
             failed.unwrap_or_else(|| "it confirmed too late".into())
-        )));
+        ))));
+        return;
     }
-    let mut out = Vec::with_capacity(accepted.len());
-    for (a, stored) in accepted {
-        out.push(MessageOut {
+    // Committed: the answer goes first, so no deadline can pass between
+    // here and the client hearing it.
+    let out = accepted
+        .iter()
+        .map(|(a, _)| MessageOut {
             id: format!("{:016x}", a.id),
             recipients: a.recipients.clone(),
-        });
+        })
+        .collect();
+    let _ = answer.send(Ok(out));
+    for (a, stored) in accepted {
         core.accepted(a, stored).await;
     }
-    Ok(out)
 }
 
 /// Marks every recipient of the messages that were written as finished

@@ -194,7 +194,8 @@ pub fn address(field: &str, a: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn tag(field: &str, v: &str) -> Result<(), String> {
+/// A tenant or campaign name (empty: none).
+pub fn tag(field: &str, v: &str) -> Result<(), String> {
     let ok = v.is_empty()
         || ((1..=spool_format::TAG_BYTES_MAX).contains(&v.len())
             && v.bytes()

@@ -305,6 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn rcpt(&mut self, to: String) -> Reply {
         let relay_ok = self.relay_allowed();
+        let may_report = self.may_report();
         let max = self.core.cfg.max_recipients as usize;
         let Some(tx) = self.tx.as_mut() else {
             return Reply::new(503, "5.5.1 Need MAIL before RCPT");
@@ -315,6 +316,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .contains(&to.to_ascii_lowercase());
         if !relay_ok && !feedback {
             return Reply::new(550, "5.7.1 Relaying denied");
+        }
+        if feedback && !may_report {
+            return Reply::new(550, "5.7.1 Reports are not taken from this address");
         }
         if !tx.recipients.is_empty() && tx.feedback != feedback {
             // Reports are taken in, other mail relayed: one kind a
@@ -344,14 +348,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Reply::new(250, "2.1.5 Ok")
     }
 
+    /// Whether this client may send complaint reports.
+    fn may_report(&self) -> bool {
+        let nets = &self.core.cfg.platform.feedback_accept_from;
+        nets.is_empty() || nets.iter().any(|n| n.contains(&self.client_ip()))
+    }
+
     fn relay_allowed(&self) -> bool {
-        let ip = match self.peer.ip() {
+        let ip = self.client_ip();
+        self.core.cfg.relay_from.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address, an IPv4-mapped IPv6 one as IPv4.
+    fn client_ip(&self) -> std::net::IpAddr {
+        match self.peer.ip() {
             std::net::IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()
                 .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
             v4 => v4,
-        };
-        self.core.cfg.relay_from.iter().any(|net| net.contains(&ip))
+        }
     }
 
     /// DATA: receive, spool, hand off, and only then 250.
@@ -446,12 +461,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// A complaint report: kept durably, then read in a task of its own.
+    /// A complaint report: kept durably, then read and acted on.
     async fn take_report(&mut self, id: u64, builder: MessageBuilder) -> Reply {
         let report = builder.body().to_vec();
         match crate::complaints::keep(&self.core, id, &report).await {
             Ok(()) => {
-                crate::complaints::process_later(self.core.clone(), id, report);
+                // Read before the reply: one report a session at a time,
+                // its bytes within the DATA budget until it is done.
+                crate::complaints::process(&self.core, id, &report).await;
                 Reply::new(250, format!("2.0.0 Ok: report kept as {id:016x}"))
             }
             Err(e) => {

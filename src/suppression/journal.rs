@@ -79,6 +79,9 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 /// This core's journal file and its group-committing writer task.
 pub struct Journal {
     file: BufferedFile,
+    /// A failed write may have left part of a line: the next write starts
+    /// a line of its own.
+    torn: Cell<bool>,
     position: Cell<u64>,
     pending: RefCell<Vec<(Vec<u8>, Waiter)>>,
     kick: Notify,
@@ -86,8 +89,8 @@ pub struct Journal {
 
 impl Journal {
     pub async fn open(spool_dir: &Path, core: usize) -> std::io::Result<Rc<Journal>> {
+        // The directory is made (and synced) on the main thread at start.
         let dir = dir(spool_dir);
-        std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("core{core}.jsonl"));
         let (file, mut position, torn) = crate::delivery_log::open_lines(&path).await?;
         // A torn line from a crash: start on a line of our own.
@@ -95,8 +98,11 @@ impl Journal {
             file.write_at(b"\n".to_vec(), position).await?;
             position += 1;
         }
+        // A new file's name is durable only once its directory is synced.
+        glommio::io::Directory::open(&dir).await?.sync().await?;
         let journal = Rc::new(Journal {
             file,
+            torn: Cell::new(false),
             position: Cell::new(position),
             pending: RefCell::new(Vec::new()),
             kick: Notify::default(),
@@ -129,6 +135,9 @@ impl Journal {
             return;
         }
         let mut buf = Vec::new();
+        if self.torn.replace(false) {
+            buf.push(b'\n');
+        }
         for (line, _) in &batch {
             buf.extend_from_slice(line);
         }
@@ -143,9 +152,11 @@ impl Journal {
             // A failed write may have left part of the batch: later lines
             // go after it, and the load skips what is torn.
             Ok(()) => self.position.set(at + len),
-            Err(_) => self
-                .position
-                .set(self.file.file_size().await.unwrap_or(at + len)),
+            Err(_) => {
+                self.torn.set(true);
+                self.position
+                    .set(self.file.file_size().await.unwrap_or(at + len));
+            }
         }
         for (_, waiter) in batch {
             let _ = waiter.send(

@@ -78,12 +78,15 @@ pub fn normalize(address: &str) -> Result<String, String> {
         .strip_prefix('<')
         .and_then(|a| a.strip_suffix('>'))
         .unwrap_or(a);
-    let ok = a.len() <= ADDRESS_BYTES_MAX
-        && a.rsplit_once('@')
+    let lower = a.to_lowercase();
+    // Measured lowercased: lowercasing can lengthen a string (Ⱥ, İ).
+    let ok = lower.len() <= ADDRESS_BYTES_MAX
+        && lower
+            .rsplit_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
-        && !a.contains(|c: char| c.is_whitespace() || c.is_control() || "<>,;".contains(c));
+        && !lower.contains(|c: char| c.is_whitespace() || c.is_control() || "<>,;".contains(c));
     if ok {
-        Ok(a.to_lowercase())
+        Ok(lower)
     } else {
         Err(format!("{address:?} is not an email address"))
     }
@@ -109,7 +112,8 @@ pub struct Listed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Added,
-    /// Already there; its reason and time are updated.
+    /// Already there (nothing changed at a commit; replayed from a
+    /// journal, the newer reason and time are kept).
     Renewed,
     Removed,
     /// A removal of what was not there.
@@ -273,6 +277,8 @@ mod tests {
             assert!(normalize(bad).is_err(), "{bad:?}");
         }
         assert!(normalize(&format!("{}@x.org", "a".repeat(250))).is_err());
+        // 254 bytes as given, 378 lowercased.
+        assert!(normalize(&format!("{}@x.org", "Ⱥ".repeat(124))).is_err());
         let c = Change::new(Op::Add, "", "a@x.org", &"é".repeat(600), "t", 0).unwrap();
         assert!(c.reason.len() <= REASON_BYTES_MAX);
     }

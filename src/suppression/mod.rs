@@ -21,7 +21,7 @@ pub mod lists;
 use crate::control::{Control, Reply, Request};
 use crate::delivery_log::{DeliveryLog, Kind, Record};
 use lists::{Applied, Change, Listed, Lists, Op};
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::{Rc, Weak};
 
 /// Entries one list request returns at most.
@@ -35,6 +35,8 @@ pub struct Suppression {
     journal: Rc<journal::Journal>,
     log: Rc<DeliveryLog>,
     control: OnceCell<Weak<Control>>,
+    /// The time of the last change this core committed.
+    last_ms: Cell<u64>,
 }
 
 impl Suppression {
@@ -52,6 +54,7 @@ impl Suppression {
             journal,
             log,
             control: OnceCell::new(),
+            last_ms: Cell::new(0),
         }
     }
 
@@ -96,9 +99,9 @@ impl Suppression {
     /// has it in force.
     pub async fn submit(&self, change: Change) -> Result<Applied, String> {
         let owner = crate::router::owner_of(change.domain(), self.cores);
-        if owner == self.core {
-            return self.commit(change).await;
-        }
+        // Asked over the mesh even when this core owns it: the commit then
+        // runs in a task of its own, which a client going away (dropping
+        // this future) cannot cut between the journal and the other cores.
         let control = self.control()?;
         match control.ask(owner, Request::Suppress(change)).await {
             Reply::Suppressed(r) => r,
@@ -123,13 +126,29 @@ impl Suppression {
     }
 
     /// On the owning core: journal, apply, give to every core, log.
-    pub async fn commit(&self, change: Change) -> Result<Applied, String> {
-        if change.op == Op::Add && self.would_overflow(&change) {
-            return Err(format!(
-                "the suppression lists are full ({} entries)",
-                self.len()
-            ));
+    pub async fn commit(&self, mut change: Change) -> Result<Applied, String> {
+        let listed = self
+            .lists
+            .borrow()
+            .contains(&change.tenant, &change.address);
+        match (change.op, listed) {
+            // Nothing to change: no journal line, no replication (a burst
+            // of bounces, or a link clicked again, costs nothing).
+            (Op::Add, true) => return Ok(Applied::Renewed),
+            (Op::Remove, false) => return Ok(Applied::Absent),
+            (Op::Add, false) if self.len() >= self.lists.borrow().max() => {
+                return Err(format!(
+                    "the suppression lists are full ({} entries)",
+                    self.len()
+                ))
+            }
+            _ => {}
         }
+        // The owner's clock, never going back: one address's changes are
+        // loaded at start in the order they were made.
+        let at = crate::delivery_log::now_ms().max(self.last_ms.get());
+        change.time_ms = at;
+        self.last_ms.set(at);
         self.journal.append(&change).await?;
         let applied = self.lists.borrow_mut().apply(&change);
         let control = self.control()?;
@@ -158,11 +177,6 @@ impl Suppression {
     /// A change another core committed.
     pub fn replicate(&self, change: &Change) {
         self.lists.borrow_mut().apply(change);
-    }
-
-    fn would_overflow(&self, change: &Change) -> bool {
-        let lists = self.lists.borrow();
-        !lists.contains(&change.tenant, &change.address) && lists.len() >= lists.max()
     }
 
     fn control(&self) -> Result<Rc<Control>, String> {
