@@ -3,7 +3,8 @@
 //! and durably under `<spool dir>/feedback/<id>.eml` ([`keep`]); then,
 //! before the 250, it is read
 //! ([`crate::feedback::arf`]), matched to the original message through the
-//! delivery logs (by spate's id, from its Received field or Message-ID),
+//! delivery logs (by spate's id, from its Received field or a Message-ID
+//! it made, else by the original's Message-ID as logged at reception),
 //! logged as a `Complaint` record with the original's tenant and campaign,
 //! and the complainer is put on that tenant's suppression list.
 //!
@@ -69,10 +70,15 @@ pub async fn process(core: &Rc<Core>, id: u64, report: &[u8]) {
             return;
         }
     };
-    let original = match r.spate_id {
-        Some(sid) => find(core, sid).await,
+    let mut original = match r.spate_id {
+        Some(sid) => find(core, "id", &format!("{sid:016x}")).await,
         None => None,
     };
+    if original.is_none() {
+        if let Some(mid) = &r.original_message_id {
+            original = find(core, "message_id", mid).await;
+        }
+    }
     let reporter = r.user_agent.as_deref().unwrap_or("an unnamed reporter");
     let Some(original) = original else {
         let why = format!(
@@ -114,15 +120,25 @@ pub async fn process(core: &Rc<Core>, id: u64, report: &[u8]) {
     }
 }
 
-/// The original's Reception and delivery records in the logs (off the
-/// core: the search reads files).
-async fn find(core: &Core, id: u64) -> Option<Original> {
+/// The original's Reception and delivery records in the logs, by its id
+/// or its Message-ID (`key`); off the core: the search reads files.
+async fn find(core: &Core, key: &'static str, value: &str) -> Option<Original> {
     let dir = core.cfg.log_dir.clone();
-    let hex = format!("{id:016x}");
-    let want = hex.clone();
-    let records = glommio::executor()
-        .spawn_blocking(move || crate::admin::log_history(&dir, Some(&want), None))
+    let value = value.to_string();
+    let by_key = glommio::executor()
+        .spawn_blocking(move || crate::admin::log_history_of(&dir, key, &value))
         .await;
+    let reception = by_key.iter().find(|r| r["type"] == "Reception")?;
+    let hex = reception["id"].as_str()?.to_string();
+    let dir = core.cfg.log_dir.clone();
+    let want = hex.clone();
+    let records = if key == "id" {
+        by_key
+    } else {
+        glommio::executor()
+            .spawn_blocking(move || crate::admin::log_history(&dir, Some(&want), None))
+            .await
+    };
     let reception = records.iter().find(|r| r["type"] == "Reception")?;
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_string();
     let mut recipients: Vec<String> = records
@@ -164,5 +180,6 @@ fn log(core: &Core, o: &Original, complainer: &str, response: &str) {
         by: None,
         reason: None,
         class: None,
+        message_id: None,
     });
 }

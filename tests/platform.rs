@@ -377,6 +377,48 @@ fn an_arf_report_is_matched_to_its_message_and_suppresses_the_complainer() {
     let mut other = body.clone();
     other["tenant"] = json!("other");
     assert_eq!(inject(&spate, &other).1["accepted"], 1);
+    // Mail injected over SMTP with the client's own Message-ID, reported
+    // by a provider that stripped every Received field and the recipient:
+    // matched by the Message-ID logged at reception.
+    let (ok, out) = swaks_message(
+        &spate,
+        "cara@y.test",
+        "X-Spate-Tenant: beta\r\nMessage-ID: <client-77@shop.test>\r\nSubject: hi\r\n\r\nhello\r\n",
+    );
+    assert!(ok, "{out}");
+    wait_record(&spate, "Delivery", "its delivery logged", |r| {
+        r["recipient"] == "cara@y.test"
+    });
+    let mut delivered = None;
+    wait_until(LONG, "it at the sink", || {
+        delivered = sink
+            .messages()
+            .into_iter()
+            .find(|m| m.contains("client-77"));
+        delivered.is_some()
+    });
+    let delivered = delivered.unwrap();
+    std::fs::write(&original, without_received_fields(&delivered)).unwrap();
+    let (ok, text) = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "python3 tests/arf_report.py --headers-only --original {} --to fbl@spate.test > {}",
+                original.display(),
+                report.display()
+            ),
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(swaks("fbl@spate.test", &data).0);
+    let complaint = wait_record(&spate, "Complaint", "the second complaint", |r| {
+        r["recipient"] == "cara@y.test"
+    });
+    assert_eq!(complaint["tenant"], "beta", "{complaint}");
+    wait_record(&spate, "Suppression", "cara suppressed", |r| {
+        r["recipient"] == "cara@y.test"
+    });
     // A report that is none is logged and kept; mixing a feedback address
     // with mail to relay in one transaction is refused.
     let (ok, out) = swaks("fbl@spate.test", "@tests/data/arf/not-a-report.eml");
@@ -387,12 +429,47 @@ fn an_arf_report_is_matched_to_its_message_and_suppresses_the_complainer() {
     let kept = std::fs::read_dir(spate.spool_dir().join("feedback"))
         .unwrap()
         .count();
-    assert_eq!(kept, 2, "{unreadable}");
+    assert_eq!(kept, 3, "{unreadable}");
     let mut smtp = spate.connect();
     smtp.send("EHLO client.test").expect(250);
     smtp.send("MAIL FROM:<fbl@provider.test>").expect(250);
     smtp.send("RCPT TO:<fbl@spate.test>").expect(250);
     smtp.send("RCPT TO:<x@y.test>").expect(452);
+}
+
+/// One message sent by swaks over SMTP, its DATA as given.
+fn swaks_message(spate: &Spate, to: &str, data: &str) -> (bool, String) {
+    require("swaks");
+    run(
+        "swaks",
+        &[
+            "--server",
+            &spate.addr,
+            "--from",
+            "s@shop.test",
+            "--to",
+            to,
+            "--data",
+            data,
+        ],
+    )
+}
+
+/// A message without its Received fields (folded lines included).
+fn without_received_fields(message: &str) -> String {
+    let (header, body) = message.split_once("\n\n").unwrap();
+    let mut kept = Vec::new();
+    let mut dropping = false;
+    for line in header.lines() {
+        let folded = line.starts_with([' ', '\t']);
+        if !folded {
+            dropping = line.to_ascii_lowercase().starts_with("received:");
+        }
+        if !dropping {
+            kept.push(line);
+        }
+    }
+    format!("{}\n\n{body}", kept.join("\n"))
 }
 
 #[test]

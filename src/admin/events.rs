@@ -99,11 +99,16 @@ pub async fn stream(admin: &Rc<Admin>, call: &Call) -> Answer {
 /// [`HISTORY_BYTES_MAX`] of each core's log file, oldest first. Blocking:
 /// runs off the cores.
 pub fn history(dir: &Path, id: Option<&str>, recipient: Option<&str>) -> Vec<serde_json::Value> {
-    let needle = match (id, recipient) {
-        (Some(id), _) => format!("\"id\":{}", serde_json::Value::from(id)),
-        (None, Some(r)) => format!("\"recipient\":{}", serde_json::Value::from(r)),
-        (None, None) => return Vec::new(),
-    };
+    match (id, recipient) {
+        (Some(id), _) => history_of(dir, "id", id),
+        (None, Some(r)) => history_of(dir, "recipient", r),
+        (None, None) => Vec::new(),
+    }
+}
+
+/// The records whose `key` is `value`, as [`history`] finds them.
+pub fn history_of(dir: &Path, key: &str, value: &str) -> Vec<serde_json::Value> {
+    let needle = format!("\"{key}\":{}", serde_json::Value::from(value));
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;

@@ -30,7 +30,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use events::history as log_history;
+pub use events::{history as log_history, history_of as log_history_of};
 pub use token::Tokens;
 
 pub const CONNECTIONS_MAX: usize = 256;

@@ -482,6 +482,7 @@ fn log(
         by: None,
         reason: None,
         class: class.map(|c| c.name()),
+        message_id: None,
     };
     core.log.write(&record);
     if double {

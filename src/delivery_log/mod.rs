@@ -144,6 +144,10 @@ pub struct Record<'a> {
     /// `invalid_recipient`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<&'a str>,
+    /// `Reception` records: the message's Message-ID, without angle
+    /// brackets (complaint reports are matched by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<&'a str>,
 }
 
 impl Record<'_> {
@@ -170,6 +174,7 @@ impl Record<'_> {
             by: Some(by),
             reason: Some(reason),
             class: None,
+            message_id: None,
         }
     }
 }
@@ -333,6 +338,7 @@ mod tests {
                         by: None,
                         reason: None,
                         class: None,
+                        message_id: None,
                     });
                 }
                 log.flush().await;

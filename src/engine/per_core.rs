@@ -73,6 +73,8 @@ pub struct Accepted {
     /// Where the body starts in the record, and its length.
     pub body_start: usize,
     pub body_len: usize,
+    /// The message's Message-ID (without angle brackets), for the log.
+    pub message_id: Option<String>,
 }
 
 impl Accepted {
@@ -131,6 +133,7 @@ impl Core {
             by: None,
             reason: None,
             class: None,
+            message_id: a.message_id.as_deref(),
         });
         drop(envelope);
         self.hand_off(handle).await;
@@ -185,6 +188,7 @@ impl Core {
             recipients: vec![to],
             body_start,
             body_len,
+            message_id: None,
         };
         self.accept(accepted, b.finish(id)).await
     }

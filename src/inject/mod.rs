@@ -127,6 +127,17 @@ pub async fn inject(
     })
 }
 
+/// The Message-ID of a message's text, read from its header section the
+/// way the SMTP listener reads it.
+fn message_id_of(text: &[u8]) -> Option<String> {
+    let end = memchr::memmem::find(text, b"\r\n\r\n")? + 2;
+    let mut header = text[..end].to_vec();
+    header.extend_from_slice(b"\r\n.\r\n");
+    let mut rx = crate::listener::data::DataReceiver::new(usize::MAX);
+    rx.feed(&header, &mut Vec::new());
+    rx.message_id()
+}
+
 fn busy(held: usize) -> Refused {
     Refused::Busy(format!(
         "the core's memory budget for incoming mail is spent ({held} bytes held by this request); try again"
@@ -231,6 +242,7 @@ fn seal(
         recipients,
         body_start: builder.body_start(),
         body_len: builder.body_len(),
+        message_id: message_id_of(text),
     };
     Ok(Sealed {
         accepted,

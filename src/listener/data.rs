@@ -41,6 +41,10 @@ enum Tag {
 }
 
 const TENANT_FIELD: &[u8] = b"x-spate-tenant:";
+const MESSAGE_ID_FIELD: &[u8] = b"message-id:";
+/// Longest Message-ID kept (RFC 5322 2.1.1's line length); a longer one
+/// is not kept at all.
+pub const MESSAGE_ID_BYTES_MAX: usize = 998;
 const CAMPAIGN_FIELD: &[u8] = b"x-spate-campaign:";
 
 pub struct DataReceiver {
@@ -61,6 +65,10 @@ pub struct DataReceiver {
     /// Each tag's value as read (unfolded, untrimmed); `None`: not given.
     tenant: Option<Vec<u8>>,
     campaign: Option<Vec<u8>>,
+    /// The first Message-ID field's value as read (unfolded), and whether
+    /// the field goes on over the next line.
+    message_id: Option<Vec<u8>>,
+    in_message_id: bool,
     error: Option<DataError>,
 }
 
@@ -86,6 +94,8 @@ impl DataReceiver {
             in_tag: None,
             tenant: None,
             campaign: None,
+            message_id: None,
+            in_message_id: false,
             error: None,
         }
     }
@@ -215,12 +225,50 @@ impl DataReceiver {
                     return false;
                 }
             }
+            self.note_message_id(unstuffed);
             if self.take_tag(unstuffed) {
                 return false;
             }
         }
         out.extend_from_slice(unstuffed);
         false
+    }
+
+    /// The message's Message-ID (the first field's, without angle
+    /// brackets), for the delivery log; `None` if it has none.
+    pub fn message_id(&self) -> Option<String> {
+        let v = self.message_id.as_ref()?;
+        let v = String::from_utf8_lossy(v.trim_ascii());
+        let v = v.trim_start_matches('<').trim_end_matches('>');
+        (!v.is_empty() && v.len() <= MESSAGE_ID_BYTES_MAX).then(|| v.to_string())
+    }
+
+    /// Keeps the first Message-ID field's value (the line stays in the body).
+    fn note_message_id(&mut self, line: &[u8]) {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        let value = if self.in_message_id && folded {
+            line
+        } else {
+            self.in_message_id = false;
+            let n = MESSAGE_ID_FIELD.len();
+            let starts = line.len() >= n && line[..n].eq_ignore_ascii_case(MESSAGE_ID_FIELD);
+            if !starts || self.message_id.is_some() {
+                return;
+            }
+            self.in_message_id = true;
+            self.message_id = Some(Vec::new());
+            &line[n..]
+        };
+        let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+        let kept = self.message_id.get_or_insert_with(Vec::new);
+        if kept.len() + value.len() <= MESSAGE_ID_BYTES_MAX + 2 {
+            kept.extend_from_slice(value);
+        } else {
+            // Too long to be one: kept as none (and no longer read).
+            kept.clear();
+            kept.extend_from_slice(&[b'x'; MESSAGE_ID_BYTES_MAX + 1]);
+            self.in_message_id = false;
+        }
     }
 
     /// Keeps a tag field's line out of the body; true if it was one.
@@ -287,6 +335,25 @@ fn is_received_field(line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_message_id_is_kept_unfolded_and_a_huge_one_is_not() {
+        let mut rx = DataReceiver::new(100_000);
+        let msg = b"Subject: x\r\nMESSAGE-ID:\r\n <abc@ex.org>\r\nMessage-ID: <second@ex.org>\r\n\r\nMessage-ID: <body@ex.org>\r\n.\r\n";
+        assert_eq!(rx.feed(msg, &mut Vec::new()).done, Some(Ok(())));
+        assert_eq!(rx.message_id().as_deref(), Some("abc@ex.org"));
+        let mut rx = DataReceiver::new(100_000);
+        let a = "a".repeat(600);
+        let huge = format!("Message-ID: <{a}\r\n {a}@ex.org>\r\n\r\nx\r\n.\r\n");
+        assert_eq!(rx.feed(huge.as_bytes(), &mut Vec::new()).done, Some(Ok(())));
+        assert_eq!(rx.message_id(), None);
+        let mut rx = DataReceiver::new(100_000);
+        assert_eq!(
+            rx.feed(b"Subject: x\r\n\r\n.\r\n", &mut Vec::new()).done,
+            Some(Ok(()))
+        );
+        assert_eq!(rx.message_id(), None);
+    }
 
     #[test]
     fn received_fields_in_the_header_are_counted_up_to_the_loop_limit() {

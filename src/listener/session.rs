@@ -382,14 +382,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut builder = self.start_record(id, received_ms, &tx);
         self.conn.queue_line("354 End data with <CR><LF>.<CR><LF>");
         let mut lease = self.core.inbound.data_lease();
-        if let Err(e) = self.receive(&mut builder, &mut lease).await? {
-            return Ok(data_error_reply(e));
-        }
+        let message_id = match self.receive(&mut builder, &mut lease).await? {
+            Ok(message_id) => message_id,
+            Err(e) => return Ok(data_error_reply(e)),
+        };
         if tx.feedback {
             return Ok(self.take_report(id, builder).await);
         }
         let dot = Instant::now();
-        let reply = self.seal(id, received_ms, tx, builder, lease).await;
+        let reply = self
+            .seal(id, received_ms, tx, builder, lease, message_id)
+            .await;
         self.core.inbound.final_dot.observe_duration(dot.elapsed());
         reply
     }
@@ -403,6 +406,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         tx: Transaction,
         mut builder: MessageBuilder,
         lease: DataLease,
+        message_id: Option<String>,
     ) -> Result<Reply, Stop> {
         match self.core.dkim.sign_record(&mut builder) {
             Ok(()) => {}
@@ -428,6 +432,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             recipients: tx.recipients,
             body_start: builder.body_start(),
             body_len: builder.body_len(),
+            message_id,
         };
         // If the disk stalls past the deadline the client hears 451 and may
         // send again, while the append and hand-off finish in a task of
@@ -519,7 +524,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &mut self,
         builder: &mut MessageBuilder,
         lease: &mut DataLease,
-    ) -> Result<Result<(), DataError>, Stop> {
+    ) -> Result<Result<Option<String>, DataError>, Stop> {
         let cfg = &self.core.cfg;
         let mut rx = DataReceiver::new(cfg.max_message_bytes as usize)
             .header_limit(cfg.max_header_bytes as usize)
@@ -568,7 +573,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         rx.received_fields()
                     );
                 }
-                return Ok(done);
+                return Ok(done.map(|()| rx.message_id()));
             }
             let left = deadline
                 .checked_duration_since(Instant::now())
