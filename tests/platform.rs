@@ -523,3 +523,25 @@ fn a_one_click_unsubscribe_suppresses_for_the_messages_tenant() {
     );
     assert_eq!(inject(&spate, &body).1["accepted"], 0);
 }
+
+/// A client that opens a connection to the injection listener and sends
+/// half a request header is cut off at `admin.idle_timeout_secs`; the
+/// listener still serves others.
+#[test]
+fn a_connection_that_sends_half_a_header_is_closed_when_idle() {
+    use std::io::{Read, Write};
+    let config = file("spate.toml", "[admin]\nidle_timeout_secs = 1\n");
+    let spate = Spate::start_injecting(&["--config", &config]);
+    let mut slow = std::net::TcpStream::connect(spate.inject_addr()).unwrap();
+    slow.set_read_timeout(Some(LONG)).unwrap();
+    slow.write_all(b"POST /api/v1/inject HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    // The server closes it (EOF, or a reset): the read returns before LONG.
+    let started = std::time::Instant::now();
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert!(started.elapsed() < LONG, "not closed");
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    let body = json!({ "sender": "", "recipients": [{ "address": "a@y.test" }], "message": "Subject: x\r\n\r\nx\r\n" });
+    assert_eq!(inject(&spate, &body).0, 200);
+}

@@ -21,6 +21,7 @@ pub async fn serve(admin: &Rc<Admin>, stream: glommio::net::TcpStream) {
         .map(|a| a.ip().to_string())
         .unwrap_or_default()
         .into();
+    let stream = super::idle::Idle::new(stream, admin.control.core().cfg.admin.idle_timeout);
     match &admin.tls {
         Some(acceptor) => {
             // A failed handshake is the client's problem; it gets nothing.

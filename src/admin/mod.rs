@@ -17,6 +17,7 @@
 mod api;
 mod events;
 mod http;
+mod idle;
 mod metrics;
 mod platform;
 mod routes;

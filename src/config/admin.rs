@@ -15,6 +15,7 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     pub tls_certificate: Option<PathBuf>,
     pub tls_private_key: Option<PathBuf>,
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -25,12 +26,15 @@ pub struct Admin {
     /// ([`crate::admin::token`]).
     pub token_file: Option<PathBuf>,
     pub tls: Option<TlsFiles>,
+    /// A connection (admin or injection) that moves no byte for this long
+    /// is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// `flags`: `--admin` addresses (one empty string turns the server off).
 pub(super) fn build(
-    raw: RawAdmin,
-    default: RawAdmin,
+    mut raw: RawAdmin,
+    mut default: RawAdmin,
     flags: Vec<String>,
 ) -> Result<Admin, ConfigError> {
     let listen = if flags.is_empty() {
@@ -63,9 +67,17 @@ pub(super) fn build(
         ConfigError::Invalid { reason, .. } => invalid("admin.tls_certificate", reason),
         other => other,
     })?;
+    let idle = pick!(raw.idle_timeout_secs, default.idle_timeout_secs);
+    if !(1..=3600).contains(&idle) {
+        return Err(invalid(
+            "admin.idle_timeout_secs",
+            format!("{idle} is outside 1..=3600"),
+        ));
+    }
     Ok(Admin {
         listen,
         token_file,
         tls,
+        idle_timeout: std::time::Duration::from_secs(idle),
     })
 }
