@@ -82,10 +82,10 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             .map_err(|e| EngineError::Failed(format!("bounces.rules_file {e}")))?,
         None => crate::classify::Classifier::shipped(),
     });
-    let suppressed = Arc::new(
-        crate::suppression::journal::load(&cfg.spool_dir, cfg.platform.suppression_entries_max)
-            .map_err(|e| EngineError::Failed(format!("suppression journal: {e}")))?,
-    );
+    let (suppressed, generation) =
+        crate::suppression::load::load(&cfg.spool_dir, cfg.platform.suppression_entries_max)
+            .map_err(|e| EngineError::Failed(format!("suppression journal: {e}")))?;
+    let suppressed = Arc::new((suppressed, generation));
     let Recovered {
         next_segment_id,
         messages,
@@ -197,7 +197,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
 /// The directories the cores write files into, made (and the spool
 /// directory synced, so they last) before the cores start.
 fn make_dirs(cfg: &Config) -> Result<(), EngineError> {
-    let mut dirs = vec![crate::suppression::journal::dir(&cfg.spool_dir)];
+    let mut dirs = vec![crate::suppression::load::dir(&cfg.spool_dir)];
     if !cfg.platform.feedback_addresses.is_empty() {
         dirs.push(crate::complaints::dir(&cfg.spool_dir));
     }

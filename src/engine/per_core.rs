@@ -229,7 +229,8 @@ pub(super) struct CoreStart {
     pub(super) control: crate::control::Builder,
     pub(super) admin: Option<super::AdminStart>,
     /// The suppression lists as journaled, read before the cores start.
-    pub(super) suppressed: Arc<crate::suppression::lists::Lists>,
+    /// And the journal generation the cores write into.
+    pub(super) suppressed: Arc<(crate::suppression::lists::Lists, u64)>,
     pub(super) classes: Arc<crate::classify::Classifier>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) ready: crossbeam::channel::Sender<Result<(), String>>,
@@ -302,22 +303,25 @@ pub(super) async fn run_core(s: CoreStart) {
             .await
         }
     };
-    let journal = match crate::suppression::journal::Journal::open(&s.cfg.spool_dir, s.index).await
-    {
-        Ok(j) => j,
-        Err(e) => {
-            return fail(
-                &s.ready,
-                &s.stop,
-                format!("core {}: suppression journal: {e}", s.index),
-            )
+    let (lists, generation) = &*s.suppressed;
+    let journal =
+        match crate::suppression::journal::Journal::open(&s.cfg.spool_dir, s.index, *generation)
             .await
-        }
-    };
+        {
+            Ok(j) => j,
+            Err(e) => {
+                return fail(
+                    &s.ready,
+                    &s.stop,
+                    format!("core {}: suppression journal: {e}", s.index),
+                )
+                .await
+            }
+        };
     let suppression = Rc::new(crate::suppression::Suppression::new(
         s.index,
         s.cores,
-        s.suppressed.copy(),
+        lists.copy(),
         journal,
         log.clone(),
     ));

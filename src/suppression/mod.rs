@@ -8,7 +8,8 @@
 //! Every core holds a full copy of the lists ([`lists::Lists`]), so the
 //! checks at RCPT, at HTTP injection and before delivery never leave the
 //! core. A change is owned by the core that owns the address's domain: it
-//! journals the change durably ([`journal`]), applies it, gives it to
+//! journals the change durably ([`journal`]; read back and compacted at
+//! start by [`load`]), applies it, gives it to
 //! every other core over the control mesh, and only then logs a
 //! `Suppression` record and answers. Changes to one address are therefore
 //! made in one order everywhere. This module must never block a core: the
@@ -17,6 +18,7 @@
 
 pub mod journal;
 pub mod lists;
+pub mod load;
 
 use crate::control::{Control, Reply, Request};
 use crate::delivery_log::{DeliveryLog, Kind, Record};
