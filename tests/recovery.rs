@@ -11,10 +11,13 @@ fn pending_line(spate: &Spate) -> String {
     spate.wait_for_log("recipients to deliver", Duration::from_secs(10))
 }
 
+/// The segment files of a spool (it holds other files and directories
+/// too: the lock, the admin token, the suppression journals).
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
         .collect();
     v.sort();
     v
