@@ -67,6 +67,8 @@ start_spate
 token=$(cut -d: -f2 "$work/spool/admin.token")
 one=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["recipients"]=r["recipients"][:1]; print(json.dumps(r))' "$work/request.json")
 curl -sf -H "Authorization: Bearer $token" --data-binary "$one" "http://$http/api/v1/inject" >/dev/null
+# Stopped first: the delivery log is written at the stop, not before.
+stop_spate
 size=$(python3 - "$work/log" <<'EOF'
 import json, pathlib, sys
 for f in pathlib.Path(sys.argv[1]).glob("delivery-core*.jsonl"):
@@ -76,7 +78,7 @@ for f in pathlib.Path(sys.argv[1]).glob("delivery-core*.jsonl"):
             print(r["size"]); raise SystemExit
 EOF
 )
-stop_spate
+[ -n "$size" ] || { echo "perf/inject-http.sh: no Reception record to size the messages by" >&2; exit 1; }
 hz=$(getconf CLK_TCK)
 
 http_run() {

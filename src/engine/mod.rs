@@ -171,8 +171,20 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         } else {
             format!("admin on {}", admin.join(", "))
         };
+        let inject: Vec<String> = cfg
+            .platform
+            .inject
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let inject = if inject.is_empty() {
+            String::new()
+        } else {
+            format!("; HTTP injection on {}", inject.join(", "))
+        };
         eprintln!(
-            "spate: ready: {n} cores on CPUs {cpus:?}, listening on {}; {admin}",
+            "spate: ready: {n} cores on CPUs {cpus:?}, listening on {}; {admin}{inject}",
             addrs.join(", ")
         );
     } else {
