@@ -14,14 +14,26 @@ use std::rc::Rc;
 /// A response body; not `Send`: an event stream waits on this core's timers.
 pub type Body = std::pin::Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = std::io::Error>>>;
 
-/// Serves one connection until the client closes it.
+/// Serves one connection until the client closes it, or until no byte
+/// has moved on it for `admin.idle_timeout_secs`.
 pub async fn serve(admin: &Rc<Admin>, stream: glommio::net::TcpStream) {
+    let moved = Rc::new(std::cell::Cell::new(std::time::Instant::now()));
+    let limit = admin.control.core().cfg.admin.idle_timeout;
+    let stream = super::idle::Idle::new(stream, moved.clone());
+    futures_lite::future::or(
+        serve_stream(admin, stream),
+        super::idle::watch(moved, limit),
+    )
+    .await
+}
+
+async fn serve_stream(admin: &Rc<Admin>, stream: super::idle::Idle<glommio::net::TcpStream>) {
     let peer: Rc<str> = stream
+        .get_ref()
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default()
         .into();
-    let stream = super::idle::Idle::new(stream, admin.control.core().cfg.admin.idle_timeout);
     match &admin.tls {
         Some(acceptor) => {
             // A failed handshake is the client's problem; it gets nothing.

@@ -1,65 +1,57 @@
 //! An idle limit for the admin and injection listeners' connections: a
 //! connection that moves no byte either way for `admin.idle_timeout_secs`
-//! fails with `TimedOut` and is closed. It bounds a client that opens a
-//! connection and sends nothing, or half a request header (hyper's own
-//! header timeout needs a `Send` timer, which glommio's are not), and a
-//! TLS handshake that never ends. An event stream stays open: its
-//! keep-alive comments are activity.
+//! is closed. It bounds a client that opens a connection and sends
+//! nothing, or half a request header (hyper's own header timeout needs a
+//! `Send` timer, which glommio's are not), and a TLS handshake that never
+//! ends. An event stream stays open: its keep-alive comments are bytes.
 //!
-//! One glommio timer per connection, armed while a read or write waits;
-//! activity only notes the time, and the timer, when it fires early, is
-//! set again for what is left.
+//! Two halves: [`Idle`] wraps the stream and notes when bytes last moved;
+//! [`watch`] runs beside the connection's future (in the same task) and
+//! ends when the limit has passed since then, which drops the connection.
+//! The watch does not depend on the connection polling its stream.
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::timer::Timer;
-use std::future::Future;
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// When bytes last moved on a connection.
+pub type Moved = Rc<Cell<Instant>>;
+
 pub struct Idle<S> {
     inner: S,
-    limit: Duration,
-    last: Instant,
-    timer: Timer,
+    moved: Moved,
 }
 
 impl<S> Idle<S> {
-    pub fn new(inner: S, limit: Duration) -> Idle<S> {
-        Idle {
-            inner,
-            limit,
-            last: Instant::now(),
-            timer: Timer::new(limit),
-        }
+    pub fn new(inner: S, moved: Moved) -> Idle<S> {
+        Idle { inner, moved }
     }
 
-    /// Pending, or the idle error once `limit` has passed without activity.
-    fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        loop {
-            if Pin::new(&mut self.timer).poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            let quiet = self.last.elapsed();
-            if quiet >= self.limit {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the connection was idle too long",
-                )));
-            }
-            self.timer.reset(self.limit - quiet);
-        }
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 
-    fn moved<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match r {
-            Poll::Ready(r) => {
-                self.last = Instant::now();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.expired(cx),
+    fn note(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved.set(Instant::now());
         }
+        r
+    }
+}
+
+/// Ends once `limit` has passed with no byte moved.
+pub async fn watch(moved: Moved, limit: Duration) {
+    loop {
+        let deadline = moved.get() + limit;
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        glommio::timer::sleep(deadline - now).await;
     }
 }
 
@@ -70,7 +62,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.moved(r, cx)
+        self.note(r)
     }
 }
 
@@ -81,12 +73,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.moved(r, cx)
+        self.note(r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.moved(r, cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
