@@ -272,6 +272,8 @@ pub(super) async fn run_core(s: CoreStart) {
         Ok(spool) => spool,
         Err(e) => return fail(&s.ready, &s.stop, format!("core {}: spool: {e}", s.index)).await,
     };
+    // The first appends must not wait for their segment to be made.
+    spool.prepare().await;
     let mut listeners = Vec::new();
     for addr in &s.cfg.listen {
         match listener::bind(*addr) {

@@ -155,14 +155,20 @@ async fn flush(
     }
 }
 
-/// Makes the next segment active: the spare prepared in the background if
-/// there is one (waiting for it if it is not ready yet), else one created
-/// now, preallocated but not zero-filled, to be quick.
+/// Makes the next segment active: the one made at start or the spare
+/// prepared in the background if there is one (waiting for it if it is not
+/// ready yet), else one created now, preallocated but not zero-filled, to
+/// be quick.
 async fn roll(spool: &Rc<Spool>) -> Result<ActiveSegment, SpoolError> {
-    let spare = spool.spare.borrow_mut().take();
-    let ready = match spare {
-        Some(task) => task.await,
-        None => None,
+    let prepared = spool.prepared.borrow_mut().take();
+    let spare = match prepared {
+        Some(_) => None,
+        None => spool.spare.borrow_mut().take(),
+    };
+    let ready = match (prepared, spare) {
+        (Some(seg), _) => Some(Ok(seg)),
+        (None, Some(task)) => task.await,
+        (None, None) => None,
     };
     let seg = match ready {
         Some(Ok(seg)) => seg,
@@ -194,7 +200,7 @@ fn prepare_spare(spool: &Rc<Spool>, active: &ActiveSegment) {
     *spool.spare.borrow_mut() = Some(task);
 }
 
-async fn create(spool: &Spool, zero: bool) -> Result<ActiveSegment, SpoolError> {
+pub(super) async fn create(spool: &Spool, zero: bool) -> Result<ActiveSegment, SpoolError> {
     let id = spool.ids.borrow_mut().take();
     let pace = zero.then_some(segment::Pace {
         active_room: &spool.active_room,

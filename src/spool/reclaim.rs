@@ -113,6 +113,14 @@ pub(super) fn enter(book: &mut SegmentBook, offset: u64, record: &[u8], about: A
     }
 }
 
+/// Unlinks a segment file and returns it still open for writing (`None`
+/// if it could be unlinked but not opened).
+fn unlink_held(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    let held = std::fs::OpenOptions::new().write(true).open(path);
+    std::fs::remove_file(path)?;
+    Ok(held.ok())
+}
+
 /// The reclaimer task: a pass every `interval` until the spool closes.
 pub(super) async fn run(spool: Rc<Spool>) {
     let Some(every) = spool.reclaim.interval else {
@@ -175,20 +183,19 @@ impl Spool {
         if let Err(e) = self.copy_states(&book, report).await {
             return Err((book, e));
         }
-        // Unlinking a large preallocated file frees its extents and can take
-        // milliseconds: off the core's thread, so no session waits for it.
+        // Unlinked off the core's thread, held open so that `release` can
+        // free its blocks gradually.
         let path = book.map.path.clone();
         let unlinked = glommio::executor()
-            .spawn_blocking(move || std::fs::remove_file(path))
+            .spawn_blocking(move || unlink_held(&path))
             .await;
-        match unlinked {
+        let held = match unlinked {
+            Ok(held) => held,
             // Gone already: an earlier pass unlinked it and then failed to
             // sync the directory.
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err((book, SpoolError::from_io(&e)));
-            }
-            _ => {}
-        }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err((book, SpoolError::from_io(&e))),
+        };
         if let Err(e) = self.dir.sync().await {
             return Err((book, SpoolError::from_io(&e.into())));
         }
@@ -197,11 +204,11 @@ impl Spool {
             .segments_deleted
             .set(self.stats.segments_deleted.get() + 1);
         debug_assert!(self.active.get() != Some(id));
-        // The blocks are freed when the last mapping goes (usually this
+        // The pages and blocks go once the last mapping does (usually this
         // one): that too happens off the core's thread.
         let SegmentBook { map, .. } = book;
         glommio::executor()
-            .spawn_blocking(move || segment::release(map))
+            .spawn_blocking(move || segment::release(map, held))
             .await;
         Ok(())
     }

@@ -71,11 +71,12 @@ async fn create_at(
         .create_new(true)
         .buffered_open(path)
         .await?;
-    // Preallocate the whole segment: no later write can hit ENOSPC and no
-    // read through the mapping can SIGBUS.
-    file.pre_allocate(segment_bytes, false).await?;
-    if let Some(pace) = zero {
-        zero_fill(&file, segment_bytes, pace).await?;
+    // Preallocate the whole segment before it is mapped or appended to: no
+    // later write can hit ENOSPC and no read through the mapping can SIGBUS.
+    // A spare is allocated as it is zero-filled, a MiB at a time.
+    match zero {
+        Some(pace) => zero_fill(&file, segment_bytes, pace).await?,
+        None => file.pre_allocate(segment_bytes, false).await?,
     }
     let header = SegmentHeader {
         segment_id,
@@ -104,16 +105,20 @@ async fn create_at(
 /// syncs with data alone: at 3,500 msgs/s this halved the median final-dot
 /// latency (`perf/results/2026-11-28-latency-experiments.md`).
 ///
-/// Each chunk is synced before the next, and the fill pauses as `pace`
-/// says: written in one burst and synced at the end, the 64 MiB of a
-/// segment held the appends' syncs behind them, and the final-dot p99.9 at
-/// 3,000 msgs/s was 23 ms instead of 11 (`perf/results/2026-12-04-engine-round-2.md`).
+/// Each chunk is allocated, written and synced before the next, and the
+/// fill pauses as `pace` says. Written in one burst and synced at the end,
+/// the 64 MiB of a segment held the appends' syncs behind them, and the
+/// final-dot p99.9 at 3,000 msgs/s was 23 ms instead of 11; allocated in
+/// one call, a spare on tmpfs (which zeroes pages as it allocates them)
+/// held the active segment's next write for 15-18 ms
+/// (`perf/results/2026-12-04-engine-round-2.md`, `2026-12-04-tail.md`).
 async fn zero_fill(file: &BufferedFile, segment_bytes: u64, pace: Pace<'_>) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let mut pos = RECORDS_OFFSET as u64;
     while pos < segment_bytes {
         let started = Instant::now();
         let len = CHUNK.min(segment_bytes - pos) as usize;
+        file.pre_allocate(pos + len as u64, false).await?;
         write_all_at(file, vec![0u8; len], pos).await?;
         file.fdatasync().await?;
         pos += len as u64;
@@ -156,17 +161,25 @@ pub fn map_segment(path: PathBuf, segment_id: u64) -> io::Result<SegmentMap> {
     })
 }
 
-/// Drops a deleted segment's mapping. When this is the last reference, the
-/// pages are let go a MiB at a time first: `MADV_DONTNEED` takes the
-/// address space's lock shared, so the cores' page faults go on meanwhile,
-/// and the final `munmap`, which takes it exclusively, finds nothing left
-/// to tear down. Unmapped at once, 64 MiB of mapped pages held that lock
-/// for 6 ms, and every core that touched any mapping waited
-/// (`perf/results/2026-12-04-engine-round-2.md`). Runs off the cores.
-pub fn release(map: Arc<SegmentMap>) {
+/// Drops a deleted segment's mapping and frees its blocks, given `file`,
+/// the unlinked segment held open.
+///
+/// When this is the last reference, the pages are let go a MiB at a time
+/// first: `MADV_DONTNEED` takes the address space's lock shared, so the
+/// cores' page faults go on meanwhile, and the final `munmap`, which takes
+/// it exclusively, finds nothing left to tear down. Unmapped at once, 64 MiB
+/// of mapped pages held that lock for 6 ms, and every core that touched any
+/// mapping waited (`perf/results/2026-12-04-engine-round-2.md`).
+///
+/// Then the blocks are freed a MiB at a time too, pausing as long as each
+/// step took. Freed at once when the last reference went, 64 MiB on an ext4
+/// mounted with `discard` became one large discard, and every core's next
+/// fdatasync waited 25-60 ms behind it (`perf/results/2026-12-04-tail.md`).
+/// Runs off the cores; it takes about twice as long as the freeing does.
+pub fn release(map: Arc<SegmentMap>, file: Option<std::fs::File>) {
     const STEP: usize = 1 << 20;
     let Ok(segment) = Arc::try_unwrap(map) else {
-        return; // another holder drops it later
+        return; // another holder drops it later, and the blocks go then
     };
     let len = segment.map.len();
     for offset in (0..len).step_by(STEP) {
@@ -180,6 +193,36 @@ pub fn release(map: Arc<SegmentMap>) {
                 STEP.min(len - offset),
             )
         };
+    }
+    drop(segment);
+    if let Some(file) = file {
+        free_paced(&file, len as u64, STEP as u64);
+    }
+}
+
+/// Punches holes in the unlinked `file` from the end, `step` bytes at a
+/// time. A filesystem that cannot punch holes frees it all at the close.
+fn free_paced(file: &std::fs::File, len: u64, step: u64) {
+    use std::os::fd::AsRawFd;
+    let mut end = len;
+    while end > 0 {
+        let started = Instant::now();
+        let start = end.saturating_sub(step);
+        // SAFETY: plain syscall on a descriptor `file` holds open; the file
+        // is unlinked and no mapping of it is left.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as i64,
+                (end - start) as i64,
+            )
+        };
+        if rc != 0 {
+            return;
+        }
+        end = start;
+        std::thread::sleep(started.elapsed());
     }
 }
 
