@@ -207,9 +207,12 @@ impl Spool {
         // The pages and blocks go once the last mapping does (usually this
         // one): that too happens off the core's thread.
         let SegmentBook { map, .. } = book;
-        glommio::executor()
+        let to_free = glommio::executor()
             .spawn_blocking(move || segment::release(map, held))
             .await;
+        if let Some((file, len)) = to_free {
+            segment::free_paced(file, len).await;
+        }
         Ok(())
     }
 

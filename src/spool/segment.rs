@@ -161,28 +161,23 @@ pub fn map_segment(path: PathBuf, segment_id: u64) -> io::Result<SegmentMap> {
     })
 }
 
-/// Drops a deleted segment's mapping and frees its blocks, given `file`,
-/// the unlinked segment held open.
+/// Drops a deleted segment's mapping, given `file`, the unlinked segment
+/// held open, and hands the file back with the length to free when the
+/// mapping was the last reference (see [`free_paced`]).
 ///
 /// When this is the last reference, the pages are let go a MiB at a time
 /// first: `MADV_DONTNEED` takes the address space's lock shared, so the
 /// cores' page faults go on meanwhile, and the final `munmap`, which takes
 /// it exclusively, finds nothing left to tear down. Unmapped at once, 64 MiB
 /// of mapped pages held that lock for 6 ms, and every core that touched any
-/// mapping waited (`perf/results/2026-12-04-engine-round-2.md`).
-///
-/// Then the blocks are freed a MiB at a time too, pausing as long as each
-/// step took. Freed at once when the last reference went, 64 MiB on an ext4
-/// mounted with `discard` became one large discard, and every core's next
-/// fdatasync waited 25-60 ms behind it (`perf/results/2026-12-04-tail.md`).
-/// Runs off the cores; it takes about twice as long as the freeing does.
-pub fn release(map: Arc<SegmentMap>, file: Option<std::fs::File>) {
-    const STEP: usize = 1 << 20;
+/// mapping waited (`perf/results/2026-12-04-engine-round-2.md`). Runs off
+/// the cores.
+pub fn release(map: Arc<SegmentMap>, file: Option<std::fs::File>) -> Option<(std::fs::File, u64)> {
     let Ok(segment) = Arc::try_unwrap(map) else {
-        return; // another holder drops it later, and the blocks go then
+        return None; // another holder drops it later, and the blocks go then
     };
     let len = segment.map.len();
-    for offset in (0..len).step_by(STEP) {
+    for offset in (0..len).step_by(FREE_STEP as usize) {
         // SAFETY: this is the only reference to the mapping, and its file
         // is unlinked: no reader is left to see the pages go (they would
         // read back from the file anyway: it is a shared file mapping).
@@ -190,40 +185,56 @@ pub fn release(map: Arc<SegmentMap>, file: Option<std::fs::File>) {
             segment.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
                 offset,
-                STEP.min(len - offset),
+                (FREE_STEP as usize).min(len - offset),
             )
         };
     }
-    drop(segment);
-    if let Some(file) = file {
-        free_paced(&file, len as u64, STEP as u64);
-    }
+    file.map(|file| (file, len as u64))
 }
 
-/// Punches holes in the unlinked `file` from the end, `step` bytes at a
-/// time. A filesystem that cannot punch holes frees it all at the close.
-fn free_paced(file: &std::fs::File, len: u64, step: u64) {
-    use std::os::fd::AsRawFd;
+/// How much of a deleted segment is let go at a time.
+const FREE_STEP: u64 = 1 << 20;
+
+/// Frees the blocks of an unlinked segment a MiB at a time, by punching
+/// holes from the end, each step on the core's blocking thread, pausing as
+/// long as it took. Freed at once when the last reference went, 64 MiB on
+/// an ext4 mounted with `discard` became one large discard, and every
+/// core's next fdatasync waited 25-60 ms behind it
+/// (`perf/results/2026-12-04-tail.md`). A filesystem that cannot punch
+/// holes frees the rest when the file is closed.
+pub async fn free_paced(mut file: std::fs::File, len: u64) {
     let mut end = len;
     while end > 0 {
         let started = Instant::now();
-        let start = end.saturating_sub(step);
-        // SAFETY: plain syscall on a descriptor `file` holds open; the file
-        // is unlinked and no mapping of it is left.
-        let rc = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start as i64,
-                (end - start) as i64,
-            )
-        };
-        if rc != 0 {
+        let start = end.saturating_sub(FREE_STEP);
+        let (back, punched) = glommio::executor()
+            .spawn_blocking(move || {
+                let punched = punch_hole(&file, start, end - start);
+                (file, punched)
+            })
+            .await;
+        if !punched {
             return;
         }
+        file = back;
         end = start;
-        std::thread::sleep(started.elapsed());
+        glommio::timer::sleep(started.elapsed()).await;
     }
+}
+
+fn punch_hole(file: &std::fs::File, start: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a descriptor `file` holds open; the file is
+    // unlinked and no mapping of it is left.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            start as i64,
+            len as i64,
+        )
+    };
+    rc == 0
 }
 
 fn now_secs() -> u32 {

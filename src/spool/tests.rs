@@ -177,3 +177,37 @@ fn the_next_segment_is_prepared_once_the_active_one_is_half_full() {
         assert_eq!(rolled.segment.segment_id, spare, "the roll took the spare");
     });
 }
+
+#[test]
+fn prepare_makes_the_segment_the_first_append_goes_to() {
+    run(|dir| async move {
+        let spool = open(dir.clone(), Faults::default()).await;
+        spool.prepare().await;
+        let made: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(made.len(), 1, "one segment made before any append");
+        let placed = spool.append(record(1, b"a\r\n")).await.unwrap();
+        assert_eq!(
+            made[0].as_ref().unwrap().file_name(),
+            std::ffi::OsString::from(spool_format::segment_file_name(placed.segment.segment_id)),
+        );
+        assert_eq!(spool.stats.segments.get(), 1, "no second segment");
+    });
+}
+
+#[test]
+fn a_deleted_segment_is_freed_a_step_at_a_time_while_held_open() {
+    use std::os::unix::fs::MetadataExt;
+    run(|dir| async move {
+        let path = dir.join("deleted");
+        let len = 3 * (1 << 20) + 4096;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let watch = file.try_clone().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let before = watch.metadata().unwrap().blocks();
+        assert!(before * 512 >= len as u64, "{before} blocks written");
+        segment::free_paced(file, len as u64).await;
+        assert_eq!(watch.metadata().unwrap().blocks(), 0, "every block freed");
+        assert_eq!(watch.metadata().unwrap().len(), len as u64, "size kept");
+    });
+}
