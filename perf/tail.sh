@@ -21,7 +21,9 @@
 # starts with tmpfs puts the spool on /dev/shm, floor runs no spate, any
 # other name the spool on target/. ARGS_<name> adds `spate serve` flags to
 # that setting, e.g. SETTINGS="tmpfs tmpfs_big" ARGS_tmpfs_big="--config big.toml";
-# BIN_<name> runs another spate binary for it (a build to compare with).
+# BIN_<name> runs another spate binary for it (a build to compare with);
+# LOG_ON_<name> puts its delivery log in another directory (another
+# filesystem, to see what the log's writes do to the spool's syncs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} secs=${2:-12} rate=${3:-3000}
@@ -53,6 +55,7 @@ for round in $(seq "$rounds"); do
   for setting in ${SETTINGS:-ext4 tmpfs floor}; do
     extra_var=ARGS_$setting extra=${!extra_var:-}
     bin_var=BIN_$setting serve_bin=${!bin_var:-$bin}
+    log_var=LOG_ON_$setting
     rm -rf "$tmp/run"; mkdir -p "$tmp/run"
     "$bin" bench sink --listen "$sink" --cores 1 >"$tmp/run/sink.txt" 2>&1 &
     sink_pid=$!
@@ -60,8 +63,9 @@ for round in $(seq "$rounds"); do
     if [ "$setting" != floor ]; then
       on=$PWD/target; [[ $setting == tmpfs* ]] && on=/dev/shm
       work=$(mktemp -d -p "$on" perf-tail.XXXXXX)
+      log=$(mktemp -d -p "${!log_var:-$work}" perf-tail-log.XXXXXX)
       "$serve_bin" serve --listen "$smtp" --smarthost "$sink" --dns 127.0.0.1:9 \
-        --admin "$admin" --spool "$work/spool" --log-dir "$work/log" $extra \
+        --admin "$admin" --spool "$work/spool" --log-dir "$log" $extra \
         2>"$tmp/run/spate.txt" &
       spate_pid=$!
       await_line "$tmp/run/spate.txt" "spate: ready"
@@ -78,7 +82,7 @@ for round in $(seq "$rounds"); do
       server=$(over "$tmp/run/metrics.txt" spate_smtp_final_dot_seconds)
       syncs=$(over "$tmp/run/metrics.txt" spate_spool_fdatasync_seconds)
       kill -TERM "$spate_pid"; wait "$spate_pid" || true
-      rm -rf "$work"
+      rm -rf "$work" "$log"
     fi
     kill -TERM "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
     echo "$setting,$round,$achieved,$p50,$p99,$p999,$max,${server// /,},${syncs// /,}" | tee -a "$out"
