@@ -222,7 +222,7 @@ pub async fn free_paced(mut file: std::fs::File, len: u64) {
     }
 }
 
-fn punch_hole(file: &std::fs::File, start: u64, len: u64) -> bool {
+pub(super) fn punch_hole(file: &std::fs::File, start: u64, len: u64) -> bool {
     use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on a descriptor `file` holds open; the file is
     // unlinked and no mapping of it is left.
