@@ -179,7 +179,7 @@ fn fold(out: &mut String, first: &str, value: &str, indent: &str) {
             }
             if bare {
                 // Longer than any line: as much as fits, the rest below.
-                let cut = floor_char_boundary(word, LINE_BYTES_MAX - line.len());
+                let cut = crate::text::cut(word, LINE_BYTES_MAX - line.len()).len();
                 line.push_str(&word[..cut]);
                 word = &word[cut..];
             }
@@ -195,15 +195,6 @@ fn end_line(out: &mut String, line: &mut String) {
     out.push_str(line.trim_end());
     out.push_str("\r\n");
     line.clear();
-}
-
-/// The largest index at most `max` that starts a character of `s`.
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    let mut i = max.min(s.len());
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 /// The original header (up to the blank line), cut at a line end within the

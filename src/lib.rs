@@ -50,6 +50,7 @@ pub mod shaping;
 pub mod spool;
 pub mod spool_tool;
 pub mod suppression;
+pub mod text;
 pub mod tls;
 pub mod top;
 pub mod webhook;

@@ -14,7 +14,7 @@ mod scan;
 mod segment;
 
 pub use record::{
-    decode_record, encode_state, EnvelopeView, MessageBuilder, MessageView, RecordHeader,
+    decode_record, encode_state, is_tag, EnvelopeView, MessageBuilder, MessageView, RecordHeader,
     RecordKind, StateRecord, StateView, FLAG_8BITMIME, FLAG_SMTPUTF8, FLAG_TAGS, TAG_BYTES_MAX,
 };
 pub use scan::{Damage, ScanItem, Scanner};

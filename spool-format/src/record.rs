@@ -13,6 +13,15 @@ const FLAGS_KNOWN: u32 = FLAG_8BITMIME | FLAG_SMTPUTF8 | FLAG_TAGS;
 /// Longest tenant or campaign name.
 pub const TAG_BYTES_MAX: usize = 64;
 
+/// Whether `name` is a tenant or campaign name: 1 to [`TAG_BYTES_MAX`]
+/// letters, digits, `.`, `_` or `-`.
+pub fn is_tag(name: &[u8]) -> bool {
+    (1..=TAG_BYTES_MAX).contains(&name.len())
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
+}
+
 /// The kinds of record a segment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

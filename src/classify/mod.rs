@@ -383,7 +383,7 @@ impl Classifier {
 
     /// The class and what decided it (see the module doc for the order).
     pub fn explain(&self, reply: &str) -> (Class, By<'_>) {
-        let text = bounded(reply);
+        let text = crate::text::cut(reply, REPLY_BYTES_MAX);
         if let Some(found) = self.first_rule(text, Tier::Rule) {
             return found;
         }
@@ -464,18 +464,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
-}
-
-/// The first [`REPLY_BYTES_MAX`] bytes of `reply`, cut at a character.
-fn bounded(reply: &str) -> &str {
-    if reply.len() <= REPLY_BYTES_MAX {
-        return reply;
-    }
-    let mut end = REPLY_BYTES_MAX;
-    while !reply.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reply[..end]
 }
 
 /// The reply code and enhanced code of the first SMTP reply in `text`: at

@@ -90,7 +90,7 @@ impl Tally {
         if r.kind == Kind::TransientFailure {
             h.deferred += 1;
         }
-        let text = cut(r.response, REPLY_BYTES_MAX);
+        let text = crate::text::cut(r.response, REPLY_BYTES_MAX);
         // A run of identical replies (a busy destination's 250s) keeps
         // one entry, refreshed, so the history shows what changed.
         if let Some(last) = h.replies.front_mut().filter(|l| *l.text == *text) {
@@ -147,18 +147,6 @@ fn forget_older_half(domains: &mut HashMap<Box<str>, History>) {
     let (_, median, _) = times.select_nth_unstable(mid);
     let median = *median;
     domains.retain(|_, h| h.replies.front().is_some_and(|r| r.time_ms > median));
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

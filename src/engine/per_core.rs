@@ -323,7 +323,7 @@ pub(super) async fn run_core(s: CoreStart) {
     let suppression = Rc::new(crate::suppression::Suppression::new(
         s.index,
         s.cores,
-        lists.copy(),
+        lists.clone(),
         journal,
         log.clone(),
     ));

@@ -25,9 +25,8 @@ pub const REPORT_BYTES_MAX: usize = 10 * 1024 * 1024;
 /// A field value longer than this (a header line's limit, RFC 5322 2.1.1)
 /// is ignored as if absent.
 pub const FIELD_CHARS_MAX: usize = 998;
-/// An address longer than this is ignored: spate's own limit on a path
-/// (`listener::command::PATH_BYTES_MAX`).
-pub const ADDRESS_BYTES_MAX: usize = 256;
+/// An address longer than this is ignored: spate's own limit on a path.
+pub const ADDRESS_BYTES_MAX: usize = crate::listener::command::PATH_BYTES_MAX;
 /// `Original-Rcpt-To` fields kept; the rest are ignored.
 pub const RCPT_TO_MAX: usize = 64;
 /// A `Feedback-Type` longer than this is refused: the registered types

@@ -30,7 +30,7 @@ use ring::hmac;
 /// A tenant name's longest (the listener's limit on `X-Spate-Tenant`).
 pub const TENANT_BYTES_MAX: usize = 64;
 /// An address's longest (the listener's limit on a path).
-pub const ADDRESS_BYTES_MAX: usize = 256;
+pub const ADDRESS_BYTES_MAX: usize = crate::listener::command::PATH_BYTES_MAX;
 /// The shortest secret [`Signer::new`] takes.
 pub const SECRET_BYTES_MIN: usize = 16;
 /// Bytes of a token before encoding, at most.

@@ -357,7 +357,7 @@ fn undo(
         }
     }
     if !records.is_empty() {
-        core.spool.append_lazy(records, about.clone());
+        core.spool.append_lazy(records, about);
     }
     for (a, stored) in accepted
         .iter()

@@ -196,10 +196,7 @@ pub fn address(field: &str, a: &str) -> Result<(), String> {
 
 /// A tenant or campaign name (empty: none).
 pub fn tag(field: &str, v: &str) -> Result<(), String> {
-    let ok = v.is_empty()
-        || ((1..=spool_format::TAG_BYTES_MAX).contains(&v.len())
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+    let ok = v.is_empty() || spool_format::is_tag(v.as_bytes());
     if ok {
         Ok(())
     } else {

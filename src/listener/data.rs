@@ -106,11 +106,7 @@ impl DataReceiver {
         fn check(v: &Option<Vec<u8>>) -> Result<&[u8], DataError> {
             let Some(v) = v else { return Ok(&[]) };
             let name = v.trim_ascii();
-            let ok = (1..=spool_format::TAG_BYTES_MAX).contains(&name.len())
-                && name
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
-            if ok {
+            if spool_format::is_tag(name) {
                 Ok(name)
             } else {
                 Err(DataError::BadTag)

@@ -372,11 +372,7 @@ fn tenant_sections(
             key: format!("tenant.{name}{key}"),
             reason,
         };
-        let ok = (1..=spool_format::TAG_BYTES_MAX).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !ok {
+        if !spool_format::is_tag(name.as_bytes()) {
             let reason = "a tenant name is 1 to 64 letters, digits, '.', '_' or '-'".into();
             return Err(fail("", reason));
         }

@@ -160,15 +160,17 @@ async fn flush(
 /// ready yet), else one created now, preallocated but not zero-filled, to
 /// be quick.
 async fn roll(spool: &Rc<Spool>) -> Result<ActiveSegment, SpoolError> {
-    let prepared = spool.prepared.borrow_mut().take();
-    let spare = match prepared {
-        Some(_) => None,
-        None => spool.spare.borrow_mut().take(),
-    };
-    let ready = match (prepared, spare) {
-        (Some(seg), _) => Some(Ok(seg)),
-        (None, Some(task)) => task.await,
-        (None, None) => None,
+    let prepared = spool.prepared.take();
+    let ready = match prepared {
+        Some(seg) => Some(Ok(seg)),
+        None => {
+            // Bound first: the borrow must not be held across the await.
+            let spare = spool.spare.take();
+            match spare {
+                Some(task) => task.await,
+                None => None,
+            }
+        }
     };
     let seg = match ready {
         Some(Ok(seg)) => seg,

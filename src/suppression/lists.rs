@@ -48,14 +48,7 @@ impl Change {
         time_ms: u64,
     ) -> Result<Change, String> {
         let address = normalize(address)?;
-        let mut reason = reason.to_string();
-        if reason.len() > REASON_BYTES_MAX {
-            let mut end = REASON_BYTES_MAX;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-        }
+        let reason = crate::text::cut(reason, REASON_BYTES_MAX).to_string();
         Ok(Change {
             op,
             tenant: tenant.to_string(),
@@ -122,6 +115,8 @@ pub enum Applied {
     Full,
 }
 
+/// Cloned once per core at start: every core holds a full copy.
+#[derive(Clone)]
 pub struct Lists {
     /// Keyed by `tenant \n address`.
     map: HashMap<Box<str>, Entry>,
@@ -215,14 +210,6 @@ impl Lists {
         out.sort_by_key(|e| std::cmp::Reverse(e.entry.time_ms));
         out.truncate(limit);
         out
-    }
-
-    /// A copy for another core (taken once, at start).
-    pub fn copy(&self) -> Lists {
-        Lists {
-            map: self.map.clone(),
-            max: self.max,
-        }
     }
 }
 
