@@ -24,6 +24,10 @@
 # BIN_<name> runs another spate binary for it (a build to compare with);
 # LOG_ON_<name> puts its delivery log in another directory (another
 # filesystem, to see what the log's writes do to the spool's syncs).
+# PREP_<name> is a command run before that setting's run, e.g. a remount:
+#   SETTINGS="discard nodiscard" PREP_discard="mount -o remount,discard /" \
+#   PREP_nodiscard="mount -o remount,nodiscard /" perf/tail.sh 3 40
+# (put the filesystem back as it was afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} secs=${2:-12} rate=${3:-3000}
@@ -56,6 +60,8 @@ for round in $(seq "$rounds"); do
     extra_var=ARGS_$setting extra=${!extra_var:-}
     bin_var=BIN_$setting serve_bin=${!bin_var:-$bin}
     log_var=LOG_ON_$setting
+    prep_var=PREP_$setting
+    [ -z "${!prep_var:-}" ] || eval "${!prep_var}"
     rm -rf "$tmp/run"; mkdir -p "$tmp/run"
     "$bin" bench sink --listen "$sink" --cores 1 >"$tmp/run/sink.txt" 2>&1 &
     sink_pid=$!
