@@ -21,6 +21,10 @@ syncs for tens of milliseconds (tuning/spool.md).
 
   perf/sync-probe.py [SECONDS] [RATE] [DIR] [SCENARIO...]
   perf/sync-probe.py 40 2900 target quiet zero paced unlink
+
+ZERO_STEP_KIB (default 1024) sets the zero-fill's step, to try others;
+ZERO_SYNC=srf writes each step out with sync_file_range and syncs once at
+the end instead of fdatasyncing every step.
 """
 import ctypes
 import multiprocessing
@@ -67,11 +71,17 @@ def background(scenario, directory, seconds, ready):
         if scenario == "zero":
             path = os.path.join(directory, f"probe-spare-{k}")
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            for pos in range(0, SEGMENT, MIB):
+            step = int(os.environ.get("ZERO_STEP_KIB", "1024")) << 10
+            for pos in range(0, SEGMENT, step):
                 t = time.monotonic()
-                os.pwrite(fd, bytes(MIB), pos)
-                os.fdatasync(fd)
+                os.pwrite(fd, bytes(step), pos)
+                if os.environ.get("ZERO_SYNC") == "srf":
+                    # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
+                    libc.sync_file_range(fd, ctypes.c_int64(pos), ctypes.c_int64(step), 7)
+                else:
+                    os.fdatasync(fd)
                 time.sleep(time.monotonic() - t)
+            os.fdatasync(fd)
             os.close(fd)
             files.append((path, None))
         elif scenario in ("paced", "unlink") and k < len(files):
