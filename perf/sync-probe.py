@@ -54,14 +54,31 @@ def punch_paced(fd):
         time.sleep(2 * (time.monotonic() - t))
 
 
+def zero_fill(path):
+    """A spare segment made as spate makes one: zeros a step at a time,
+    each step written out, pausing as long as the step took."""
+    step = int(os.environ.get("ZERO_STEP_KIB", "1024")) << 10
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    for pos in range(0, SEGMENT, step):
+        t = time.monotonic()
+        os.pwrite(fd, bytes(step), pos)
+        if os.environ.get("ZERO_SYNC") == "srf":
+            # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
+            libc.sync_file_range(fd, ctypes.c_int64(pos), ctypes.c_int64(step), 7)
+        else:
+            os.fdatasync(fd)
+        time.sleep(time.monotonic() - t)
+    os.fdatasync(fd)
+    os.close(fd)
+
+
 def background(scenario, directory, seconds, ready):
     """Runs SCENARIO's I/O every 5 s until SECONDS have passed."""
-    files = []
+    made = []  # files to remove at the end
+    to_free = []  # (path, fd) written before the clock starts
     if scenario in ("paced", "unlink"):
-        # Made before the clock starts: only the freeing is measured.
-        count = int(seconds // 5) + 1
-        files = [(p, written_file(p)) for p in
-                 (os.path.join(directory, f"probe-bg-{k}") for k in range(count))]
+        paths = [os.path.join(directory, f"probe-bg-{k}") for k in range(int(seconds // 5) + 1)]
+        to_free = [(p, written_file(p)) for p in paths]
         os.sync()
     ready.set()
     end = time.monotonic() + seconds
@@ -69,37 +86,21 @@ def background(scenario, directory, seconds, ready):
     while time.monotonic() < end:
         cycle = time.monotonic()
         if scenario == "zero":
-            path = os.path.join(directory, f"probe-spare-{k}")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            step = int(os.environ.get("ZERO_STEP_KIB", "1024")) << 10
-            for pos in range(0, SEGMENT, step):
-                t = time.monotonic()
-                os.pwrite(fd, bytes(step), pos)
-                if os.environ.get("ZERO_SYNC") == "srf":
-                    # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
-                    libc.sync_file_range(fd, ctypes.c_int64(pos), ctypes.c_int64(step), 7)
-                else:
-                    os.fdatasync(fd)
-                time.sleep(time.monotonic() - t)
-            os.fdatasync(fd)
-            os.close(fd)
-            files.append((path, None))
-        elif scenario in ("paced", "unlink") and k < len(files):
-            path, fd = files[k]
+            made.append(os.path.join(directory, f"probe-spare-{k}"))
+            zero_fill(made[-1])
+        elif to_free:
+            path, fd = to_free.pop(0)
             if scenario == "paced":
                 punch_paced(fd)
             os.close(fd)
             os.unlink(path)
         k += 1
         time.sleep(max(0.0, 5 - (time.monotonic() - cycle)))
-    for path, fd in files:
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if os.path.exists(path):
-            os.unlink(path)
+    for path, fd in to_free:
+        os.close(fd)
+        os.unlink(path)
+    for path in made:
+        os.unlink(path)
 
 
 def foreground(directory, seconds, rate):
