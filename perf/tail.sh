@@ -54,7 +54,12 @@ print(total, *(total - le.get(b, 0) for b in ("0.005", "0.01", "0.025")))
 PY
 }
 
-echo "setting,round,achieved_rate,p50_us,p99_us,p999_us,max_us,server_msgs,server_over_5ms,server_over_10ms,server_over_25ms,syncs,syncs_over_5ms,syncs_over_10ms,syncs_over_25ms" >"$out"
+# Sums a counter over the cores (0 when the build has no such counter).
+total() {
+  awk -v name="$2" '$1 ~ "^"name"(\\{|$)" { sum += $2 } END { print sum + 0 }' "$1"
+}
+
+echo "setting,round,achieved_rate,p50_us,p99_us,p999_us,max_us,server_msgs,server_over_5ms,server_over_10ms,server_over_25ms,syncs,syncs_over_5ms,syncs_over_10ms,syncs_over_25ms,segments_recycled" >"$out"
 for round in $(seq "$rounds"); do
   for setting in ${SETTINGS:-ext4 tmpfs floor}; do
     extra_var=ARGS_$setting extra=${!extra_var:-}
@@ -82,16 +87,17 @@ for round in $(seq "$rounds"); do
     achieved=$(echo "$report" | head -1 | sed -E 's/.*: ([0-9]+) msgs\/s$/\1/')
     read -r p50 p99 p999 max < <(echo "$report" | tail -1 |
       sed -E 's/.*p50 ([0-9]+) +p90 [0-9]+ +p99 ([0-9]+) +p99.9 ([0-9]+) +max ([0-9]+).*/\1 \2 \3 \4/')
-    server="0 0 0 0" syncs="0 0 0 0"
+    server="0 0 0 0" syncs="0 0 0 0" recycled=0
     if [ "$setting" != floor ]; then
       curl -sf "http://$admin/metrics" >"$tmp/run/metrics.txt"
       server=$(over "$tmp/run/metrics.txt" spate_smtp_final_dot_seconds)
       syncs=$(over "$tmp/run/metrics.txt" spate_spool_fdatasync_seconds)
+      recycled=$(total "$tmp/run/metrics.txt" spate_spool_segments_recycled_total)
       kill -TERM "$spate_pid"; wait "$spate_pid" || true
       rm -rf "$work" "$log"
     fi
     kill -TERM "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
-    echo "$setting,$round,$achieved,$p50,$p99,$p999,$max,${server// /,},${syncs// /,}" | tee -a "$out"
+    echo "$setting,$round,$achieved,$p50,$p99,$p999,$max,${server// /,},${syncs// /,},$recycled" | tee -a "$out"
   done
 done
 python3 - "$out" <<'PY'

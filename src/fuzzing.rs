@@ -11,7 +11,8 @@ use crate::listener::data::DataReceiver;
 use hickory_proto::op::Message;
 use hickory_proto::rr::{Name, RecordType};
 use spool_format::{
-    decode_record, MessageView, RecordKind, ScanItem, Scanner, StateRecord, RECORDS_OFFSET,
+    decode_record, decode_record_in, stamp, unstamp, Layout, MessageView, RecordKind, ScanItem,
+    Scanner, StateRecord, RECORDS_OFFSET,
 };
 
 /// An Ed25519 key for tests and fuzzing only; it signs nothing real.
@@ -115,8 +116,19 @@ pub fn dns_reply(data: &[u8]) {
     }
 }
 
-/// The spool record decoder, on one record and on a whole segment.
+/// The spool record decoder, on one record and on a whole segment, in both
+/// format versions; and a version 1 record stamped for version 2 decodes
+/// there and unstamps to the same bytes.
 pub fn spool_record(data: &[u8]) {
+    let v2 = Layout::V2 { tag: 0x5350_4154 };
+    if let Ok((header, _)) = decode_record(data) {
+        let mut record = data[..header.record_bytes().min(data.len())].to_vec();
+        stamp(&mut record, 0x5350_4154);
+        assert!(decode_record_in(&record, v2).is_ok());
+        unstamp(&mut record);
+        assert_eq!(record, data[..record.len()]);
+    }
+    let _ = decode_record_in(data, v2);
     if let Ok((header, payload)) = decode_record(data) {
         match header.kind {
             RecordKind::Message => {
@@ -131,11 +143,13 @@ pub fn spool_record(data: &[u8]) {
     }
     let mut segment = vec![0u8; RECORDS_OFFSET];
     segment.extend_from_slice(data);
-    let mut end = RECORDS_OFFSET;
-    for item in Scanner::new(&segment) {
-        if let ScanItem::Record { offset, header, .. } = item {
-            assert!(offset >= end && offset + header.record_bytes() <= segment.len() + 8);
-            end = offset;
+    for layout in [Layout::V1, v2] {
+        let mut end = RECORDS_OFFSET;
+        for item in Scanner::new(&segment, layout) {
+            if let ScanItem::Record { offset, header, .. } = item {
+                assert!(offset >= end && offset + header.record_bytes() <= segment.len() + 8);
+                end = offset;
+            }
         }
     }
 }

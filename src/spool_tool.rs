@@ -26,24 +26,24 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
     for (id, path) in list_segments(dir).map_err(|e| e.to_string())? {
         let map = map_segment(path.clone(), id).map_err(|e| format!("{}: {e}", path.display()))?;
         report.segments += 1;
-        match SegmentHeader::decode(&map.map) {
+        let header = match SegmentHeader::decode(&map.map) {
             Err(e) => {
                 report
                     .problems
                     .push(format!("{}: header: {e}", path.display()));
                 continue;
             }
-            Ok(h) if h.segment_bytes != map.map.len() as u64 => {
-                report.problems.push(format!(
-                    "{}: truncated to {} of {} bytes",
-                    path.display(),
-                    map.map.len(),
-                    h.segment_bytes
-                ));
-            }
-            Ok(_) => {}
+            Ok(h) => h,
+        };
+        if header.segment_bytes != map.map.len() as u64 {
+            report.problems.push(format!(
+                "{}: truncated to {} of {} bytes",
+                path.display(),
+                map.map.len(),
+                header.segment_bytes
+            ));
         }
-        for item in Scanner::new(&map.map) {
+        for item in Scanner::new(&map.map, header.layout()) {
             match item {
                 ScanItem::Record {
                     offset,
@@ -87,12 +87,15 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> Result<(), String> {
     for (id, path) in list_segments(dir).map_err(|e| e.to_string())? {
         let map = map_segment(path.clone(), id).map_err(|e| format!("{}: {e}", path.display()))?;
         let seg = format!("{id:016x}");
-        if let Err(e) = SegmentHeader::decode(&map.map) {
-            writeln!(out, "{}", json!({"segment": seg, "error": e.to_string()}))
-                .map_err(|e| e.to_string())?;
-            continue;
-        }
-        for item in Scanner::new(&map.map) {
+        let header = match SegmentHeader::decode(&map.map) {
+            Ok(h) => h,
+            Err(e) => {
+                writeln!(out, "{}", json!({"segment": seg, "error": e.to_string()}))
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
+        for item in Scanner::new(&map.map, header.layout()) {
             let line = match item {
                 ScanItem::Record {
                     offset,

@@ -1,4 +1,5 @@
-//! The spool's on-disk format, version 1, exactly as `SPEC.md` describes it.
+//! The spool's on-disk format, versions 1 and 2, exactly as `SPEC.md`
+//! describes them.
 //!
 //! This crate owns the bytes: segment headers, record headers, the payload of
 //! each record kind, and the walk over a segment that tells good records from
@@ -14,14 +15,15 @@ mod scan;
 mod segment;
 
 pub use record::{
-    decode_record, encode_state, is_tag, EnvelopeView, MessageBuilder, MessageView, RecordHeader,
-    RecordKind, StateRecord, StateView, FLAG_8BITMIME, FLAG_SMTPUTF8, FLAG_TAGS, TAG_BYTES_MAX,
+    decode_record, decode_record_in, encode_state, is_tag, stamp, unstamp, EnvelopeView,
+    MessageBuilder, MessageView, RecordHeader, RecordKind, StateRecord, StateView, FLAG_8BITMIME,
+    FLAG_SMTPUTF8, FLAG_TAGS, TAG_BYTES_MAX,
 };
 pub use scan::{Damage, ScanItem, Scanner};
-pub use segment::{parse_segment_file_name, segment_file_name, SegmentHeader};
+pub use segment::{parse_segment_file_name, segment_file_name, tag_for, Layout, SegmentHeader};
 
-/// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes. It reads this one and version 1.
+pub const FORMAT_VERSION: u32 = 2;
 /// Records start here in every segment.
 pub const RECORDS_OFFSET: usize = 4096;
 /// Every record starts on a multiple of this.
@@ -54,7 +56,7 @@ impl std::fmt::Display for FormatError {
             FormatError::BadMagic => write!(f, "not a spate spool segment (bad magic)"),
             FormatError::UnknownVersion(v) => write!(
                 f,
-                "unknown spool format version {v} (this build reads version {FORMAT_VERSION})"
+                "unknown spool format version {v} (this build reads versions 1 to {FORMAT_VERSION})"
             ),
             FormatError::Checksum => write!(f, "checksum mismatch"),
             FormatError::Truncated => write!(f, "truncated"),

@@ -1,6 +1,6 @@
 //! Record headers and the payload of each record kind.
 
-use crate::{align_up, Cursor, FormatError, RECORD_HEADER_BYTES};
+use crate::{align_up, Cursor, FormatError, Layout, RECORD_HEADER_BYTES};
 
 /// Body flag: the message was sent with `BODY=8BITMIME`.
 pub const FLAG_8BITMIME: u32 = 1;
@@ -76,6 +76,19 @@ fn crc_of(header: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_BYTES]), payload)
 }
 
+/// Version 1's CRC of a record whose tag field (bytes 12..16) is read as
+/// zero: version 2 appends the tag to it.
+fn crc_untagged(header: &[u8], payload: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&header[4..12]);
+    let crc = crc32c::crc32c_append(crc, &[0; 4]);
+    let crc = crc32c::crc32c_append(crc, &header[16..RECORD_HEADER_BYTES]);
+    crc32c::crc32c_append(crc, payload)
+}
+
+fn tag_field(head: &[u8]) -> u32 {
+    u32::from_le_bytes(head[12..16].try_into().unwrap())
+}
+
 fn write_header(out: &mut [u8], kind: RecordKind, payload_len: u32, message_id: u64) {
     out[4] = kind as u8;
     out[5..8].fill(0);
@@ -84,15 +97,35 @@ fn write_header(out: &mut [u8], kind: RecordKind, payload_len: u32, message_id: 
     out[16..24].copy_from_slice(&message_id.to_le_bytes());
 }
 
-/// Decodes the record that starts at `bytes[0]`; `bytes` may run on past it.
-/// Returns the header and the payload, both checked against the CRC.
+/// Decodes the version 1 record that starts at `bytes[0]` (as this crate's
+/// builders make them, before [`stamp`]); `bytes` may run on past it.
 pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError> {
+    decode_record_in(bytes, Layout::V1)
+}
+
+/// Decodes the record that starts at `bytes[0]` in a segment of `layout`;
+/// `bytes` may run on past it. Returns the header and the payload, both
+/// checked against the CRC. In version 2 a record of another tag is an
+/// error, checked before the CRC: it is left from the file's earlier use.
+pub fn decode_record_in(
+    bytes: &[u8],
+    layout: Layout,
+) -> Result<(RecordHeader, &[u8]), FormatError> {
     let head = bytes
         .get(..RECORD_HEADER_BYTES)
         .ok_or(FormatError::Truncated)?;
     let kind = RecordKind::from_u8(head[4]).ok_or(FormatError::Invalid("record kind"))?;
-    if head[5..8] != [0, 0, 0] || head[12..16] != [0, 0, 0, 0] {
+    if head[5..8] != [0, 0, 0] {
         return Err(FormatError::Invalid("record reserved field"));
+    }
+    let expected_tag = match layout {
+        Layout::V1 => 0,
+        Layout::V2 { tag } => tag,
+    };
+    if tag_field(head) != expected_tag {
+        return Err(FormatError::Invalid(
+            "record tag (another segment's record)",
+        ));
     }
     let payload_len = u32::from_le_bytes(head[8..12].try_into().unwrap());
     let end = RECORD_HEADER_BYTES
@@ -102,7 +135,13 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError>
         .get(RECORD_HEADER_BYTES..end)
         .ok_or(FormatError::Truncated)?;
     let crc = u32::from_le_bytes(head[0..4].try_into().unwrap());
-    if crc != crc_of(head, payload) {
+    let expected_crc = match layout {
+        Layout::V1 => crc_of(head, payload),
+        Layout::V2 { tag } => {
+            crc32c::crc32c_append(crc_untagged(head, payload), &tag.to_le_bytes())
+        }
+    };
+    if crc != expected_crc {
         return Err(FormatError::Checksum);
     }
     let message_id = u64::from_le_bytes(head[16..24].try_into().unwrap());
@@ -115,6 +154,49 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError>
         },
         payload,
     ))
+}
+
+/// The bytes taken by each of the sealed records laid end to end in
+/// `records`, going by their length fields (the caller made or checked
+/// them).
+fn each_record(records: &mut [u8], mut f: impl FnMut(&mut [u8])) {
+    let mut at = 0;
+    while at + RECORD_HEADER_BYTES <= records.len() {
+        let len = u32::from_le_bytes(records[at + 8..at + 12].try_into().unwrap()) as usize;
+        let end = (at + align_up(RECORD_HEADER_BYTES + len)).min(records.len());
+        f(&mut records[at..end]);
+        at = end;
+    }
+}
+
+/// Seals version 1 records (as the builders make them, or as [`unstamp`]
+/// leaves them) for a version 2 segment with `tag`: writes the tag and
+/// appends it to the CRC, four bytes of work per record.
+pub fn stamp(records: &mut [u8], tag: u32) {
+    debug_assert_ne!(tag, 0, "a version 2 tag is never zero");
+    each_record(records, |r| {
+        debug_assert_eq!(tag_field(r), 0, "stamped twice");
+        let crc = u32::from_le_bytes(r[0..4].try_into().unwrap());
+        let crc = crc32c::crc32c_append(crc, &tag.to_le_bytes());
+        r[0..4].copy_from_slice(&crc.to_le_bytes());
+        r[12..16].copy_from_slice(&tag.to_le_bytes());
+    });
+}
+
+/// Turns records copied out of a segment of either version back into
+/// version 1 records, ready to be [`stamp`]ed for another segment. A
+/// version 2 record's CRC is computed again over the whole record.
+pub fn unstamp(records: &mut [u8]) {
+    each_record(records, |r| {
+        if tag_field(r) == 0 {
+            return; // version 1 already
+        }
+        r[12..16].fill(0);
+        let len = u32::from_le_bytes(r[8..12].try_into().unwrap()) as usize;
+        let end = (RECORD_HEADER_BYTES + len).min(r.len());
+        let crc = crc_of(&r[..RECORD_HEADER_BYTES], &r[RECORD_HEADER_BYTES..end]);
+        r[0..4].copy_from_slice(&crc.to_le_bytes());
+    });
 }
 
 /// Builds a `Message` record in place, so that the body can be appended to
@@ -635,6 +717,45 @@ mod tests {
             assert_eq!(h.message_id, 7);
             assert_eq!(StateRecord::decode(h.kind, payload).unwrap(), case);
         }
+    }
+
+    #[test]
+    fn stamped_records_decode_only_under_their_tag() {
+        let mut recs = message();
+        encode_state(
+            &mut recs,
+            7,
+            &StateRecord::Delivered {
+                recipient: 0,
+                time_ms: 9,
+            },
+        );
+        let plain = recs.clone();
+        stamp(&mut recs, 0x1234);
+        let v2 = Layout::V2 { tag: 0x1234 };
+        let (first, _) = decode_record_in(&recs, v2).unwrap();
+        let second = &recs[first.record_bytes()..];
+        assert_eq!(decode_record_in(second, v2).unwrap().0.message_id, 7);
+        assert!(decode_record_in(&recs, Layout::V2 { tag: 0x1235 }).is_err());
+        assert!(
+            decode_record(&recs).is_err(),
+            "a version 2 record is no version 1 record"
+        );
+        assert!(
+            decode_record_in(&plain, v2).is_err(),
+            "nor the other way round"
+        );
+        // A stale record whose tag field alone was rewritten fails the CRC.
+        let mut forged = recs.clone();
+        forged[12..16].copy_from_slice(&0x1235u32.to_le_bytes());
+        assert_eq!(
+            decode_record_in(&forged, Layout::V2 { tag: 0x1235 }).map(|_| ()),
+            Err(FormatError::Checksum)
+        );
+        unstamp(&mut recs);
+        assert_eq!(recs, plain, "unstamp gives back the version 1 bytes");
+        unstamp(&mut recs);
+        assert_eq!(recs, plain, "and leaves version 1 records alone");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //!
 //! The rules are SPEC.md's "Durability and recovery": a bad record followed by
 //! a good one is corruption (reported, skipped, the rest kept); a bad record
-//! followed by nothing good is a torn tail.
+//! followed by nothing good is a torn tail. In version 2 "good" means of
+//! this segment's tag: records left from an earlier use of a recycled file
+//! count as damage, never as records.
 
 use crate::{
-    decode_record, FormatError, RecordHeader, RecordKind, RECORDS_OFFSET, RECORD_ALIGN,
+    decode_record_in, FormatError, Layout, RecordHeader, RecordKind, RECORDS_OFFSET, RECORD_ALIGN,
     RECORD_HEADER_BYTES,
 };
 
@@ -15,6 +17,9 @@ pub enum Damage {
     /// Unreadable bytes with good records after them.
     Corrupt { offset: usize, len: usize },
     /// Unreadable bytes at the end of the written part: a cut-short write.
+    /// In version 2, `len` is the 24 bytes of record header whose zeroing
+    /// ends the written part: what lies past them may be records of the
+    /// file's earlier use, which a reader skips but must not erase.
     TornTail { offset: usize, len: usize },
 }
 
@@ -32,15 +37,18 @@ pub enum ScanItem<'a> {
 /// Iterates the records of a segment, given all of its bytes.
 pub struct Scanner<'a> {
     bytes: &'a [u8],
+    layout: Layout,
     pos: usize,
     done: bool,
 }
 
 impl<'a> Scanner<'a> {
-    /// Scans `bytes`, a whole segment whose header the caller has checked.
-    pub fn new(bytes: &'a [u8]) -> Scanner<'a> {
+    /// Scans `bytes`, a whole segment whose header the caller has checked
+    /// and which gave `layout`.
+    pub fn new(bytes: &'a [u8], layout: Layout) -> Scanner<'a> {
         Scanner {
             bytes,
+            layout,
             pos: RECORDS_OFFSET,
             done: false,
         }
@@ -60,7 +68,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn decodes_at(&self, at: usize) -> bool {
-        at <= self.bytes.len() && decode_record(&self.bytes[at..]).is_ok()
+        at <= self.bytes.len() && decode_record_in(&self.bytes[at..], self.layout).is_ok()
     }
 
     /// After a failed decode at `self.pos`: where the next good record is, or
@@ -109,7 +117,7 @@ impl<'a> Iterator for Scanner<'a> {
             self.done = true;
             return None;
         }
-        match decode_record(&self.bytes[self.pos..]) {
+        match decode_record_in(&self.bytes[self.pos..], self.layout) {
             Ok((header, payload)) => {
                 let offset = self.pos;
                 self.pos += header.record_bytes();
@@ -134,10 +142,11 @@ impl<'a> Iterator for Scanner<'a> {
                     }
                     Err(end) => {
                         self.done = true;
-                        Some(ScanItem::Damage(Damage::TornTail {
-                            offset,
-                            len: end - offset,
-                        }))
+                        let len = match self.layout {
+                            Layout::V1 => end - offset,
+                            Layout::V2 { .. } => RECORD_HEADER_BYTES.min(self.bytes.len() - offset),
+                        };
+                        Some(ScanItem::Damage(Damage::TornTail { offset, len }))
                     }
                 }
             }
@@ -168,7 +177,7 @@ mod tests {
     }
 
     fn ids(seg: &[u8]) -> Vec<Result<u64, Damage>> {
-        Scanner::new(seg)
+        Scanner::new(seg, Layout::V1)
             .map(|item| match item {
                 ScanItem::Record { header, .. } => Ok(header.message_id),
                 ScanItem::Damage(d) => Err(d),
@@ -233,7 +242,7 @@ mod tests {
         let (mut seg, offsets) = segment_with(&[msg(1), msg(2)]);
         let end = offsets[1] + msg(2).len();
         seg[offsets[1] + 70..end].fill(0);
-        let mut scan = Scanner::new(&seg);
+        let mut scan = Scanner::new(&seg, Layout::V1);
         assert!(matches!(scan.next(), Some(ScanItem::Record { .. })));
         match scan.next() {
             Some(ScanItem::Damage(Damage::TornTail { offset, .. })) => {
@@ -242,5 +251,78 @@ mod tests {
             other => panic!("expected a torn tail, got {other:?}"),
         }
         assert_eq!(scan.next(), None);
+    }
+
+    /// A version 2 segment with tag 2 holding `records` from its start,
+    /// written over a file whose earlier use (tag 1) left records behind,
+    /// at other offsets than the new ones.
+    fn recycled(records: &[Vec<u8>]) -> (Vec<u8>, Vec<usize>) {
+        let mut seg = vec![0u8; RECORDS_OFFSET + 40];
+        for id in 100..140 {
+            let mut r = msg(id);
+            crate::stamp(&mut r, 1);
+            seg.extend_from_slice(&r);
+        }
+        seg.resize(seg.len() + 4096, 0);
+        let mut at = RECORDS_OFFSET;
+        let mut offsets = Vec::new();
+        for r in records {
+            let mut r = r.clone();
+            crate::stamp(&mut r, 2);
+            offsets.push(at);
+            seg[at..at + r.len()].copy_from_slice(&r);
+            at += r.len();
+        }
+        (seg, offsets)
+    }
+
+    fn ids_v2(seg: &[u8]) -> Vec<Result<u64, Damage>> {
+        Scanner::new(seg, Layout::V2 { tag: 2 })
+            .map(|item| match item {
+                ScanItem::Record { header, .. } => Ok(header.message_id),
+                ScanItem::Damage(d) => Err(d),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_of_an_earlier_use_are_never_read_as_records() {
+        let (mut seg, offsets) = recycled(&[msg(1), msg(2)]);
+        let end = offsets[1] + msg(2).len();
+        seg[end..end + RECORD_HEADER_BYTES].fill(0); // the committer's end mark
+        assert_eq!(ids_v2(&seg), vec![Ok(1), Ok(2)]);
+        let mut s = Scanner::new(&seg, Layout::V2 { tag: 2 });
+        s.by_ref().for_each(drop);
+        assert_eq!(s.end(), end);
+    }
+
+    #[test]
+    fn a_torn_record_over_an_earlier_use_is_a_torn_tail_of_one_header() {
+        let (mut seg, offsets) = recycled(&[msg(1), msg(2)]);
+        let torn = offsets[1] + msg(2).len() / 2;
+        seg[torn..offsets[1] + msg(2).len()].fill(0xee);
+        assert_eq!(
+            ids_v2(&seg),
+            vec![
+                Ok(1),
+                Err(Damage::TornTail {
+                    offset: offsets[1],
+                    len: RECORD_HEADER_BYTES
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_of_this_use_resyncs_past_stale_ones() {
+        let (mut seg, offsets) = recycled(&[msg(1), msg(2), msg(3)]);
+        let end = offsets[2] + msg(3).len();
+        seg[end..end + RECORD_HEADER_BYTES].fill(0);
+        seg[offsets[1] + 60] ^= 0xff;
+        let found = ids_v2(&seg);
+        assert_eq!(found.first(), Some(&Ok(1)));
+        assert!(matches!(found[1], Err(Damage::Corrupt { .. })), "{found:?}");
+        assert_eq!(found.get(2), Some(&Ok(3)));
+        assert_eq!(found.len(), 3);
     }
 }

@@ -1,8 +1,28 @@
-//! The 48-byte segment header and the segment file naming rule.
+//! The 48-byte segment header, the record layout it names, and the segment
+//! file naming rule.
 
 use crate::{Cursor, FormatError, FORMAT_VERSION, RECORDS_OFFSET, SEGMENT_HEADER_BYTES};
 
 const MAGIC: &[u8; 8] = b"SPATESPL";
+
+/// How the records of a segment are sealed, as its header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Version 1: the record header's bytes 12..16 are zero and the CRC
+    /// covers the header and payload.
+    V1,
+    /// Version 2: every record carries the segment's `tag` (never zero) in
+    /// its header's bytes 12..16, and the CRC ends with it. A record with
+    /// another tag is left from an earlier use of the file and is no record
+    /// of this segment.
+    V2 { tag: u32 },
+}
+
+/// The tag a version 2 segment with this id gets: the id's low 32 bits, or
+/// 1 where they are zero (a tag is never zero).
+pub fn tag_for(segment_id: u64) -> u32 {
+    (segment_id as u32).max(1)
+}
 
 /// The decoded header at the start of every segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,17 +31,42 @@ pub struct SegmentHeader {
     pub core: u32,
     pub segment_bytes: u64,
     pub created_unix_secs: u32,
+    /// 1 or 2.
+    pub version: u32,
+    /// Version 2's record tag; 0 in version 1.
+    pub tag: u32,
 }
 
 impl SegmentHeader {
+    /// A header of the version this crate writes, with the tag of its id.
+    pub fn new(segment_id: u64, core: u32, segment_bytes: u64, created_unix_secs: u32) -> Self {
+        SegmentHeader {
+            segment_id,
+            core,
+            segment_bytes,
+            created_unix_secs,
+            version: FORMAT_VERSION,
+            tag: tag_for(segment_id),
+        }
+    }
+
+    /// How this segment's records are sealed.
+    pub fn layout(&self) -> Layout {
+        match self.version {
+            1 => Layout::V1,
+            _ => Layout::V2 { tag: self.tag },
+        }
+    }
+
     /// Encodes the header into the first `SEGMENT_HEADER_BYTES` of a block.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[0..8].copy_from_slice(MAGIC);
-        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..12].copy_from_slice(&self.version.to_le_bytes());
         out[12..16].copy_from_slice(&(RECORDS_OFFSET as u32).to_le_bytes());
         out[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         out[24..28].copy_from_slice(&self.core.to_le_bytes());
+        out[28..32].copy_from_slice(&self.tag.to_le_bytes());
         out[32..40].copy_from_slice(&self.segment_bytes.to_le_bytes());
         out[40..44].copy_from_slice(&self.created_unix_secs.to_le_bytes());
         let crc = crc32c::crc32c(&out[0..44]);
@@ -37,27 +82,32 @@ impl SegmentHeader {
             return Err(FormatError::BadMagic);
         }
         let version = c.u32()?;
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(FormatError::UnknownVersion(version));
         }
         let records_offset = c.u32()?;
         let segment_id = c.u64()?;
         let core = c.u32()?;
-        let reserved = c.u32()?;
+        let tag = c.u32()?;
         let segment_bytes = c.u64()?;
         let created_unix_secs = c.u32()?;
         let crc = c.u32()?;
         if crc != crc32c::crc32c(&bytes[0..44]) {
             return Err(FormatError::Checksum);
         }
-        if records_offset as usize != RECORDS_OFFSET || reserved != 0 {
+        if records_offset as usize != RECORDS_OFFSET {
             return Err(FormatError::Invalid("segment header field"));
+        }
+        if (version == 1) != (tag == 0) {
+            return Err(FormatError::Invalid("segment tag"));
         }
         Ok(SegmentHeader {
             segment_id,
             core,
             segment_bytes,
             created_unix_secs,
+            version,
+            tag,
         })
     }
 }
@@ -82,42 +132,47 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = SegmentHeader {
-            segment_id: 7,
-            core: 1,
-            segment_bytes: 1 << 20,
-            created_unix_secs: 99,
-        };
+        let h = SegmentHeader::new(7, 1, 1 << 20, 99);
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        assert_eq!(h.layout(), Layout::V2 { tag: 7 });
+        let v1 = SegmentHeader {
+            version: 1,
+            tag: 0,
+            ..h
+        };
+        assert_eq!(SegmentHeader::decode(&v1.encode()), Ok(v1));
+        assert_eq!(v1.layout(), Layout::V1);
     }
 
     #[test]
     fn newer_version_is_named() {
-        let mut b = SegmentHeader {
-            segment_id: 1,
-            core: 0,
-            segment_bytes: 1 << 20,
-            created_unix_secs: 0,
-        }
-        .encode();
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let mut b = SegmentHeader::new(1, 0, 1 << 20, 0).encode();
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(
             SegmentHeader::decode(&b),
-            Err(FormatError::UnknownVersion(2))
+            Err(FormatError::UnknownVersion(3))
         );
     }
 
     #[test]
     fn flipped_byte_fails_crc() {
-        let mut b = SegmentHeader {
-            segment_id: 1,
-            core: 0,
-            segment_bytes: 1 << 20,
-            created_unix_secs: 0,
-        }
-        .encode();
+        let mut b = SegmentHeader::new(1, 0, 1 << 20, 0).encode();
         b[20] ^= 1;
         assert_eq!(SegmentHeader::decode(&b), Err(FormatError::Checksum));
+    }
+
+    #[test]
+    fn a_tag_is_never_zero_and_must_match_the_version() {
+        assert_eq!(tag_for(1 << 32), 1);
+        assert_eq!(tag_for((5 << 32) | 9), 9);
+        let zero_tag = SegmentHeader {
+            tag: 0,
+            ..SegmentHeader::new(1, 0, 1 << 20, 0)
+        };
+        assert_eq!(
+            SegmentHeader::decode(&zero_tag.encode()),
+            Err(FormatError::Invalid("segment tag"))
+        );
     }
 
     #[test]

@@ -19,10 +19,18 @@ fn write_basic() -> Vec<u8> {
         core: 1,
         segment_bytes: 65536,
         created_unix_secs: 1_764_000_000,
+        version: 1,
+        tag: 0,
     };
     let mut seg = vec![0u8; 65536];
     seg[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    let mut at = RECORDS_OFFSET;
+    let records = basic_records();
+    seg[RECORDS_OFFSET..RECORDS_OFFSET + records.len()].copy_from_slice(&records);
+    seg
+}
+
+/// The records of `v1-basic.spl`: a message and two state records.
+fn basic_records() -> Vec<u8> {
     let mut b = MessageBuilder::new(
         Vec::new(),
         1_764_000_000_123,
@@ -33,9 +41,7 @@ fn write_basic() -> Vec<u8> {
     b.body_mut().extend_from_slice(
         b"Received: from x\r\nSubject: golden\r\n\r\n.leading dot was unstuffed\r\n",
     );
-    let rec = b.finish((3 << 32) | 1);
-    seg[at..at + rec.len()].copy_from_slice(&rec);
-    at += rec.len();
+    let mut records = b.finish((3 << 32) | 1);
     let mut states = Vec::new();
     encode_state(
         &mut states,
@@ -56,7 +62,30 @@ fn write_basic() -> Vec<u8> {
             reason: "451 4.7.1 try later",
         },
     );
-    seg[at..at + states.len()].copy_from_slice(&states);
+    records.extend_from_slice(&states);
+    records
+}
+
+/// The content of `v2-recycled.spl`: a version 2 segment (id 9 << 32 | 7,
+/// tag 7) holding the basic records, written over a file whose earlier use
+/// (tag 6) left the same records behind, repeated, 64 bytes further on.
+fn write_recycled() -> Vec<u8> {
+    let header = SegmentHeader::new((9 << 32) | 7, 0, 65536, 1_764_000_000);
+    assert_eq!(header.tag, 7);
+    let mut seg = vec![0u8; 65536];
+    seg[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+    let mut stale = basic_records();
+    stamp(&mut stale, 6);
+    let mut at = RECORDS_OFFSET + 64;
+    while at + stale.len() <= 32768 {
+        seg[at..at + stale.len()].copy_from_slice(&stale);
+        at += stale.len();
+    }
+    let mut fresh = basic_records();
+    stamp(&mut fresh, 7);
+    let end = RECORDS_OFFSET + fresh.len();
+    seg[RECORDS_OFFSET..end].copy_from_slice(&fresh);
+    seg[end..end + RECORD_HEADER_BYTES].fill(0);
     seg
 }
 
@@ -64,12 +93,13 @@ fn write_basic() -> Vec<u8> {
 fn basic_segment_decodes() {
     if std::env::var_os("SPOOL_FORMAT_WRITE_GOLDEN").is_some() {
         std::fs::write(golden("v1-basic.spl"), write_basic()).unwrap();
-        std::fs::write(golden("v2-header.spl"), {
+        std::fs::write(golden("v3-header.spl"), {
             let mut s = write_basic();
-            s[8..12].copy_from_slice(&2u32.to_le_bytes());
+            s[8..12].copy_from_slice(&3u32.to_le_bytes());
             s
         })
         .unwrap();
+        std::fs::write(golden("v2-recycled.spl"), write_recycled()).unwrap();
     }
     let seg = std::fs::read(golden("v1-basic.spl")).unwrap();
     let header = SegmentHeader::decode(&seg).unwrap();
@@ -77,7 +107,7 @@ fn basic_segment_decodes() {
         (header.segment_id, header.core, header.segment_bytes),
         (3, 1, 65536)
     );
-    let items: Vec<_> = Scanner::new(&seg).collect();
+    let items: Vec<_> = Scanner::new(&seg, header.layout()).collect();
     assert_eq!(items.len(), 3);
     let ScanItem::Record {
         header: h,
@@ -126,9 +156,46 @@ fn basic_segment_decodes() {
 
 #[test]
 fn newer_version_is_refused() {
-    let seg = std::fs::read(golden("v2-header.spl")).unwrap();
+    let seg = std::fs::read(golden("v3-header.spl")).unwrap();
     assert_eq!(
         SegmentHeader::decode(&seg),
-        Err(FormatError::UnknownVersion(2))
+        Err(FormatError::UnknownVersion(3))
+    );
+}
+
+#[test]
+fn recycled_segment_reads_only_its_own_records() {
+    let seg = std::fs::read(golden("v2-recycled.spl")).unwrap();
+    assert_eq!(
+        seg,
+        write_recycled(),
+        "the encoder no longer writes the golden bytes"
+    );
+    let header = SegmentHeader::decode(&seg).unwrap();
+    assert_eq!(header.layout(), Layout::V2 { tag: 7 });
+    let mut scan = Scanner::new(&seg, header.layout());
+    let kinds: Vec<_> = scan
+        .by_ref()
+        .map(|item| match item {
+            ScanItem::Record { header, .. } => header.kind,
+            ScanItem::Damage(d) => panic!("{d:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            RecordKind::Message,
+            RecordKind::Delivered,
+            RecordKind::Attempt
+        ]
+    );
+    assert_eq!(scan.end(), RECORDS_OFFSET + basic_records().len());
+    let v1 = std::fs::read(golden("v1-basic.spl")).unwrap();
+    let mut unstamped = seg[RECORDS_OFFSET..scan.end()].to_vec();
+    unstamp(&mut unstamped);
+    assert_eq!(
+        unstamped,
+        v1[RECORDS_OFFSET..scan.end()],
+        "the same records as version 1 once unstamped"
     );
 }

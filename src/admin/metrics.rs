@@ -252,6 +252,16 @@ fn spool(r: &mut Registry, cores: &[CoreMetrics]) {
         "Spool segments held",
         gauge_per_core(cores, |c| c.spool_segments as f64),
     );
+    r.register(
+        "spool_segments_recycled",
+        "Spool segments made of a reclaimed segment's file instead of a new one",
+        per_core(cores, |c| c.spool_segments_recycled),
+    );
+    r.register(
+        "spool_spares",
+        "Reclaimed segment files kept to be reused",
+        gauge_per_core(cores, |c| c.spool_spares as f64),
+    );
     r.register_with_unit(
         "spool_used",
         "Bytes of spool segments held",

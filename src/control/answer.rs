@@ -313,6 +313,8 @@ fn metrics(core: &Core) -> CoreMetrics {
         spool_records: st.records.get(),
         spool_syncs: st.syncs.get(),
         spool_failed_syncs: st.failed_syncs.get(),
+        spool_segments_recycled: st.segments_recycled.get(),
+        spool_spares: core.spool.spares_held() as u64,
         event_subscribers: core.log.stream.subscribers() as u64,
         suppression_entries: core.suppression.len() as u64,
         actions: core.shaper.actions().len() as u64,

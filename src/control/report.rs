@@ -175,6 +175,9 @@ pub struct CoreMetrics {
     pub spool_records: u64,
     pub spool_syncs: u64,
     pub spool_failed_syncs: u64,
+    /// Segments made of a reclaimed segment's file, and such files kept.
+    pub spool_segments_recycled: u64,
+    pub spool_spares: u64,
     pub event_subscribers: u64,
     pub actions: u64,
     /// Filled by core 0 only: the state shared by all cores.

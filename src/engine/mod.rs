@@ -99,8 +99,8 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             source,
         })?;
     eprintln!(
-        "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments",
-        cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len()
+        "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments, {} spare segment files removed",
+        cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len(), report.removed_spares
     );
     make_dirs(&cfg)?;
     let n = cpus.len();

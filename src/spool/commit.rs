@@ -1,17 +1,24 @@
 //! The committer: one task per core that turns queued records into durable
-//! ones, many per `fdatasync` (group commit). It also rolls to the next
-//! segment, which a background task prepares (zero-filled) once the active
-//! one is half full, and enters what each durable record is about in its
-//! segment's book for the reclaimer.
+//! ones, many per `fdatasync` (group commit). It stamps each record with the
+//! tag of the segment it lands in and zeroes the record header after the
+//! last one it writes, so that the segment's written part ends there even
+//! over a recycled file's old bytes. It also rolls to the next segment,
+//! which a background task prepares (a recycled spare, or a new file
+//! zero-filled) once the active one is half full, and enters what each
+//! durable record is about in its segment's book for the reclaimer.
 //!
 //! It must never answer `Ok` for a record before the sync that covers it has
 //! returned success, and never write to a segment after a failed write or
 //! sync on it.
 
 use super::reclaim::{self, SegmentBook};
-use super::segment::{self, write_all_at, ActiveSegment};
+use super::segment::{self, write_all_at, ActiveSegment, Spare};
 use super::{About, Placement, Request, Spool, SpoolError, BATCH_BYTES_MAX};
+use crate::message::SegmentMap;
+use spool_format::RECORD_HEADER_BYTES;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 pub(super) async fn run(spool: Rc<Spool>) {
     let mut active: Option<ActiveSegment> = None;
@@ -76,7 +83,9 @@ async fn commit(spool: &Rc<Spool>, active: &mut Option<ActiveSegment>, batch: Ve
         let seg = active.as_mut().expect("rolled above");
         placed.push((req, seg.tail));
         seg.tail += len;
+        let at = buf.len();
         buf.extend_from_slice(&placed.last().unwrap().0.record);
+        spool_format::stamp(&mut buf[at..], seg.tag);
     }
     flush(spool, active, buf, placed).await;
 }
@@ -95,6 +104,10 @@ async fn flush(
         .as_ref()
         .expect("records were placed in the active segment");
     let bytes = buf.len() as u64;
+    let mut buf = buf;
+    if seg.tail + RECORD_HEADER_BYTES as u64 <= seg.segment_bytes {
+        buf.resize(buf.len() + RECORD_HEADER_BYTES, 0); // the end mark
+    }
     let needs_sync = placed.iter().any(|(req, _)| req.done.is_some());
     let result = async {
         write_all_at(&seg.file, buf, start).await?;
@@ -202,8 +215,13 @@ fn prepare_spare(spool: &Rc<Spool>, active: &ActiveSegment) {
     *spool.spare.borrow_mut() = Some(task);
 }
 
+/// The next segment: a recycled spare if one is free to be written over,
+/// else a new file (zero-filled when `zero`, at the pace of the appends).
 pub(super) async fn create(spool: &Spool, zero: bool) -> Result<ActiveSegment, SpoolError> {
     let id = spool.ids.borrow_mut().take();
+    if let Some(seg) = recycle(spool, id).await {
+        return Ok(seg);
+    }
     let pace = zero.then_some(segment::Pace {
         active_room: &spool.active_room,
         hurry_below: spool.segment_bytes / 4,
@@ -224,4 +242,49 @@ pub(super) async fn create(spool: &Spool, zero: bool) -> Result<ActiveSegment, S
         );
         SpoolError::from_io(&e)
     })
+}
+
+/// Makes segment `id` of the first spare that nobody reads any more (its
+/// mapping has no other holder) and whose records' tag differs from the
+/// new one's. A spare that fails to become a segment is deleted.
+async fn recycle(spool: &Spool, id: u64) -> Option<ActiveSegment> {
+    let (old, path) = take_free_spare(spool, spool_format::tag_for(id))?;
+    let made = segment::recycle(&spool.dir, &spool.dir_path, old, &path, id, spool.core).await;
+    match made {
+        Ok(seg) => {
+            spool
+                .stats
+                .segments_recycled
+                .set(spool.stats.segments_recycled.get() + 1);
+            Some(seg)
+        }
+        Err(e) => {
+            eprintln!(
+                "spate: core {}: cannot reuse {} as segment {id:016x}: {e}; removing it",
+                spool.core,
+                path.display()
+            );
+            let _ = glommio::executor()
+                .spawn_blocking(move || std::fs::remove_file(path))
+                .await;
+            None
+        }
+    }
+}
+
+/// Takes the first spare whose mapping has no other holder and whose tag is
+/// not `tag`, with the mapping and the spare's path.
+fn take_free_spare(spool: &Spool, tag: u32) -> Option<(SegmentMap, PathBuf)> {
+    let mut spares = spool.spares.borrow_mut();
+    let at = spares
+        .iter()
+        .position(|s| s.old_tag != tag && Arc::strong_count(&s.map) == 1)?;
+    let Spare { map, path, old_tag } = spares.remove(at)?;
+    match Arc::try_unwrap(map) {
+        Ok(old) => Some((old, path)),
+        Err(map) => {
+            spares.push_back(Spare { map, path, old_tag });
+            None
+        }
+    }
 }

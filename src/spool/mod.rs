@@ -14,7 +14,7 @@
 //! The spool never copies a record to read it: readers get slices of the
 //! segment's shared read-only mapping. It copies a record only to move it
 //! forward, when the reclaimer (`reclaim`) empties an old segment so it can
-//! be deleted.
+//! be deleted or its file reused for a later segment (format version 2).
 
 mod commit;
 mod faults;
@@ -40,6 +40,12 @@ use std::sync::Arc;
 
 /// Most bytes one commit round writes; the rest waits for the next round.
 pub const BATCH_BYTES_MAX: usize = 8 << 20;
+
+/// Most reclaimed segment files a core keeps to reuse. Two cover a spool of
+/// steady size (one being prepared as the next segment while another waits
+/// for its last reader); beyond that, reclaimed files are deleted, so that
+/// the disk a peak took comes back.
+pub const SPARES_MAX: usize = 2;
 
 /// Why a record could not be made durable. The caller picks the SMTP reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -136,6 +142,8 @@ pub struct SpoolStats {
     pub failed_syncs: Cell<u64>,
     pub segments: Cell<u64>,
     pub segments_deleted: Cell<u64>,
+    /// Segments made of a reclaimed segment's file rather than a new one.
+    pub segments_recycled: Cell<u64>,
     pub records_moved: Cell<u64>,
     /// Records made durable by each fdatasync (group commit).
     pub batch_records: crate::meter::Histogram,
@@ -152,6 +160,7 @@ impl Default for SpoolStats {
             failed_syncs: Cell::default(),
             segments: Cell::default(),
             segments_deleted: Cell::default(),
+            segments_recycled: Cell::default(),
             records_moved: Cell::default(),
             batch_records: crate::meter::Histogram::new(crate::meter::BATCH_BOUNDS),
             sync_seconds: crate::meter::Histogram::new(crate::meter::LATENCY_BOUNDS),
@@ -164,6 +173,12 @@ impl Spool {
     pub fn segments_held(&self) -> (usize, u64) {
         let n = self.books.borrow().len();
         (n, n as u64 * self.segment_bytes)
+    }
+
+    /// Reclaimed segment files kept to be reused (each `segment_bytes` on
+    /// disk).
+    pub fn spares_held(&self) -> usize {
+        self.spares.borrow().len()
     }
 
     pub fn dir_path(&self) -> &std::path::Path {
@@ -209,6 +224,9 @@ pub struct Spool {
     /// A segment made before it was needed ([`Spool::prepare`]), taken by
     /// the first roll.
     prepared: RefCell<Option<segment::ActiveSegment>>,
+    /// Reclaimed segments' files kept to be written over as later segments,
+    /// oldest first; at most [`SPARES_MAX`].
+    spares: RefCell<VecDeque<segment::Spare>>,
     /// The next segment, being prepared in the background.
     spare: RefCell<Option<glommio::task::JoinHandle<Result<segment::ActiveSegment, SpoolError>>>>,
     /// Bytes still free in the active segment, as of the last commit: the
@@ -251,6 +269,7 @@ impl Spool {
             books: RefCell::new(books.into_iter().map(|b| (b.id(), b)).collect()),
             active: Cell::new(None),
             prepared: RefCell::new(None),
+            spares: RefCell::new(VecDeque::new()),
             spare: RefCell::new(None),
             active_room: Cell::new(0),
             reclaim: settings.reclaim,

@@ -12,16 +12,19 @@
 //!   too (a recipient's owner writes its outcome), so "exists" is read from
 //!   the message's shared [`Stored`].
 //!
-//! Only then is the file unlinked and the directory synced, and only after
-//! that do other cores see it as deleted. A crash at any step leaves a spool
-//! that recovers to the same state: at worst a message record is in two
-//! segments (recovery keeps one) or a state record is repeated.
+//! Only then is the file unlinked, or renamed to a spare (kept to be written
+//! over as a later segment, see `segment::Spare`), and the directory
+//! synced, and only after that do other cores see it as deleted. A crash at
+//! any step leaves a spool that recovers to the same state: at worst a
+//! message record is in two segments (recovery keeps one) or a state record
+//! is repeated.
 //!
 //! It must never delete the active segment, never delete before the copies
 //! are durable, and never hold a mapping of a deleted segment past the last
-//! reader.
+//! reader, except a spare's, which the committer reuses once it is the
+//! last.
 
-use super::{segment, About, Spool, SpoolError, Stored};
+use super::{segment, About, Spool, SpoolError, Stored, SPARES_MAX};
 use crate::message::SegmentMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -113,9 +116,22 @@ pub(super) fn enter(book: &mut SegmentBook, offset: u64, record: &[u8], about: A
     }
 }
 
-/// Unlinks a segment file and returns it still open for writing (`None`
-/// if it could be unlinked but not opened).
-fn unlink_held(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+/// The tag of the records in a segment (0 for format version 1).
+fn old_tag(map: &SegmentMap) -> u32 {
+    spool_format::SegmentHeader::decode(&map.map).map_or(0, |h| h.tag)
+}
+
+/// Takes a segment file out of the spool: renames it to `spare`, or else
+/// unlinks it and returns it still open for writing, so that `release` can
+/// free its blocks gradually (`None` if it could be unlinked but not
+/// opened, or was renamed). Runs off the core's thread.
+fn take_out(
+    path: &std::path::Path,
+    spare: Option<std::path::PathBuf>,
+) -> std::io::Result<Option<std::fs::File>> {
+    if let Some(to) = spare {
+        return std::fs::rename(path, to).map(|()| None);
+    }
     let held = std::fs::OpenOptions::new().write(true).open(path);
     std::fs::remove_file(path)?;
     Ok(held.ok())
@@ -183,16 +199,19 @@ impl Spool {
         if let Err(e) = self.copy_states(&book, report).await {
             return Err((book, e));
         }
-        // Unlinked off the core's thread, held open so that `release` can
-        // free its blocks gradually.
+        let spare = self.wants_spare(&book).then(|| {
+            let name = segment::spare_file_name(id);
+            (book.map.path.with_file_name(name), old_tag(&book.map))
+        });
+        let to = spare.as_ref().map(|(to, _)| to.clone());
         let path = book.map.path.clone();
-        let unlinked = glommio::executor()
-            .spawn_blocking(move || unlink_held(&path))
-            .await;
-        let held = match unlinked {
+        let held = match glommio::executor()
+            .spawn_blocking(move || take_out(&path, to))
+            .await
+        {
             Ok(held) => held,
-            // Gone already: an earlier pass unlinked it and then failed to
-            // sync the directory.
+            // Gone already: an earlier pass unlinked or renamed it and then
+            // failed to sync the directory.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err((book, SpoolError::from_io(&e))),
         };
@@ -204,9 +223,15 @@ impl Spool {
             .segments_deleted
             .set(self.stats.segments_deleted.get() + 1);
         debug_assert!(self.active.get() != Some(id));
+        let SegmentBook { map, .. } = book;
+        if let Some((path, old_tag)) = spare {
+            self.spares
+                .borrow_mut()
+                .push_back(segment::Spare { map, path, old_tag });
+            return Ok(());
+        }
         // The pages and blocks go once the last mapping does (usually this
         // one): that too happens off the core's thread.
-        let SegmentBook { map, .. } = book;
         let to_free = glommio::executor()
             .spawn_blocking(move || segment::release(map, held))
             .await;
@@ -214,6 +239,15 @@ impl Spool {
             segment::free_paced(file, len).await;
         }
         Ok(())
+    }
+
+    /// Whether `book`'s file should be kept as a spare rather than deleted:
+    /// while this core keeps fewer than [`SPARES_MAX`] and the file has the
+    /// size a new segment would have.
+    fn wants_spare(&self, book: &SegmentBook) -> bool {
+        self.spares.borrow().len() < SPARES_MAX
+            && book.map.map.len() as u64 == self.segment_bytes
+            && !self.closed.get()
     }
 
     /// Copies the records of messages homed here and still unfinished to
@@ -229,8 +263,9 @@ impl Spool {
             .iter()
             .filter(|s| s.home_id() == Some(id))
             .filter_map(|s| {
-                let record = s.record()?;
-                Some(self.queue(record.to_vec(), About::Message(s.clone())))
+                let mut record = s.record()?.to_vec();
+                spool_format::unstamp(&mut record);
+                Some(self.queue(record, About::Message(s.clone())))
             })
             .collect();
         for wait in waits {
@@ -257,7 +292,9 @@ impl Spool {
                 continue;
             }
             let (offset, len) = (*offset as usize, *len as usize);
+            let at = buf.len();
             buf.extend_from_slice(&book.map.map[offset..offset + len]);
+            spool_format::unstamp(&mut buf[at..]);
             about.push(stored.clone());
             if buf.len() >= COPY_CHUNK_BYTES {
                 let chunk = std::mem::take(&mut buf);

@@ -10,8 +10,8 @@ use super::segment::map_segment;
 use super::{SegmentBook, Stored};
 use crate::message::{MessageHandle, Recipient, Recipients, SegmentMap};
 use spool_format::{
-    parse_segment_file_name, Damage, FormatError, MessageView, RecordKind, ScanItem, Scanner,
-    SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    parse_segment_file_name, Damage, FormatError, Layout, MessageView, RecordKind, ScanItem,
+    Scanner, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,8 @@ pub struct RecoveryReport {
     pub torn_tails: Vec<(PathBuf, Damage)>,
     pub corrupt: Vec<(PathBuf, Damage)>,
     pub removed_empty: Vec<PathBuf>,
+    /// Reclaimed segments' files that were kept to be reused.
+    pub removed_spares: usize,
     pub truncated: Vec<PathBuf>,
     /// Message records found twice (a move forward cut short by a crash).
     pub duplicates: usize,
@@ -112,13 +114,15 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
     let mut scan = Scan::default();
     for (id, path) in list_segments(dir)? {
         next_segment_id = next_segment_id.max(id + 1);
-        let Some((core, map)) = open_segment(&path, id, &mut report)? else {
+        let Some((header, map)) = open_segment(&path, id, &mut report)? else {
             continue;
         };
         report.segments += 1;
-        scan.books.push((core, SegmentBook::new(Arc::new(map))));
-        scan_segment(&mut scan, &mut report)?;
+        scan.books
+            .push((header.core, SegmentBook::new(Arc::new(map))));
+        scan_segment(&mut scan, header.layout(), &mut report)?;
     }
+    remove_spares(dir, &mut report)?;
     // Message ids take their prefix from the segment id space too: never
     // hand out a number below one already used for either.
     let max_prefix = scan.messages.iter().map(|m| m.2 >> 32).max().unwrap_or(0);
@@ -268,7 +272,7 @@ fn open_segment(
     path: &Path,
     id: u64,
     report: &mut RecoveryReport,
-) -> Result<Option<(u32, SegmentMap)>, RecoveryError> {
+) -> Result<Option<(SegmentHeader, SegmentMap)>, RecoveryError> {
     let map = map_segment(path.to_path_buf(), id).map_err(|source| RecoveryError::Io {
         path: path.to_path_buf(),
         source,
@@ -301,13 +305,37 @@ fn open_segment(
         );
         report.truncated.push(path.to_path_buf());
     }
-    Ok(Some((header.core, map)))
+    Ok(Some((header, map)))
 }
 
-fn scan_segment(scan: &mut Scan, report: &mut RecoveryReport) -> Result<(), RecoveryError> {
+/// Removes the spare files a run left (`spare-*.spl`: reclaimed segments
+/// kept to be written over). Everything in them was moved forward or
+/// finished before they were renamed; a new run makes its own.
+fn remove_spares(dir: &Path, report: &mut RecoveryReport) -> Result<(), RecoveryError> {
+    let io = |source| RecoveryError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("spare-") && name.ends_with(".spl") {
+            std::fs::remove_file(entry.path()).map_err(io)?;
+            report.removed_spares += 1;
+        }
+    }
+    Ok(())
+}
+
+fn scan_segment(
+    scan: &mut Scan,
+    layout: Layout,
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
     let book = scan.books.len() - 1;
     let map = scan.books[book].1.map.clone();
-    for item in Scanner::new(&map.map) {
+    for item in Scanner::new(&map.map, layout) {
         match item {
             ScanItem::Record {
                 offset,

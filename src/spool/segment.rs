@@ -1,10 +1,13 @@
-//! Creating and mapping segment files. The only place that maps a file.
+//! Creating, recycling and mapping segment files. The only place that maps
+//! a file.
 
 use super::stored::SegmentLife;
 use crate::message::SegmentMap;
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use memmap2::Mmap;
-use spool_format::{segment_file_name, SegmentHeader, RECORDS_OFFSET, SEGMENT_HEADER_BYTES};
+use spool_format::{
+    segment_file_name, SegmentHeader, RECORDS_OFFSET, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,8 @@ pub struct ActiveSegment {
     /// Where the next record goes.
     pub tail: u64,
     pub segment_bytes: u64,
+    /// The tag every record written here carries (format version 2).
+    pub tag: u32,
 }
 
 impl ActiveSegment {
@@ -78,15 +83,8 @@ async fn create_at(
         Some(pace) => zero_fill(&file, segment_bytes, pace).await?,
         None => file.pre_allocate(segment_bytes, false).await?,
     }
-    let header = SegmentHeader {
-        segment_id,
-        core,
-        segment_bytes,
-        created_unix_secs: now_secs(),
-    };
-    let mut block = vec![0u8; RECORDS_OFFSET];
-    block[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    write_all_at(&file, block, 0).await?;
+    let header = SegmentHeader::new(segment_id, core, segment_bytes, now_secs());
+    write_all_at(&file, header_block(&header), 0).await?;
     file.fdatasync().await?;
     dir.sync().await?;
     let map = Arc::new(map_segment(path.to_path_buf(), segment_id)?);
@@ -95,6 +93,81 @@ async fn create_at(
         map,
         tail: RECORDS_OFFSET as u64,
         segment_bytes,
+        tag: header.tag,
+    })
+}
+
+/// A segment's first bytes: its header, zeros up to the records, and a
+/// zeroed first record header, which marks the end of the (empty) written
+/// part over whatever a recycled file held before.
+fn header_block(header: &SegmentHeader) -> Vec<u8> {
+    let mut block = vec![0u8; RECORDS_OFFSET + RECORD_HEADER_BYTES];
+    block[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+    block
+}
+
+/// A reclaimed segment's file, renamed out of the spool's segments
+/// (`spare-<old id>.spl`) and kept, mapped, to be written over as a later
+/// segment: neither zero-filling a new file nor freeing the old one's
+/// blocks then happens while the spool runs, and both slowed the syncs of
+/// the appends beside them (`perf/results/2026-12-04-tail.md`, section 5).
+pub struct Spare {
+    pub map: Arc<SegmentMap>,
+    pub path: PathBuf,
+    /// The tag its records carry (0: format version 1).
+    pub old_tag: u32,
+}
+
+/// The name a reclaimed segment's file takes while it waits to be reused.
+/// Recovery removes such files: nothing in them matters any more.
+pub fn spare_file_name(old_id: u64) -> String {
+    format!("spare-{old_id:016x}.spl")
+}
+
+/// Turns the spare at `spare_path`, mapped by `old`, into a new segment
+/// `segment_id`: the header (with a
+/// zeroed first record header after it) is written and synced while the
+/// file still has its spare name, and only then is it renamed and the
+/// directory synced, so that a crash leaves either a spare, which recovery
+/// removes, or an empty segment. The mapping is kept: it is the same file.
+///
+/// `old` must have been the last reference to the mapping (no reader can
+/// see its bytes change), and the tag of its records must differ from the
+/// new segment's.
+pub async fn recycle(
+    dir: &Directory,
+    dir_path: &Path,
+    old: SegmentMap,
+    spare_path: &Path,
+    segment_id: u64,
+    core: u32,
+) -> io::Result<ActiveSegment> {
+    let header = SegmentHeader::new(segment_id, core, old.map.len() as u64, now_secs());
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .buffered_open(spare_path)
+        .await?;
+    write_all_at(&file, header_block(&header), 0).await?;
+    file.fdatasync().await?;
+    let path = dir_path.join(segment_file_name(segment_id));
+    let (from, to) = (spare_path.to_path_buf(), path.clone());
+    glommio::executor()
+        .spawn_blocking(move || std::fs::rename(from, to))
+        .await?;
+    dir.sync().await?;
+    let map = Arc::new(SegmentMap {
+        segment_id,
+        path,
+        map: old.map,
+        life: Arc::new(SegmentLife::new(segment_id)),
+    });
+    Ok(ActiveSegment {
+        file,
+        map,
+        tail: RECORDS_OFFSET as u64,
+        segment_bytes: header.segment_bytes,
+        tag: header.tag,
     })
 }
 
@@ -149,9 +222,10 @@ pub fn map_segment(path: PathBuf, segment_id: u64) -> io::Result<SegmentMap> {
     let file = std::fs::File::open(&path)?;
     // SAFETY: spate owns the spool directory. A segment's bytes are only ever
     // written through this process's own appends, each to a range no reader
-    // has been handed yet (readers get slices of durable records only), and
-    // segment files are preallocated to their full mapped length, so the
-    // mapping is never truncated under a reader.
+    // has been handed yet (readers get slices of durable records only); a
+    // recycled file is written over only once its mapping has no other
+    // holder (`recycle`); and segment files are preallocated to their full
+    // mapped length, so the mapping is never truncated under a reader.
     let map = unsafe { Mmap::map(&file)? };
     Ok(SegmentMap {
         segment_id,

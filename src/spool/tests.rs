@@ -5,7 +5,7 @@ use super::*;
 use glommio::sync::Semaphore;
 use glommio::timer::sleep;
 use glommio::LocalExecutorBuilder;
-use spool_format::{decode_record, MessageBuilder, MessageView};
+use spool_format::{decode_record_in, tag_for, Layout, MessageBuilder, MessageView};
 use std::time::Duration;
 
 fn record(id: u64, body: &[u8]) -> Vec<u8> {
@@ -71,7 +71,11 @@ fn no_acknowledgement_before_the_sync_returns() {
         gate.signal(1);
         let placed = task.await.unwrap();
         assert_eq!(spool.stats.syncs.get(), 1);
-        let (h, payload) = decode_record(&placed.segment.map[placed.offset as usize..]).unwrap();
+        let layout = Layout::V2 {
+            tag: tag_for(placed.segment.segment_id),
+        };
+        let at = placed.offset as usize;
+        let (h, payload) = decode_record_in(&placed.segment.map[at..], layout).unwrap();
         assert_eq!(h.message_id, id);
         assert_eq!(MessageView::decode(payload).unwrap().body, b"hello\r\n");
     });

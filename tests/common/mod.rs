@@ -6,7 +6,7 @@
 
 pub mod counting;
 
-use spool_format::{MessageView, RecordKind, ScanItem, Scanner, SegmentHeader};
+use spool_format::{Layout, MessageView, RecordKind, ScanItem, Scanner, SegmentHeader};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -528,10 +528,10 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
         if !name.starts_with("seg-") {
             continue;
         }
-        let Some(bytes) = read_segment(&path) else {
+        let Some((bytes, layout)) = read_segment(&path) else {
             continue;
         };
-        for item in Scanner::new(&bytes) {
+        for item in Scanner::new(&bytes, layout) {
             if let ScanItem::Record {
                 header, payload, ..
             } = item
@@ -572,8 +572,9 @@ pub fn read_spool(dir: &Path) -> Vec<Stored> {
     out
 }
 
-/// A segment file's bytes, or `None` if it is gone or not written yet.
-fn read_segment(path: &Path) -> Option<Vec<u8>> {
+/// A segment file's bytes and how its records are sealed, or `None` if it
+/// is gone or not written yet.
+fn read_segment(path: &Path) -> Option<(Vec<u8>, Layout)> {
     // The header is written with one write into a zeroed block; a read
     // racing with that write may, in principle, see part of it. Read again
     // before calling the header broken.
@@ -585,7 +586,7 @@ fn read_segment(path: &Path) -> Option<Vec<u8>> {
             return None; // a segment spate is creating right now
         }
         match SegmentHeader::decode(&bytes) {
-            Ok(_) => return Some(bytes),
+            Ok(header) => return Some((bytes, header.layout())),
             Err(e) if attempts == 10 => panic!("segment header of {}: {e:?}", path.display()),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
