@@ -20,7 +20,9 @@ pub use record::{
     FLAG_SMTPUTF8, FLAG_TAGS, TAG_BYTES_MAX,
 };
 pub use scan::{Damage, ScanItem, Scanner};
-pub use segment::{parse_segment_file_name, segment_file_name, tag_for, Layout, SegmentHeader};
+pub use segment::{
+    parse_segment_file_name, segment_file_name, tag_for, Layout, SegmentHeader, TAG_MAX,
+};
 
 /// The format version this crate writes. It reads this one and version 1.
 pub const FORMAT_VERSION: u32 = 2;

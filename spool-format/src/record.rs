@@ -76,17 +76,36 @@ fn crc_of(header: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_BYTES]), payload)
 }
 
-/// Version 1's CRC of a record whose tag field (bytes 12..16) is read as
-/// zero: version 2 appends the tag to it.
+/// Version 1's CRC of a record whose tag fields (bytes 5..8 and 12..16)
+/// are read as zero: version 2 appends the tag to it.
 fn crc_untagged(header: &[u8], payload: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&header[4..12]);
+    let crc = crc32c::crc32c(&header[4..5]);
+    let crc = crc32c::crc32c_append(crc, &[0; 3]);
+    let crc = crc32c::crc32c_append(crc, &header[8..12]);
     let crc = crc32c::crc32c_append(crc, &[0; 4]);
     let crc = crc32c::crc32c_append(crc, &header[16..RECORD_HEADER_BYTES]);
     crc32c::crc32c_append(crc, payload)
 }
 
-fn tag_field(head: &[u8]) -> u32 {
-    u32::from_le_bytes(head[12..16].try_into().unwrap())
+/// A record header's tag: bits 0..32 in bytes 12..16, 32..56 in 5..8
+/// (zero in version 1, where both are reserved).
+fn tag_field(head: &[u8]) -> u64 {
+    let low = u32::from_le_bytes(head[12..16].try_into().unwrap());
+    let high = u32::from_le_bytes([head[5], head[6], head[7], 0]);
+    u64::from(high) << 32 | u64::from(low)
+}
+
+fn write_tag(head: &mut [u8], tag: u64) {
+    let bytes = tag.to_le_bytes();
+    head[12..16].copy_from_slice(&bytes[0..4]);
+    head[5..8].copy_from_slice(&bytes[4..7]);
+}
+
+/// The 7 bytes a version 2 CRC ends with.
+fn tag_bytes(tag: u64) -> [u8; 7] {
+    let mut out = [0; 7];
+    out.copy_from_slice(&tag.to_le_bytes()[..7]);
+    out
 }
 
 fn write_header(out: &mut [u8], kind: RecordKind, payload_len: u32, message_id: u64) {
@@ -115,16 +134,13 @@ pub fn decode_record_in(
         .get(..RECORD_HEADER_BYTES)
         .ok_or(FormatError::Truncated)?;
     let kind = RecordKind::from_u8(head[4]).ok_or(FormatError::Invalid("record kind"))?;
-    if head[5..8] != [0, 0, 0] {
-        return Err(FormatError::Invalid("record reserved field"));
-    }
     let expected_tag = match layout {
         Layout::V1 => 0,
         Layout::V2 { tag } => tag,
     };
     if tag_field(head) != expected_tag {
         return Err(FormatError::Invalid(
-            "record tag (another segment's record)",
+            "record tag or reserved field (another segment's record?)",
         ));
     }
     let payload_len = u32::from_le_bytes(head[8..12].try_into().unwrap());
@@ -137,9 +153,7 @@ pub fn decode_record_in(
     let crc = u32::from_le_bytes(head[0..4].try_into().unwrap());
     let expected_crc = match layout {
         Layout::V1 => crc_of(head, payload),
-        Layout::V2 { tag } => {
-            crc32c::crc32c_append(crc_untagged(head, payload), &tag.to_le_bytes())
-        }
+        Layout::V2 { tag } => crc32c::crc32c_append(crc_untagged(head, payload), &tag_bytes(tag)),
     };
     if crc != expected_crc {
         return Err(FormatError::Checksum);
@@ -171,15 +185,15 @@ fn each_record(records: &mut [u8], mut f: impl FnMut(&mut [u8])) {
 
 /// Seals version 1 records (as the builders make them, or as [`unstamp`]
 /// leaves them) for a version 2 segment with `tag`: writes the tag and
-/// appends it to the CRC, four bytes of work per record.
-pub fn stamp(records: &mut [u8], tag: u32) {
-    debug_assert_ne!(tag, 0, "a version 2 tag is never zero");
+/// appends it to the CRC, seven bytes of work per record.
+pub fn stamp(records: &mut [u8], tag: u64) {
+    debug_assert!(tag != 0 && tag <= crate::TAG_MAX, "a version 2 tag");
     each_record(records, |r| {
         debug_assert_eq!(tag_field(r), 0, "stamped twice");
         let crc = u32::from_le_bytes(r[0..4].try_into().unwrap());
-        let crc = crc32c::crc32c_append(crc, &tag.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc, &tag_bytes(tag));
         r[0..4].copy_from_slice(&crc.to_le_bytes());
-        r[12..16].copy_from_slice(&tag.to_le_bytes());
+        write_tag(r, tag);
     });
 }
 
@@ -191,7 +205,7 @@ pub fn unstamp(records: &mut [u8]) {
         if tag_field(r) == 0 {
             return; // version 1 already
         }
-        r[12..16].fill(0);
+        write_tag(r, 0);
         let len = u32::from_le_bytes(r[8..12].try_into().unwrap()) as usize;
         let end = (RECORD_HEADER_BYTES + len).min(r.len());
         let crc = crc_of(&r[..RECORD_HEADER_BYTES], &r[RECORD_HEADER_BYTES..end]);
@@ -731,12 +745,17 @@ mod tests {
             },
         );
         let plain = recs.clone();
-        stamp(&mut recs, 0x1234);
-        let v2 = Layout::V2 { tag: 0x1234 };
+        let tag = 0x00ab_cdef_0000_1234;
+        stamp(&mut recs, tag);
+        let v2 = Layout::V2 { tag };
         let (first, _) = decode_record_in(&recs, v2).unwrap();
         let second = &recs[first.record_bytes()..];
         assert_eq!(decode_record_in(second, v2).unwrap().0.message_id, 7);
-        assert!(decode_record_in(&recs, Layout::V2 { tag: 0x1235 }).is_err());
+        assert!(decode_record_in(&recs, Layout::V2 { tag: tag + 1 }).is_err());
+        let other_high = Layout::V2 {
+            tag: tag ^ (1 << 40),
+        };
+        assert!(decode_record_in(&recs, other_high).is_err());
         assert!(
             decode_record(&recs).is_err(),
             "a version 2 record is no version 1 record"
@@ -748,8 +767,9 @@ mod tests {
         // A stale record whose tag field alone was rewritten fails the CRC.
         let mut forged = recs.clone();
         forged[12..16].copy_from_slice(&0x1235u32.to_le_bytes());
+        let forged_tag = Layout::V2 { tag: tag + 1 };
         assert_eq!(
-            decode_record_in(&forged, Layout::V2 { tag: 0x1235 }).map(|_| ()),
+            decode_record_in(&forged, forged_tag).map(|_| ()),
             Err(FormatError::Checksum)
         );
         unstamp(&mut recs);

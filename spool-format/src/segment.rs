@@ -11,17 +11,21 @@ pub enum Layout {
     /// Version 1: the record header's bytes 12..16 are zero and the CRC
     /// covers the header and payload.
     V1,
-    /// Version 2: every record carries the segment's `tag` (never zero) in
-    /// its header's bytes 12..16, and the CRC ends with it. A record with
-    /// another tag is left from an earlier use of the file and is no record
-    /// of this segment.
-    V2 { tag: u32 },
+    /// Version 2: every record carries the segment's 56-bit `tag` (never
+    /// zero) in its header's bytes 12..16 (low 32 bits) and 5..8, and the
+    /// CRC ends with it. A record with another tag is left from an earlier
+    /// use of the file and is no record of this segment.
+    V2 { tag: u64 },
 }
 
-/// The tag a version 2 segment with this id gets: the id's low 32 bits, or
-/// 1 where they are zero (a tag is never zero).
-pub fn tag_for(segment_id: u64) -> u32 {
-    (segment_id as u32).max(1)
+/// Largest tag: tags have 56 bits.
+pub const TAG_MAX: u64 = (1 << 56) - 1;
+
+/// The tag of version 2 segment `segment_id`: the id's low 56 bits, or 1
+/// where they are zero (a tag is never zero). Ids only grow, so a tag comes
+/// round again only 2^56 ids later.
+pub fn tag_for(segment_id: u64) -> u64 {
+    (segment_id & TAG_MAX).max(1)
 }
 
 /// The decoded header at the start of every segment file.
@@ -33,12 +37,10 @@ pub struct SegmentHeader {
     pub created_unix_secs: u32,
     /// 1 or 2.
     pub version: u32,
-    /// Version 2's record tag; 0 in version 1.
-    pub tag: u32,
 }
 
 impl SegmentHeader {
-    /// A header of the version this crate writes, with the tag of its id.
+    /// A header of the version this crate writes.
     pub fn new(segment_id: u64, core: u32, segment_bytes: u64, created_unix_secs: u32) -> Self {
         SegmentHeader {
             segment_id,
@@ -46,7 +48,6 @@ impl SegmentHeader {
             segment_bytes,
             created_unix_secs,
             version: FORMAT_VERSION,
-            tag: tag_for(segment_id),
         }
     }
 
@@ -54,7 +55,9 @@ impl SegmentHeader {
     pub fn layout(&self) -> Layout {
         match self.version {
             1 => Layout::V1,
-            _ => Layout::V2 { tag: self.tag },
+            _ => Layout::V2 {
+                tag: tag_for(self.segment_id),
+            },
         }
     }
 
@@ -66,7 +69,6 @@ impl SegmentHeader {
         out[12..16].copy_from_slice(&(RECORDS_OFFSET as u32).to_le_bytes());
         out[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         out[24..28].copy_from_slice(&self.core.to_le_bytes());
-        out[28..32].copy_from_slice(&self.tag.to_le_bytes());
         out[32..40].copy_from_slice(&self.segment_bytes.to_le_bytes());
         out[40..44].copy_from_slice(&self.created_unix_secs.to_le_bytes());
         let crc = crc32c::crc32c(&out[0..44]);
@@ -88,18 +90,15 @@ impl SegmentHeader {
         let records_offset = c.u32()?;
         let segment_id = c.u64()?;
         let core = c.u32()?;
-        let tag = c.u32()?;
+        let reserved = c.u32()?;
         let segment_bytes = c.u64()?;
         let created_unix_secs = c.u32()?;
         let crc = c.u32()?;
         if crc != crc32c::crc32c(&bytes[0..44]) {
             return Err(FormatError::Checksum);
         }
-        if records_offset as usize != RECORDS_OFFSET {
+        if records_offset as usize != RECORDS_OFFSET || reserved != 0 {
             return Err(FormatError::Invalid("segment header field"));
-        }
-        if (version == 1) != (tag == 0) {
-            return Err(FormatError::Invalid("segment tag"));
         }
         Ok(SegmentHeader {
             segment_id,
@@ -107,7 +106,6 @@ impl SegmentHeader {
             segment_bytes,
             created_unix_secs,
             version,
-            tag,
         })
     }
 }
@@ -135,11 +133,7 @@ mod tests {
         let h = SegmentHeader::new(7, 1, 1 << 20, 99);
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         assert_eq!(h.layout(), Layout::V2 { tag: 7 });
-        let v1 = SegmentHeader {
-            version: 1,
-            tag: 0,
-            ..h
-        };
+        let v1 = SegmentHeader { version: 1, ..h };
         assert_eq!(SegmentHeader::decode(&v1.encode()), Ok(v1));
         assert_eq!(v1.layout(), Layout::V1);
     }
@@ -162,17 +156,11 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_is_never_zero_and_must_match_the_version() {
-        assert_eq!(tag_for(1 << 32), 1);
-        assert_eq!(tag_for((5 << 32) | 9), 9);
-        let zero_tag = SegmentHeader {
-            tag: 0,
-            ..SegmentHeader::new(1, 0, 1 << 20, 0)
-        };
-        assert_eq!(
-            SegmentHeader::decode(&zero_tag.encode()),
-            Err(FormatError::Invalid("segment tag"))
-        );
+    fn a_tag_is_the_ids_low_56_bits_and_never_zero() {
+        assert_eq!(tag_for(1 << 56), 1);
+        assert_eq!(tag_for((5 << 56) | (9 << 32) | 7), (9 << 32) | 7);
+        let h = SegmentHeader::new((3 << 32) | 1, 0, 1 << 20, 0);
+        assert_eq!(h.layout(), Layout::V2 { tag: (3 << 32) | 1 });
     }
 
     #[test]

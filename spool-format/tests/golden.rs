@@ -20,7 +20,6 @@ fn write_basic() -> Vec<u8> {
         segment_bytes: 65536,
         created_unix_secs: 1_764_000_000,
         version: 1,
-        tag: 0,
     };
     let mut seg = vec![0u8; 65536];
     seg[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
@@ -66,23 +65,24 @@ fn basic_records() -> Vec<u8> {
     records
 }
 
-/// The content of `v2-recycled.spl`: a version 2 segment (id 9 << 32 | 7,
-/// tag 7) holding the basic records, written over a file whose earlier use
-/// (tag 6) left the same records behind, repeated, 64 bytes further on.
+/// The content of `v2-recycled.spl`: a version 2 segment (id and tag
+/// 9 << 32 | 7) holding the basic records, written over a file whose
+/// earlier use (tag 8 << 32 | 7: the same low 32 bits) left the same
+/// records behind, repeated, 64 bytes further on.
 fn write_recycled() -> Vec<u8> {
     let header = SegmentHeader::new((9 << 32) | 7, 0, 65536, 1_764_000_000);
-    assert_eq!(header.tag, 7);
+    assert_eq!(header.layout(), Layout::V2 { tag: (9 << 32) | 7 });
     let mut seg = vec![0u8; 65536];
     seg[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
     let mut stale = basic_records();
-    stamp(&mut stale, 6);
+    stamp(&mut stale, (8 << 32) | 7);
     let mut at = RECORDS_OFFSET + 64;
     while at + stale.len() <= 32768 {
         seg[at..at + stale.len()].copy_from_slice(&stale);
         at += stale.len();
     }
     let mut fresh = basic_records();
-    stamp(&mut fresh, 7);
+    stamp(&mut fresh, (9 << 32) | 7);
     let end = RECORDS_OFFSET + fresh.len();
     seg[RECORDS_OFFSET..end].copy_from_slice(&fresh);
     seg[end..end + RECORD_HEADER_BYTES].fill(0);
@@ -172,7 +172,7 @@ fn recycled_segment_reads_only_its_own_records() {
         "the encoder no longer writes the golden bytes"
     );
     let header = SegmentHeader::decode(&seg).unwrap();
-    assert_eq!(header.layout(), Layout::V2 { tag: 7 });
+    assert_eq!(header.layout(), Layout::V2 { tag: (9 << 32) | 7 });
     let mut scan = Scanner::new(&seg, header.layout());
     let kinds: Vec<_> = scan
         .by_ref()

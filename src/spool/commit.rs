@@ -274,7 +274,7 @@ async fn recycle(spool: &Spool, id: u64) -> Option<ActiveSegment> {
 
 /// Takes the first spare whose mapping has no other holder and whose tag is
 /// not `tag`, with the mapping and the spare's path.
-fn take_free_spare(spool: &Spool, tag: u32) -> Option<(SegmentMap, PathBuf)> {
+fn take_free_spare(spool: &Spool, tag: u64) -> Option<(SegmentMap, PathBuf)> {
     let mut spares = spool.spares.borrow_mut();
     let at = spares
         .iter()

@@ -117,8 +117,11 @@ pub(super) fn enter(book: &mut SegmentBook, offset: u64, record: &[u8], about: A
 }
 
 /// The tag of the records in a segment (0 for format version 1).
-fn old_tag(map: &SegmentMap) -> u32 {
-    spool_format::SegmentHeader::decode(&map.map).map_or(0, |h| h.tag)
+fn old_tag(map: &SegmentMap) -> u64 {
+    match spool_format::SegmentHeader::decode(&map.map).map(|h| h.layout()) {
+        Ok(spool_format::Layout::V2 { tag }) => tag,
+        _ => 0,
+    }
 }
 
 /// Takes a segment file out of the spool: renames it to `spare`, or else

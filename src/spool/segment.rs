@@ -6,7 +6,8 @@ use crate::message::SegmentMap;
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use memmap2::Mmap;
 use spool_format::{
-    segment_file_name, SegmentHeader, RECORDS_OFFSET, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    segment_file_name, tag_for, SegmentHeader, RECORDS_OFFSET, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use std::cell::Cell;
 use std::io;
@@ -22,7 +23,7 @@ pub struct ActiveSegment {
     pub tail: u64,
     pub segment_bytes: u64,
     /// The tag every record written here carries (format version 2).
-    pub tag: u32,
+    pub tag: u64,
 }
 
 impl ActiveSegment {
@@ -93,7 +94,7 @@ async fn create_at(
         map,
         tail: RECORDS_OFFSET as u64,
         segment_bytes,
-        tag: header.tag,
+        tag: tag_for(segment_id),
     })
 }
 
@@ -115,7 +116,7 @@ pub struct Spare {
     pub map: Arc<SegmentMap>,
     pub path: PathBuf,
     /// The tag its records carry (0: format version 1).
-    pub old_tag: u32,
+    pub old_tag: u64,
 }
 
 /// The name a reclaimed segment's file takes while it waits to be reused.
@@ -167,7 +168,7 @@ pub async fn recycle(
         map,
         tail: RECORDS_OFFSET as u64,
         segment_bytes: header.segment_bytes,
-        tag: header.tag,
+        tag: tag_for(segment_id),
     })
 }
 
