@@ -90,6 +90,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
         next_segment_id,
         messages,
         books,
+        spares,
         report,
     } = recovery::recover(&cfg.spool_dir)?;
     // Absolute from here on: glommio opens the directory by path.
@@ -99,8 +100,8 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             source,
         })?;
     eprintln!(
-        "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments, {} spare segment files removed",
-        cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len(), report.removed_spares
+        "spate: spool {}: {} segments, {} records, {} messages, {} recipients to deliver, {} torn tails cut, {} corrupt records skipped, {} truncated segments, {} spare segment files",
+        cfg.spool_dir.display(), report.segments, report.records, report.messages, report.pending_recipients, report.torn_tails.len(), report.corrupt.len(), report.truncated.len(), report.spares
     );
     make_dirs(&cfg)?;
     let n = cpus.len();
@@ -116,6 +117,12 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
     for (core, book) in books {
         per_core_books[core as usize % n].push(book);
     }
+    // Spare files go round the cores, each taking what it can reuse.
+    let mut per_core_spares: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, spare) in spares.into_iter().enumerate() {
+        per_core_spares[i % n].push(spare);
+    }
+    let mut per_core_spares = per_core_spares.into_iter();
     let stop = Arc::new(AtomicBool::new(false));
     let cfg = Arc::new(cfg);
     let warmups = Arc::new(
@@ -145,6 +152,7 @@ pub fn serve(mut cfg: Config) -> Result<(), EngineError> {
             webhooks: webhooks.clone(),
             recovered,
             books: per_core_books.next().unwrap_or_default(),
+            spares: per_core_spares.next().unwrap_or_default(),
             next_segment_id,
             mesh: mesh.clone(),
             control: control.clone(),

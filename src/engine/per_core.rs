@@ -224,6 +224,8 @@ pub(super) struct CoreStart {
     pub(super) recovered: Vec<MessageHandle>,
     /// The books of the segments this core wrote (or inherits).
     pub(super) books: Vec<SegmentBook>,
+    /// Spare segment files found at start (id in the name, path).
+    pub(super) spares: Vec<(u64, std::path::PathBuf)>,
     pub(super) next_segment_id: u64,
     pub(super) mesh: mesh::Builder,
     pub(super) control: crate::control::Builder,
@@ -272,7 +274,9 @@ pub(super) async fn run_core(s: CoreStart) {
         Ok(spool) => spool,
         Err(e) => return fail(&s.ready, &s.stop, format!("core {}: spool: {e}", s.index)).await,
     };
-    // The first appends must not wait for their segment to be made.
+    // The first appends must not wait for their segment to be made (of a
+    // spare the last run left, if there is one).
+    spool.adopt_spares(s.spares);
     spool.prepare().await;
     let mut listeners = Vec::new();
     for addr in &s.cfg.listen {

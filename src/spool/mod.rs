@@ -224,8 +224,8 @@ pub struct Spool {
     /// A segment made before it was needed ([`Spool::prepare`]), taken by
     /// the first roll.
     prepared: RefCell<Option<segment::ActiveSegment>>,
-    /// Reclaimed segments' files kept to be written over as later segments,
-    /// oldest first; at most [`SPARES_MAX`].
+    /// Reclaimed segments' files kept to be written over as later segments
+    /// (or left by the last run), oldest first; at most [`SPARES_MAX`].
     spares: RefCell<VecDeque<segment::Spare>>,
     /// The next segment, being prepared in the background.
     spare: RefCell<Option<glommio::task::JoinHandle<Result<segment::ActiveSegment, SpoolError>>>>,

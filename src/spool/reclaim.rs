@@ -244,12 +244,39 @@ impl Spool {
         Ok(())
     }
 
+    /// Takes over spare files a run left (from recovery, with the id in
+    /// their names), up to [`SPARES_MAX`]; a file of another size than
+    /// this spool's segments, or one that cannot be mapped, is removed.
+    pub fn adopt_spares(&self, found: Vec<(u64, std::path::PathBuf)>) {
+        for (id, path) in found {
+            let map = segment::map_segment(path.clone(), id);
+            match map {
+                Ok(map) if self.wants_spare_of(map.map.len() as u64) => {
+                    self.spares.borrow_mut().push_back(segment::Spare {
+                        map: Arc::new(map),
+                        path,
+                        old_tag: spool_format::tag_for(id),
+                    });
+                }
+                _ => {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        eprintln!("spate: cannot remove {}: {e}", path.display());
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether `book`'s file should be kept as a spare rather than deleted:
     /// while this core keeps fewer than [`SPARES_MAX`] and the file has the
     /// size a new segment would have.
     fn wants_spare(&self, book: &SegmentBook) -> bool {
+        self.wants_spare_of(book.map.map.len() as u64)
+    }
+
+    fn wants_spare_of(&self, file_bytes: u64) -> bool {
         self.spares.borrow().len() < SPARES_MAX
-            && book.map.map.len() as u64 == self.segment_bytes
+            && file_bytes == self.segment_bytes
             && !self.closed.get()
     }
 

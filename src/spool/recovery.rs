@@ -4,7 +4,8 @@
 //!
 //! Runs once, before the cores start, with plain blocking I/O: nothing else
 //! is running yet. It never deletes a segment that holds records; it hands
-//! each segment's book to the core that wrote it, whose reclaimer decides.
+//! each segment's book to the core that wrote it, whose reclaimer decides,
+//! and the spare files the last run kept to the cores to reuse.
 
 use super::segment::map_segment;
 use super::{SegmentBook, Stored};
@@ -38,8 +39,8 @@ pub struct RecoveryReport {
     pub torn_tails: Vec<(PathBuf, Damage)>,
     pub corrupt: Vec<(PathBuf, Damage)>,
     pub removed_empty: Vec<PathBuf>,
-    /// Reclaimed segments' files that were kept to be reused.
-    pub removed_spares: usize,
+    /// Reclaimed segments' files a run kept to reuse, found again.
+    pub spares: usize,
     pub truncated: Vec<PathBuf>,
     /// Message records found twice (a move forward cut short by a crash).
     pub duplicates: usize,
@@ -52,6 +53,9 @@ pub struct Recovered {
     pub messages: Vec<MessageHandle>,
     /// Every segment's book, with the core that wrote it.
     pub books: Vec<(u32, SegmentBook)>,
+    /// Spare files (`spare-<id>.spl`), with the id in their name: any core
+    /// may reuse them, or remove them.
+    pub spares: Vec<(u64, PathBuf)>,
     pub report: RecoveryReport,
 }
 
@@ -122,7 +126,15 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
             .push((header.core, SegmentBook::new(Arc::new(map))));
         scan_segment(&mut scan, header.layout(), &mut report)?;
     }
-    remove_spares(dir, &mut report)?;
+    let spares = find_spares(dir)?;
+    report.spares = spares.len();
+    // A spare holds records of its own id's tag and older ones (and, if a
+    // reuse was cut short, the header of a later id, but no record of it):
+    // ids handed out from now on are above all of them.
+    for (id, path) in &spares {
+        let named = header_id(path).unwrap_or(0);
+        next_segment_id = next_segment_id.max(id + 1).max(named + 1);
+    }
     // Message ids take their prefix from the segment id space too: never
     // hand out a number below one already used for either.
     let max_prefix = scan.messages.iter().map(|m| m.2 >> 32).max().unwrap_or(0);
@@ -131,6 +143,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
         next_segment_id: next_segment_id.max(max_prefix + 1),
         messages,
         books: scan.books,
+        spares,
         report,
     })
 }
@@ -308,24 +321,37 @@ fn open_segment(
     Ok(Some((header, map)))
 }
 
-/// Removes the spare files a run left (`spare-*.spl`: reclaimed segments
-/// kept to be written over). Everything in them was moved forward or
-/// finished before they were renamed; a new run makes its own.
-fn remove_spares(dir: &Path, report: &mut RecoveryReport) -> Result<(), RecoveryError> {
+/// The spare files a run left (`spare-<id>.spl`: reclaimed segments kept
+/// to be written over), sorted by id. Everything in them was moved forward
+/// or finished before they were renamed.
+fn find_spares(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
     let io = |source| RecoveryError::Io {
         path: dir.to_path_buf(),
         source,
     };
+    let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("spare-") && name.ends_with(".spl") {
-            std::fs::remove_file(entry.path()).map_err(io)?;
-            report.removed_spares += 1;
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("spare-")?.strip_suffix(".spl"))
+            .filter(|hex| hex.len() == 16)
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        if let Some(id) = id {
+            out.push((id, entry.path()));
         }
     }
-    Ok(())
+    out.sort();
+    Ok(out)
+}
+
+/// The segment id a file's header names, if it has a readable header.
+fn header_id(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; SEGMENT_HEADER_BYTES];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    SegmentHeader::decode(&head).ok().map(|h| h.segment_id)
 }
 
 fn scan_segment(
