@@ -120,17 +120,17 @@ pub struct Spare {
 }
 
 /// The name a reclaimed segment's file takes while it waits to be reused.
-/// Recovery removes such files: nothing in them matters any more.
+/// Nothing in such a file matters any more; recovery hands the ones a run
+/// left to the next run.
 pub fn spare_file_name(old_id: u64) -> String {
     format!("spare-{old_id:016x}.spl")
 }
 
 /// Turns the spare at `spare_path`, mapped by `old`, into a new segment
-/// `segment_id`: the header (with a
-/// zeroed first record header after it) is written and synced while the
-/// file still has its spare name, and only then is it renamed and the
-/// directory synced, so that a crash leaves either a spare, which recovery
-/// removes, or an empty segment. The mapping is kept: it is the same file.
+/// `segment_id`. The header, with a zeroed first record header after it,
+/// is written and synced while the file still has its spare name; only then
+/// is it renamed and the directory synced. So a crash leaves either a spare
+/// or an empty segment. The mapping is kept: it is the same file.
 ///
 /// `old` must have been the last reference to the mapping (no reader can
 /// see its bytes change), and the tag of its records must differ from the
