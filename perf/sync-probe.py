@@ -13,6 +13,9 @@ does about as many), for SECONDS in each scenario:
   paced    64 MiB files freed every 5 s the way spate frees a reclaimed
            segment (holes punched a MiB at a time, paced), then unlinked
   unlink   64 MiB files unlinked whole every 5 s (what spate did before)
+  recycle  what spate does now instead, every 5 s: a 64 MiB file renamed
+           to a spare name, the directory synced, a new header written and
+           synced, the file renamed again and the directory synced
 
 Prints the sync latency percentiles and how many syncs took over 10 and
 25 ms. With online discard (`findmnt -T DIR -o OPTIONS` shows `discard`)
@@ -20,7 +23,7 @@ freed blocks are trimmed at once, and each whole unlink can hold the next
 syncs for tens of milliseconds (tuning/spool.md).
 
   perf/sync-probe.py [SECONDS] [RATE] [DIR] [SCENARIO...]
-  perf/sync-probe.py 40 2900 target quiet zero paced unlink
+  perf/sync-probe.py 40 2900 target quiet zero paced unlink recycle
 
 ZERO_STEP_KIB (default 1024) sets the zero-fill's step, to try others;
 ZERO_SYNC=srf writes each step out with sync_file_range and syncs once at
@@ -72,6 +75,28 @@ def zero_fill(path):
     os.close(fd)
 
 
+def sync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def recycle(directory, path, k):
+    """A reclaimed segment's file reused the way spate reuses one; returns
+    the file's new path."""
+    spare = os.path.join(directory, f"probe-spare-{k}")
+    os.rename(path, spare)
+    sync_dir(directory)
+    fd = os.open(spare, os.O_RDWR)
+    os.pwrite(fd, bytes(4096 + 24), 0)
+    os.fdatasync(fd)
+    os.close(fd)
+    new = os.path.join(directory, f"probe-seg-{k}")
+    os.rename(spare, new)
+    sync_dir(directory)
+    return new
+
+
 def background(scenario, directory, seconds, ready):
     """Runs SCENARIO's I/O every 5 s until SECONDS have passed."""
     made = []  # files to remove at the end
@@ -79,6 +104,10 @@ def background(scenario, directory, seconds, ready):
     if scenario in ("paced", "unlink"):
         paths = [os.path.join(directory, f"probe-bg-{k}") for k in range(int(seconds // 5) + 1)]
         to_free = [(p, written_file(p)) for p in paths]
+        os.sync()
+    reused = os.path.join(directory, "probe-reused")
+    if scenario == "recycle":
+        os.close(written_file(reused))
         os.sync()
     ready.set()
     end = time.monotonic() + seconds
@@ -88,6 +117,8 @@ def background(scenario, directory, seconds, ready):
         if scenario == "zero":
             made.append(os.path.join(directory, f"probe-spare-{k}"))
             zero_fill(made[-1])
+        elif scenario == "recycle":
+            reused = recycle(directory, reused, k)
         elif to_free:
             path, fd = to_free.pop(0)
             if scenario == "paced":
@@ -101,6 +132,8 @@ def background(scenario, directory, seconds, ready):
         os.unlink(path)
     for path in made:
         os.unlink(path)
+    if scenario == "recycle":
+        os.unlink(reused)
 
 
 def foreground(directory, seconds, rate):
@@ -134,7 +167,7 @@ def main():
     print(f"fdatasync of 4 KiB appends, {rate:.0f}/s for {seconds:.0f} s a scenario, in {directory}")
     print(f"{'scenario':>8} {'syncs':>7} {'p50_ms':>7} {'p99_ms':>7} {'p99.9_ms':>8} {'max_ms':>7} {'>10ms':>6} {'>25ms':>6}")
     for scenario in scenarios:
-        if scenario not in ("quiet", "zero", "paced", "unlink"):
+        if scenario not in ("quiet", "zero", "paced", "unlink", "recycle"):
             sys.exit(f"perf/sync-probe.py: unknown scenario {scenario!r}")
         ready = multiprocessing.Event()
         bg = None
