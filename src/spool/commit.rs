@@ -94,7 +94,7 @@ async fn commit(spool: &Rc<Spool>, active: &mut Option<ActiveSegment>, batch: Ve
 async fn flush(
     spool: &Rc<Spool>,
     active: &mut Option<ActiveSegment>,
-    buf: Vec<u8>,
+    mut buf: Vec<u8>,
     placed: Vec<(Request, u64)>,
 ) {
     let Some(&(_, start)) = placed.first() else {
@@ -104,7 +104,6 @@ async fn flush(
         .as_ref()
         .expect("records were placed in the active segment");
     let bytes = buf.len() as u64;
-    let mut buf = buf;
     if seg.tail + RECORD_HEADER_BYTES as u64 <= seg.segment_bytes {
         buf.resize(buf.len() + RECORD_HEADER_BYTES, 0); // the end mark
     }

@@ -202,7 +202,7 @@ impl Spool {
         if let Err(e) = self.copy_states(&book, report).await {
             return Err((book, e));
         }
-        let spare = self.wants_spare(&book).then(|| {
+        let spare = self.wants_spare(book.map.map.len() as u64).then(|| {
             let name = segment::spare_file_name(id);
             (book.map.path.with_file_name(name), old_tag(&book.map))
         });
@@ -251,7 +251,7 @@ impl Spool {
         for (id, path) in found {
             let map = segment::map_segment(path.clone(), id);
             match map {
-                Ok(map) if self.wants_spare_of(map.map.len() as u64) => {
+                Ok(map) if self.wants_spare(map.map.len() as u64) => {
                     self.spares.borrow_mut().push_back(segment::Spare {
                         map: Arc::new(map),
                         path,
@@ -267,14 +267,10 @@ impl Spool {
         }
     }
 
-    /// Whether `book`'s file should be kept as a spare rather than deleted:
-    /// while this core keeps fewer than [`SPARES_MAX`] and the file has the
-    /// size a new segment would have.
-    fn wants_spare(&self, book: &SegmentBook) -> bool {
-        self.wants_spare_of(book.map.map.len() as u64)
-    }
-
-    fn wants_spare_of(&self, file_bytes: u64) -> bool {
+    /// Whether a file of `file_bytes` should be kept as a spare rather than
+    /// deleted: while this core keeps fewer than [`SPARES_MAX`] and the file
+    /// has the size a new segment would have.
+    fn wants_spare(&self, file_bytes: u64) -> bool {
         self.spares.borrow().len() < SPARES_MAX
             && file_bytes == self.segment_bytes
             && !self.closed.get()

@@ -7,7 +7,7 @@
 //! each segment's book to the core that wrote it, whose reclaimer decides,
 //! and the spare files the last run kept to the cores to reuse.
 
-use super::segment::map_segment;
+use super::segment::{map_segment, parse_spare_file_name};
 use super::{SegmentBook, Stored};
 use crate::message::{MessageHandle, Recipient, Recipients, SegmentMap};
 use spool_format::{
@@ -92,6 +92,21 @@ struct Found {
 
 /// The segments in `dir`, sorted by id.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
+    list_named(dir, parse_segment_file_name)
+}
+
+/// The spare files a run left (`spare-<id>.spl`: reclaimed segments kept
+/// to be written over), sorted by id. Everything in them was moved forward
+/// or finished before they were renamed.
+fn find_spares(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
+    list_named(dir, parse_spare_file_name)
+}
+
+/// The files in `dir` whose names `parse` gives an id, sorted by id.
+fn list_named(
+    dir: &Path,
+    parse: fn(&str) -> Option<u64>,
+) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
     let io = |source| RecoveryError::Io {
         path: dir.to_path_buf(),
         source,
@@ -99,7 +114,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
-        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+        if let Some(id) = entry.file_name().to_str().and_then(parse) {
             out.push((id, entry.path()));
         }
     }
@@ -319,31 +334,6 @@ fn open_segment(
         report.truncated.push(path.to_path_buf());
     }
     Ok(Some((header, map)))
-}
-
-/// The spare files a run left (`spare-<id>.spl`: reclaimed segments kept
-/// to be written over), sorted by id. Everything in them was moved forward
-/// or finished before they were renamed.
-fn find_spares(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
-    let io = |source| RecoveryError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let name = entry.file_name();
-        let id = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("spare-")?.strip_suffix(".spl"))
-            .filter(|hex| hex.len() == 16)
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-        if let Some(id) = id {
-            out.push((id, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The segment id a file's header names, if it has a readable header.

@@ -126,6 +126,12 @@ pub fn spare_file_name(old_id: u64) -> String {
     format!("spare-{old_id:016x}.spl")
 }
 
+/// The id a spare file's name holds, or `None` if it is no spare.
+pub fn parse_spare_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("spare-")?.strip_suffix(".spl")?;
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+}
+
 /// Turns the spare at `spare_path`, mapped by `old`, into a new segment
 /// `segment_id`. The header, with a zeroed first record header after it,
 /// is written and synced while the file still has its spare name; only then
