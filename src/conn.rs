@@ -132,7 +132,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Size of the read buffer now.
-    pub fn read_buffer_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn read_buffer_bytes(&self) -> usize {
         self.buf.len()
     }
 
